@@ -1,0 +1,32 @@
+// swift-tools-version:6.0
+// R3: Rollout Routing Replay as a service. See README.md and ../shared/CONVENTIONS.md.
+import PackageDescription
+
+// Zen 3 / Haswell-class x86_64 (AVX2 + FMA + F16C): vectorised element loops and
+// Float16 conversion in one instruction instead of a library call per element.
+let cpu: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+// The engine's kernels hand raw pointers to fork-join workers over disjoint ranges, which Swift 6's
+// Sendable checking cannot express; it builds in the Swift 5 language mode. Everything else is Swift 6.
+let engine: [SwiftSetting] = cpu + [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "R3",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "r3", targets: ["r3"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
+        .target(name: "Routes", swiftSettings: cpu),
+        .executableTarget(
+            name: "r3",
+            dependencies: ["MoE", "Routes", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: cpu),
+        .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
+        .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),
+    ]
+)

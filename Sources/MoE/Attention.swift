@@ -1,0 +1,143 @@
+// Attention: Qwen3 self-attention's core, forward and backward side by side: per-head q/k RMSNorm,
+// rotate-half RoPE, causal grouped-query attention over packed sequences (or a KV cache), computed in
+// blocks of query rows so the score matrix is never larger than [Bq, keys] and only the causal part is
+// multiplied. The projections around it are plain `linear` calls in Transformer.swift.
+
+/// One sequence's share of a packed batch, and where its keys and values live.
+struct AttnSpan {
+    var row: Int      // first packed row of this sequence's queries
+    var count: Int    // query rows
+    var pos0: Int     // position of the first query row; row i attends keys 0...pos0+i
+    var k: UnsafeMutablePointer<Float>   // key of position 0, kv-head 0; head g at +g·D
+    var v: UnsafeMutablePointer<Float>
+    var ldk: Int
+    var ldv: Int
+    var slot = 0      // KV-cache slot of this sequence (generation)
+}
+
+struct AttnShape {
+    let H, Hkv, D: Int
+    var group: Int { H / Hkv }
+    var scale: Float { 1 / Float(D).squareRoot() }
+    var QKV: Int { (H + 2 * Hkv) * D }   // raw projection row
+    var QK: Int { (H + Hkv) * D }        // normed + rotated q,k row
+    var HD: Int { H * D }
+}
+
+// MARK: q/k norm + RoPE
+
+/// qk[t] = rope(rmsnorm(qkv[t] per head)) for the H query and Hkv key heads of every row.
+func qkNormRopeForward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Float>, qk: UnsafeMutablePointer<Float>,
+                       rstd: UnsafeMutablePointer<Float>, qNorm: UnsafePointer<Float>, kNorm: UnsafePointer<Float>,
+                       rope: RopeTable, eps: Float) {
+    let heads = s.H + s.Hkv
+    for span in spans {
+        for i in 0..<span.count {
+            let t = span.row + i, pos = span.pos0 + i
+            for h in 0..<heads {
+                let src = qkv + t * s.QKV + h * s.D, dst = qk + t * s.QK + h * s.D
+                rmsnormForward(src, ldx: s.D, h < s.H ? qNorm : kNorm, dst, ldy: s.D, rstd: rstd + t * heads + h,
+                               rows: 1, n: s.D, eps: eps)
+                rope.apply(dst, pos: pos)
+            }
+        }
+    }
+}
+
+/// From dqk (gradient at the rotated q,k) writes the q,k columns of dqkv; dqk is overwritten.
+func qkNormRopeBackward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Float>, dqk: UnsafeMutablePointer<Float>,
+                        dqkv: UnsafeMutablePointer<Float>, rstd: UnsafePointer<Float>, qNorm: UnsafePointer<Float>,
+                        kNorm: UnsafePointer<Float>, dqNorm: UnsafeMutablePointer<Float>, dkNorm: UnsafeMutablePointer<Float>,
+                        rope: RopeTable) {
+    let heads = s.H + s.Hkv
+    for span in spans {
+        for i in 0..<span.count {
+            let t = span.row + i, pos = span.pos0 + i
+            for h in 0..<heads {
+                let d = dqk + t * s.QK + h * s.D
+                rope.applyBackward(d, pos: pos)
+                rmsnormBackward(qkv + t * s.QKV + h * s.D, ldx: s.D, h < s.H ? qNorm : kNorm, rstd: rstd + t * heads + h,
+                                d, lddy: s.D, dqkv + t * s.QKV + h * s.D, lddx: s.D, h < s.H ? dqNorm : dkNorm,
+                                rows: 1, n: s.D, accumulate: false)
+            }
+        }
+    }
+}
+
+// MARK: causal attention
+
+/// out[t, h] = softmax(q[t,h]·K[0...pos]ᵀ · scale) · V for every span and head; lse [T, H] saved.
+/// q [T, ldq] with head h at column h·D; out [T, H·D]. `scratch` holds per worker [Bq, maxKeys].
+func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>, ldq: Int,
+                      out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                      scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int, bf16: Bool) {
+    let Bq = Workspace.blockRows
+    let tasks = spans.count * s.H
+    parallelFor(tasks, workers: workers) { task, worker in
+        let span = spans[task / s.H], h = task % s.H, g = h / s.group
+        let S = scratch + worker * scratchStride
+        var i0 = 0
+        while i0 < span.count {
+            let nb = min(Bq, span.count - i0), nk = span.pos0 + i0 + nb
+            let qb = q + (span.row + i0) * ldq + h * s.D
+            sgemm(false, true, nb, nk, s.D, s.scale, qb, ldq, span.k + g * s.D, span.ldk, 0, S, nk)
+            for r in 0..<nb {
+                let row = S + r * nk, valid = span.pos0 + i0 + r + 1
+                lse[(span.row + i0 + r) * s.H + h] = softmaxRow(row, valid)
+                if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+            }
+            if bf16 { BF16.roundInPlace(S, nb * nk) }
+            sgemm(false, false, nb, s.D, nk, 1, S, nk, span.v + g * s.D, span.ldv, 0, out + (span.row + i0) * s.HD + h * s.D, s.HD)
+            i0 += nb
+        }
+    }
+}
+
+/// Backward of `attentionForward` for spans starting at position 0 whose keys/values are rows of the
+/// same packed buffers. Writes dq (into dq, ldq), and dk, dv (overwritten, strides as the spans'
+/// key/value strides, at the same offsets from dkBase/dvBase as k/v from kBase/vBase).
+/// One task per (span, kv head), so the dk/dv accumulations of a task never meet another's.
+func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>, ldq: Int,
+                       out: UnsafePointer<Float>, dout: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                       di: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float>,
+                       dk: (AttnSpan) -> UnsafeMutablePointer<Float>, dv: (AttnSpan) -> UnsafeMutablePointer<Float>,
+                       scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int) {
+    let Bq = Workspace.blockRows
+    let tasks = spans.count * s.Hkv
+    parallelFor(tasks, workers: workers) { task, worker in
+        let span = spans[task / s.Hkv], g = task % s.Hkv
+        let P = scratch + worker * scratchStride, dP = P + Bq * span.count
+        let kg = span.k + g * s.D, vg = span.v + g * s.D
+        let dkg = dk(span) + g * s.D, dvg = dv(span) + g * s.D
+        for t in 0..<span.count {
+            (dkg + t * span.ldk).update(repeating: 0, count: s.D)
+            (dvg + t * span.ldv).update(repeating: 0, count: s.D)
+        }
+        for h in (g * s.group)..<((g + 1) * s.group) {
+            for t in span.row..<(span.row + span.count) {
+                di[t * s.H + h] = dot(dout + t * s.HD + h * s.D, out + t * s.HD + h * s.D, s.D)
+            }
+            var i0 = 0
+            while i0 < span.count {
+                let nb = min(Bq, span.count - i0), nk = i0 + nb
+                let r0 = span.row + i0
+                let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HD + h * s.D
+                sgemm(false, true, nb, nk, s.D, s.scale, qb, ldq, kg, span.ldk, 0, P, nk)
+                for r in 0..<nb {
+                    let row = P + r * nk, valid = i0 + r + 1
+                    expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
+                    if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
+                }
+                sgemm(false, true, nb, nk, s.D, 1, dob, s.HD, vg, span.ldv, 0, dP, nk)
+                sgemm(true, false, nk, s.D, nb, 1, P, nk, dob, s.HD, 1, dvg, span.ldv)
+                for r in 0..<nb {
+                    let p = P + r * nk, d = dP + r * nk, dr = di[(r0 + r) * s.H + h]
+                    for j in 0..<nk { d[j] = p[j] * (d[j] - dr) }
+                }
+                sgemm(false, false, nb, s.D, nk, s.scale, dP, nk, kg, span.ldk, 0, dq + r0 * ldq + h * s.D, ldq)
+                sgemm(true, false, nk, s.D, nb, s.scale, dP, nk, qb, ldq, 1, dkg, span.ldk)
+                i0 += nb
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+// Backward: the engine's backward pass, the forward of Engine.swift in reverse, for a loss given by its
+// gradient with respect to each token's target log-prob (what GRPO, GSPO and TIS losses reduce to).
+
+extension Engine {
+    /// Accumulates into `grads` the gradient of L, where dLogp[t] = ∂L/∂log p(target_t), through the
+    /// last `forward(…, options.training: true)`; replayed routes stay forced, and the router still gets
+    /// its gradient through the gate weights.
+    public func backward(dLogp: [Float]) throws {
+        guard let last, let ws, ws.hasBackward else { throw MoEError.input("backward needs a forward with training: true first") }
+        guard dLogp.count == last.T else { throw MoEError.input("\(dLogp.count) gradients for \(last.T) tokens") }
+        if grads == nil { grads = Buffer(count: model.layout.total) }
+        let c = config, T = last.T, C = c.hiddenSize, V = c.vocabSize, K = c.topK
+        let G = grads!.base, W = model.params.base, lay = model.layout
+
+        // LM head, over the rows that carry gradient only
+        var R = 0
+        for t in 0..<T where dLogp[t] != 0 && last.targets[t] >= 0 { ws.headRows[R] = Int32(t); R += 1 }
+        last.targets.withUnsafeBufferPointer { tg in
+            dLogp.withUnsafeBufferPointer { coef in
+                headBackward(logits: ws.logits, V: V, rows: ws.headRows, count: R, targets: tg.baseAddress!, coef: coef.baseAddress!,
+                             lse: ws.lseRow, temperature: last.temperature, dlogits: ws.dlogits, workers: workers)
+            }
+        }
+        for i in 0..<R { (ws.hFc + i * C).update(from: ws.hF + Int(ws.headRows[i]) * C, count: C) }
+        ctx.gemm(true, false, V, C, R, 1, ws.dlogits, V, ws.hFc, C, 1, G + lay.lmHead, C)
+        ctx.gemm(false, false, R, C, V, 1, ws.dlogits, V, W + lay.lmHead, C, 0, ws.dhFc, C)
+        ws.dh.update(repeating: 0, count: T * C)
+        for i in 0..<R { (ws.dh + Int(ws.headRows[i]) * C).update(from: ws.dhFc + i * C, count: C) }
+        ws.dx.update(repeating: 0, count: T * C)
+        rmsnormBackward(ws.residual(c.numLayers), ldx: C, W + lay.finalNorm, rstd: ws.rstdF, ws.dh, lddy: C, ws.dx, lddx: C,
+                        G + lay.finalNorm, rows: T, n: C, accumulate: true)
+
+        var moeIndex = c.moeLayers.count
+        for l in stride(from: c.numLayers - 1, through: 0, by: -1) {
+            let p = lay.layers[l], a = ws.acts(l)
+            // MLP block: x_out = x_mid + f(h2); dx holds ∂L/∂x_out
+            if p.isMoE {
+                moeIndex -= 1
+                let m = MoEShape(T: T, C: C, E: c.numExperts, K: K, I: c.moeIntermediateSize, norm: c.normTopKProb)
+                groupOrder(m, offsets: a.offsets, order: ws.order)
+                for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
+                moeBackward(m, ctx: ctx, h: a.h2, dy: ws.dx, probs: a.probs, idx: a.idx, gates: a.gates, perm: a.perm, slot: a.slot,
+                            offsets: a.offsets, order: ws.order, xg: ws.xg, gu: a.gu, act: a.act, eo: a.eo,
+                            router: W + p.router, gateUp: W + p.gateUp, down: W + p.down,
+                            dRouter: G + p.router, dGateUp: G + p.gateUp, dDown: G + p.down,
+                            dEo: ws.dEo, dAct: ws.dAct, dGu: ws.dGu, dXg: ws.dXg, dProbs: ws.dProbs, dGates: ws.dGates, dh: ws.dh)
+            } else {
+                let F = c.intermediateSize
+                ctx.gemm(false, false, T, F, C, 1, ws.dx, C, W + p.down, F, 0, ws.dAct, F)
+                ctx.gemm(true, false, C, F, T, 1, ws.dx, C, a.act, F, 1, G + p.down, F)
+                swigluBackward(a.gu, ws.dAct, ws.dGu, rows: T, I: F)
+                ctx.gemm(true, false, 2 * F, C, T, 1, ws.dGu, 2 * F, a.h2, C, 1, G + p.gateUp, C)
+                ctx.gemm(false, false, T, C, 2 * F, 1, ws.dGu, 2 * F, W + p.gateUp, C, 0, ws.dh, C)
+            }
+            rmsnormBackward(a.xMid, ldx: C, W + p.postNorm, rstd: a.rstd2, ws.dh, lddy: C, ws.dx, lddx: C, G + p.postNorm,
+                            rows: T, n: C, accumulate: true)
+            // attention block: x_mid = x_in + o(attn); dx holds ∂L/∂x_mid
+            ctx.gemm(false, false, T, s.HD, C, 1, ws.dx, C, W + p.o, s.HD, 0, ws.dattn, s.HD)
+            ctx.gemm(true, false, C, s.HD, T, 1, ws.dx, C, a.attn, s.HD, 1, G + p.o, s.HD)
+            for i in spans.indices {
+                spans[i].k = a.qk + spans[i].row * s.QK + s.HD; spans[i].ldk = s.QK
+                spans[i].v = a.qkv + spans[i].row * s.QKV + s.QK; spans[i].ldv = s.QKV
+            }
+            let shape = s, dqk = ws.dqk, dqkv = ws.dqkv
+            attentionBackward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, dout: ws.dattn, lse: a.lse, di: ws.di,
+                              dq: ws.dqk, dk: { dqk + $0.row * shape.QK + shape.HD }, dv: { dqkv + $0.row * shape.QKV + shape.QK },
+                              scratch: ws.attnScratch, scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers)
+            qkNormRopeBackward(s, spans: spans, qkv: a.qkv, dqk: ws.dqk, dqkv: ws.dqkv, rstd: a.qkRstd, qNorm: W + p.qNorm,
+                               kNorm: W + p.kNorm, dqNorm: G + p.qNorm, dkNorm: G + p.kNorm, rope: rope)
+            ctx.gemm(true, false, s.QKV, C, T, 1, ws.dqkv, s.QKV, a.h1, C, 1, G + p.qkv, C)
+            ctx.gemm(false, false, T, C, s.QKV, 1, ws.dqkv, s.QKV, W + p.qkv, C, 0, ws.dh, C)
+            rmsnormBackward(ws.residual(l), ldx: C, W + p.inputNorm, rstd: a.rstd1, ws.dh, lddy: C, ws.dx, lddx: C, G + p.inputNorm,
+                            rows: T, n: C, accumulate: true)
+        }
+        for t in 0..<T { axpy(1, ws.dx + t * C, G + lay.embed + Int(last.tokens[t]) * C, C) }
+    }
+}

@@ -1,0 +1,282 @@
+// Engine: the Qwen3-MoE forward and backward passes, top-down, over packed variable-length sequences.
+// Routing is data: every forward takes `.live` or `.replay(tables)` and returns the routes it used.
+//
+//   x = embed[ids]
+//   per layer: x += o(attn(rope(qk_norm(qkv(rmsnorm(x))))));  x += moe_or_mlp(rmsnorm(x))
+//   logits = rmsnorm(x) · W_lmᵀ
+import Foundation
+
+public struct ForwardOptions: Sendable {
+    /// Packed target ids, one per token (-1: none). Default: the next token of the same sequence.
+    public var targets: [Int32]? = nil
+    /// Log-probs and entropy are of softmax(logits / temperature).
+    public var temperature: Float = 1
+    /// Return the full logits [T, V].
+    public var keepLogits = false
+    /// Keep every layer's activations so that `backward` can run.
+    public var training = false
+    /// Return the per-token entropy.
+    public var entropy = false
+    public init(targets: [Int32]? = nil, temperature: Float = 1, keepLogits: Bool = false, training: Bool = false, entropy: Bool = false) {
+        self.targets = targets; self.temperature = temperature; self.keepLogits = keepLogits
+        self.training = training; self.entropy = entropy
+    }
+}
+
+public struct ForwardResult: Sendable {
+    public var sequenceLengths: [Int]
+    /// [T]: log p(target) at each token row (NaN where there is no target).
+    public var logprobs: [Float]
+    /// [T] when requested, else empty.
+    public var entropy: [Float]
+    /// [T, V] when requested, else empty.
+    public var logits: [Float]
+    /// The experts used, [T, moe_layers, K] (descending router probability when live).
+    public var routes: RouteTable
+    /// The experts the live router picks, whatever was used (equal to `routes` under live routing).
+    public var liveRoutes: RouteTable
+    /// Gate weights used, [T, moe_layers, K].
+    public var gates: [Float]
+    /// Replay rows (token, layer) that were all -1 and fell back to the live router.
+    public var replayFallbackRows: Int
+
+    /// Row range of sequence s in the packed arrays.
+    public func rows(ofSequence s: Int) -> Range<Int> {
+        let start = sequenceLengths[..<s].reduce(0, +)
+        return start..<(start + sequenceLengths[s])
+    }
+}
+
+public final class Engine {
+    public let config: ModelConfig
+    public let numerics: Numerics
+    public let workers: Int
+    /// The weights this engine computes with. In bf16 mode a private copy rounded to bf16.
+    public private(set) var model: Model
+    /// Gradients, in the parameter layout (allocated by the first training forward).
+    public internal(set) var grads: Buffer<Float>?
+
+    let s: AttnShape
+    let rope: RopeTable
+    var ws: Workspace?
+    var spans: [AttnSpan] = []
+    // state of the last training forward, for backward
+    var last: (T: Int, tokens: [Int32], targets: [Int32], temperature: Float, lengths: [Int])?
+
+    /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
+    public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        BLASThreads.useSingleThreadedBLAS()
+        config = model.config
+        self.numerics = numerics
+        self.workers = max(1, workers)
+        self.model = model
+        s = AttnShape(H: config.numHeads, Hkv: config.numKVHeads, D: config.headDim)
+        rope = RopeTable(headDim: config.headDim, theta: config.ropeTheta)
+        if numerics.precision == .bf16 { syncWeights(from: model) }
+    }
+
+    /// Takes new weights (e.g. the training policy after an optimiser step); bf16 engines round a copy.
+    public func syncWeights(from source: Model) {
+        precondition(source.config == config)
+        if numerics.precision == .bf16 {
+            if model === source { model = source.clone() } else { model.params.copy(from: source.params) }
+            BF16.roundInPlace(model.params.base, model.params.count)
+        } else {
+            model = source
+        }
+    }
+
+    var ctx: GemmContext { GemmContext(workers: workers, batchInvariant: numerics.batchInvariant) }
+    var bf16: Bool { numerics.precision == .bf16 }
+
+    public func zeroGrad() { grads?.zero() }
+
+    // MARK: forward
+
+    public func forward(_ sequences: [[Int32]], routing: Routing = .live, options: ForwardOptions = ForwardOptions()) throws -> ForwardResult {
+        let lengths = sequences.map(\.count)
+        guard !sequences.isEmpty, lengths.allSatisfy({ $0 > 0 }) else { throw MoEError.input("every sequence needs at least one token") }
+        let tokens = sequences.flatMap { $0 }
+        let T = tokens.count, V = config.vocabSize
+        for (i, t) in tokens.enumerated() where t < 0 || Int(t) >= V {
+            throw MoEError.input("token id \(t) at packed position \(i) is outside [0, \(V))")
+        }
+        var targets: [Int32]
+        if let given = options.targets {
+            guard given.count == T else { throw MoEError.input("\(given.count) targets for \(T) tokens") }
+            for (i, t) in given.enumerated() where t < -1 || Int(t) >= V {
+                throw MoEError.input("target id \(t) at packed position \(i) is outside [-1, \(V))")
+            }
+            targets = given
+        } else {
+            targets = []
+            targets.reserveCapacity(T)
+            for seq in sequences { targets += seq.dropFirst(); targets.append(-1) }
+        }
+        guard options.temperature > 0, options.temperature.isFinite else { throw MoEError.input("temperature must be positive") }
+        let moeL = config.moeLayers.count, K = config.topK
+        var forced: [Int32]? = nil
+        if case let .replay(tables) = routing {
+            guard tables.count == sequences.count else {
+                throw MoEError.routes("\(tables.count) route tables for \(sequences.count) sequences")
+            }
+            // -2 marks the row a T−1 table does not have (the last token's): routed live, not a fallback.
+            var packed = [Int32](repeating: -2, count: T * moeL * K)
+            var row = 0
+            for (sIdx, table) in tables.enumerated() {
+                do { try table.validate(tokens: lengths[sIdx], moeLayers: moeL, topK: K, experts: config.numExperts) } catch let MoEError.routes(msg) {
+                    throw MoEError.routes(tables.count > 1 ? "sequence \(sIdx): \(msg)" : msg)
+                }
+                for i in 0..<table.ids.count { packed[row * moeL * K + i] = table.ids[i] }
+                row += lengths[sIdx]
+            }
+            forced = packed
+        }
+        let ws = prepare(T: T, maxLen: lengths.max()!, training: options.training)
+        setSpansPacked(lengths: lengths)
+        var routes = [Int32](repeating: -1, count: T * moeL * K)
+        var live = routes
+        var gates = [Float](repeating: 0, count: T * moeL * K)
+        let fallbacks = tokens.withUnsafeBufferPointer { tok in
+            routes.withUnsafeMutableBufferPointer { r in
+                live.withUnsafeMutableBufferPointer { lv in
+                    gates.withUnsafeMutableBufferPointer { g in
+                        if let forced {
+                            return forced.withUnsafeBufferPointer { f in
+                                layers(tokens: tok.baseAddress!, T: T, ws: ws, save: options.training, cache: nil,
+                                       forced: f.baseAddress, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!)
+                            }
+                        }
+                        return layers(tokens: tok.baseAddress!, T: T, ws: ws, save: options.training, cache: nil,
+                                      forced: nil, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!)
+                    }
+                }
+            }
+        }
+        // LM head over every row
+        finalNorm(ws: ws, T: T)
+        ctx.linear(T, V, config.hiddenSize, ws.hF, config.hiddenSize, model.params.base + model.layout.lmHead, 0, ws.logits, V,
+                   scratch: ws.linScratch(worker: 0, config: config))
+        var logp = [Float](repeating: .nan, count: T)
+        var entropy = [Float](repeating: .nan, count: options.entropy ? T : 0)
+        targets.withUnsafeBufferPointer { tg in
+            logp.withUnsafeMutableBufferPointer { lp in
+                entropy.withUnsafeMutableBufferPointer { en in
+                    headForward(logits: ws.logits, rows: T, V: V, targets: tg.baseAddress!, temperature: options.temperature,
+                                logp: lp.baseAddress!, entropy: options.entropy ? en.baseAddress! : nil, lse: ws.lseRow,
+                                scratch: ws.rowScratch, workers: workers)
+                }
+            }
+        }
+        if options.training { last = (T, tokens, targets, options.temperature, lengths) } else { last = nil }
+        return ForwardResult(
+            sequenceLengths: lengths, logprobs: logp, entropy: entropy,
+            logits: options.keepLogits ? Array(UnsafeBufferPointer(start: ws.logits, count: T * V)) : [],
+            routes: RouteTable(rows: T, layers: moeL, topK: K, ids: routes),
+            liveRoutes: RouteTable(rows: T, layers: moeL, topK: K, ids: live),
+            gates: gates, replayFallbackRows: fallbacks)
+    }
+
+    /// Sizes the workspace for T rows (kept while large enough) and the rotary table.
+    func prepare(T: Int, maxLen: Int, training: Bool, maxKeys: Int? = nil) -> Workspace {
+        let keys = maxKeys ?? maxLen
+        rope.reserve(keys)
+        let saved = training ? config.numLayers : 1
+        if let ws, ws.rows >= T, ws.savedLayers == saved, ws.maxKeys >= keys, ws.hasBackward || !training { return ws }
+        let next = Workspace(config: config, rows: max(T, ws?.rows ?? 0), saveLayers: training, maxKeys: max(keys, ws?.maxKeys ?? 0),
+                             workers: workers, backward: training)
+        ws = next
+        return next
+    }
+
+    /// Spans of a packed batch whose keys are its own rows (no cache); key pointers are set per layer.
+    func setSpansPacked(lengths: [Int]) {
+        spans.removeAll(keepingCapacity: true)
+        var row = 0
+        let dummy = UnsafeMutablePointer<Float>(bitPattern: 64)!
+        for n in lengths {
+            spans.append(AttnSpan(row: row, count: n, pos0: 0, k: dummy, v: dummy, ldk: 0, ldv: 0))
+            row += n
+        }
+    }
+
+    /// Embedding and every decoder layer. Returns the count of replay fallback rows.
+    func layers(tokens: UnsafePointer<Int32>, T: Int, ws: Workspace, save: Bool, cache: KVCache?,
+                forced: UnsafePointer<Int32>?, routesOut: UnsafeMutablePointer<Int32>, liveOut: UnsafeMutablePointer<Int32>,
+                gatesOut: UnsafeMutablePointer<Float>) -> Int {
+        let c = config, C = c.hiddenSize, W = model.params.base, lay = model.layout
+        let moeL = c.moeLayers.count, K = c.topK
+        let x0 = ws.residual(0)
+        for t in 0..<T { (x0 + t * C).update(from: W + lay.embed + Int(tokens[t]) * C, count: C) }
+        var fallbacks = 0
+        var moeIndex = 0
+        let scratch0 = ws.linScratch(worker: 0, config: c)
+        for l in 0..<c.numLayers {
+            let p = lay.layers[l], a = ws.acts(l)
+            let xIn = ws.residual(l), xOut = ws.residual(l + 1)
+            // attention
+            rmsnormForward(xIn, ldx: C, W + p.inputNorm, a.h1, ldy: C, rstd: a.rstd1, rows: T, n: C, eps: c.rmsNormEps)
+            if bf16 { BF16.roundInPlace(a.h1, T * C) }
+            ctx.linear(T, s.QKV, C, a.h1, C, W + p.qkv, 0, a.qkv, s.QKV, scratch: scratch0)
+            qkNormRopeForward(s, spans: spans, qkv: a.qkv, qk: a.qk, rstd: a.qkRstd, qNorm: W + p.qNorm, kNorm: W + p.kNorm,
+                              rope: rope, eps: c.rmsNormEps)
+            if bf16 {
+                BF16.roundInPlace(a.qk, T * s.QK)
+                BF16.roundInPlace(a.qkv + s.QK, rows: T, cols: s.Hkv * s.D, ld: s.QKV)
+            }
+            for i in spans.indices {
+                if let cache {
+                    spans[i].k = cache.keys(layer: l, slot: spans[i].slot); spans[i].ldk = s.Hkv * s.D
+                    spans[i].v = cache.values(layer: l, slot: spans[i].slot); spans[i].ldv = s.Hkv * s.D
+                } else {
+                    spans[i].k = a.qk + spans[i].row * s.QK + s.HD; spans[i].ldk = s.QK
+                    spans[i].v = a.qkv + spans[i].row * s.QKV + s.QK; spans[i].ldv = s.QKV
+                }
+            }
+            cache?.store(layer: l, spans: spans, qk: a.qk, qkv: a.qkv, s: s)
+            attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
+                             scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16)
+            if bf16 { BF16.roundInPlace(a.attn, T * s.HD) }
+            a.xMid.update(from: xIn, count: T * C)
+            ctx.linear(T, C, s.HD, a.attn, s.HD, W + p.o, 1, a.xMid, C, scratch: scratch0)
+            // MLP
+            rmsnormForward(a.xMid, ldx: C, W + p.postNorm, a.h2, ldy: C, rstd: a.rstd2, rows: T, n: C, eps: c.rmsNormEps)
+            if bf16 { BF16.roundInPlace(a.h2, T * C) }
+            xOut.update(from: a.xMid, count: T * C)
+            if p.isMoE {
+                let m = MoEShape(T: T, C: C, E: c.numExperts, K: K, I: c.moeIntermediateSize, norm: c.normTopKProb)
+                ctx.linear(T, m.E, C, a.h2, C, W + p.router, 0, a.probs, m.E, scratch: scratch0)
+                fallbacks += routeForward(m, probs: a.probs, idx: a.idx, gates: a.gates, liveIdx: ws.liveIdx,
+                                          forced: forced.map { $0 + moeIndex * K }, forcedStride: moeL * K)
+                groupByExpert(m, idx: a.idx, perm: a.perm, slot: a.slot, offsets: a.offsets, order: ws.order)
+                for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
+                expertsForward(m, ctx: ctx, xg: ws.xg, gateUp: W + p.gateUp, down: W + p.down, offsets: a.offsets,
+                               order: ws.order, gu: a.gu, act: a.act, eo: a.eo, bf16: bf16,
+                               scratch: { ws.linScratch(worker: $0, config: c) })
+                combineExperts(m, gates: a.gates, slot: a.slot, eo: a.eo, y: xOut, workers: workers)
+                for t in 0..<T {
+                    let o = (t * moeL + moeIndex) * K
+                    for j in 0..<K {
+                        routesOut[o + j] = a.idx[t * K + j]; liveOut[o + j] = ws.liveIdx[t * K + j]
+                        gatesOut[o + j] = a.gates[t * K + j]
+                    }
+                }
+                moeIndex += 1
+            } else {
+                let F = c.intermediateSize
+                ctx.linear(T, 2 * F, C, a.h2, C, W + p.gateUp, 0, a.gu, 2 * F, scratch: scratch0)
+                swigluForward(a.gu, a.act, rows: T, I: F)
+                if bf16 { BF16.roundInPlace(a.act, T * F) }
+                ctx.linear(T, C, F, a.act, F, W + p.down, 1, xOut, C, scratch: scratch0)
+            }
+        }
+        return fallbacks
+    }
+
+    func finalNorm(ws: Workspace, T: Int) {
+        let C = config.hiddenSize
+        rmsnormForward(ws.residual(config.numLayers), ldx: C, model.params.base + model.layout.finalNorm, ws.hF, ldy: C,
+                       rstd: ws.rstdF, rows: T, n: C, eps: config.rmsNormEps)
+        if bf16 { BF16.roundInPlace(ws.hF, T * C) }
+    }
+}

@@ -1,0 +1,110 @@
+// FastMath: vectorised exp and the row kernels built on it (softmax, SiLU). One polynomial serves the
+// SIMD body and the scalar tail, so a value's result never depends on where it sits in a row.
+
+/// exp(x) with relative error about 1e-7 (Cephes expf): x = n·ln2 + r, |r| ≤ ln2/2, exp(x) = 2^n · p(r).
+/// Below -87.3 it returns 0 (so a masked -inf gives 0); NaN stays NaN.
+@inline(__always) func expApprox(_ x: SIMD8<Float>) -> SIMD8<Float> {
+    let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
+    let xc = x.clamped(lowerBound: lo, upperBound: hi)
+    let n = (xc * 1.442_695_04).rounded(.toNearestOrEven)
+    let r = xc - n * 0.693_359_375 + n * 2.121_944_4e-4
+    var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
+    p = p * r + 1.398_199_95e-3
+    p = p * r + 8.333_451_9e-3
+    p = p * r + 4.166_579_59e-2
+    p = p * r + 1.666_666_55e-1
+    p = p * r + 5.000_000_12e-1
+    p = p * (r * r) + r + 1
+    let e = (SIMD8<Int32>(n, rounding: .towardZero) &+ 127) &<< 23
+    let out = p * unsafeBitCast(e, to: SIMD8<Float>.self)
+    return out.replacing(with: 0, where: x .< lo).replacing(with: .nan, where: x .!= x)
+}
+
+@inline(__always) func expScalar(_ x: Float) -> Float { expApprox(SIMD8<Float>(repeating: x))[0] }
+
+/// p[i] = exp(p[i] - shift) for i in 0..<n; returns the sum.
+@discardableResult
+func expInPlace(_ p: UnsafeMutablePointer<Float>, _ n: Int, shift: Float = 0, scale: Float = 1) -> Float {
+    var sum8 = SIMD8<Float>()
+    var i = 0
+    let s8 = SIMD8<Float>(repeating: shift), k8 = SIMD8<Float>(repeating: scale)
+    let raw = UnsafeMutableRawPointer(p)
+    while i + 8 <= n {
+        let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        let e = expApprox(v * k8 - s8)
+        raw.storeBytes(of: e, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        sum8 += e
+        i += 8
+    }
+    var sum = sum8.sum()
+    while i < n {
+        let e = expScalar(p[i] * scale - shift)
+        p[i] = e
+        sum += e
+        i += 1
+    }
+    return sum
+}
+
+@inline(__always) func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+    var m = -Float.infinity
+    for i in 0..<n where p[i] > m { m = p[i] }
+    return m
+}
+
+@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc8 = SIMD8<Float>()
+    var i = 0
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    while i + 8 <= n {
+        acc8 += ra.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
+    }
+    var acc = acc8.sum()
+    while i < n { acc += a[i] * b[i]; i += 1 }
+    return acc
+}
+
+/// y[i] += a · x[i]
+@inline(__always) func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    for i in 0..<n { y[i] += a * x[i] }
+}
+
+/// In-place softmax of a row scaled by `scale`: p = exp(scale·x - max) / sum. Returns log-sum-exp.
+@inline(__always) @discardableResult
+func softmaxRow(_ p: UnsafeMutablePointer<Float>, _ n: Int, scale: Float = 1) -> Float {
+    let m = rowMax(p, n) * scale
+    let s = expInPlace(p, n, shift: m, scale: scale)
+    let inv = 1 / s
+    for i in 0..<n { p[i] *= inv }
+    return m + Float(_log(Double(s)))
+}
+
+/// SwiGLU over fused rows: out[r, i] = silu(gu[r, i]) · gu[r, I + i], gu [rows, 2I], out [rows, I].
+func swigluForward(_ gu: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, rows: Int, I: Int) {
+    for r in 0..<rows {
+        let g = gu + r * 2 * I, u = g + I, o = out + r * I
+        var i = 0
+        while i + 8 <= I {
+            let gv = UnsafeRawPointer(g).loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            let uv = UnsafeRawPointer(u).loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            let s = 1 / (1 + expApprox(-gv))
+            UnsafeMutableRawPointer(o).storeBytes(of: gv * s * uv, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < I { let s = 1 / (1 + expScalar(-g[i])); o[i] = g[i] * s * u[i]; i += 1 }
+    }
+}
+
+/// SwiGLU backward: from dOut [rows, I] and the saved gu, writes dGu [rows, 2I].
+func swigluBackward(_ gu: UnsafePointer<Float>, _ dOut: UnsafePointer<Float>, _ dGu: UnsafeMutablePointer<Float>, rows: Int, I: Int) {
+    for r in 0..<rows {
+        let g = gu + r * 2 * I, u = g + I, d = dOut + r * I, dg = dGu + r * 2 * I, du = dg + I
+        for i in 0..<I {
+            let s = 1 / (1 + expScalar(-g[i]))
+            let silu = g[i] * s
+            du[i] = d[i] * silu
+            dg[i] = d[i] * u[i] * s * (1 + g[i] * (1 - s))
+        }
+    }
+}

@@ -1,0 +1,75 @@
+// Optimizer: global-norm gradient clipping and AdamW (decoupled weight decay, as torch.optim.AdamW),
+import Foundation
+// over the flat parameter buffer.
+
+public struct AdamWConfig: Sendable {
+    public var learningRate: Float = 1e-4
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.999
+    public var eps: Float = 1e-8
+    /// Applied to matrices only; norm weights are not decayed.
+    public var weightDecay: Float = 0.0
+    public init(learningRate: Float = 1e-4, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0) {
+        self.learningRate = learningRate; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
+    }
+}
+
+public final class AdamW {
+    public var config: AdamWConfig
+    public private(set) var step = 0
+    let m: Buffer<Float>, v: Buffer<Float>
+    let decayMask: [Range<Int>]   // parameter ranges that are decayed
+
+    public init(layout: ParameterLayout, config: AdamWConfig) {
+        self.config = config
+        m = Buffer(count: layout.total); v = Buffer(count: layout.total)
+        decayMask = layout.tensors.filter { !$0.isNorm }.map { $0.offset..<($0.offset + $0.count) }
+    }
+
+    /// One update of `params` from `grads`.
+    public func update(params: Buffer<Float>, grads: Buffer<Float>) {
+        step += 1
+        let c = config
+        let bc1 = 1 - Float(pow(Double(c.beta1), Double(step))), bc2 = 1 - Float(pow(Double(c.beta2), Double(step)))
+        let p = params.base, g = grads.base, mm = m.base, vv = v.base
+        let lrc = c.learningRate / bc1, invSqrtBc2 = 1 / bc2.squareRoot()
+        if c.weightDecay != 0 {
+            let keep = 1 - c.learningRate * c.weightDecay
+            for r in decayMask { for i in r { p[i] *= keep } }
+        }
+        for i in 0..<params.count {
+            let gi = g[i]
+            mm[i] = c.beta1 * mm[i] + (1 - c.beta1) * gi
+            vv[i] = c.beta2 * vv[i] + (1 - c.beta2) * gi * gi
+            p[i] -= lrc * mm[i] / ((vv[i]).squareRoot() * invSqrtBc2 + c.eps)
+        }
+    }
+}
+
+public enum GradClip {
+    /// The global L2 norm of `grads` (accumulated in Double).
+    public static func norm(_ grads: Buffer<Float>) -> Double {
+        var acc = 0.0
+        var i = 0
+        let n = grads.count, g = grads.base
+        while i < n {
+            let end = min(n, i + 4096)
+            var part: Float = 0
+            for j in i..<end { part += g[j] * g[j] }
+            acc += Double(part)
+            i = end
+        }
+        return acc.squareRoot()
+    }
+
+    /// Scales `grads` so that their global norm is at most `maxNorm`; returns the norm before clipping.
+    @discardableResult
+    public static func clip(_ grads: Buffer<Float>, maxNorm: Double) -> Double {
+        let total = norm(grads)
+        if total.isFinite && total > maxNorm {
+            let s = Float(maxNorm / (total + 1e-6))
+            for i in 0..<grads.count { grads.base[i] *= s }
+        }
+        return total
+    }
+}

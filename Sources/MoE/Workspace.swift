@@ -1,0 +1,107 @@
+// Workspace: every activation and scratch buffer of a forward/backward pass, carved once per shape
+// from one float arena and one int32 arena. Nothing is allocated inside the passes themselves.
+
+/// One decoder layer's saved activations (shapes in the engine's vocabulary; A = T·K assignments).
+struct LayerActs {
+    var rstd1, h1, qkv, qk, qkRstd, attn, lse, xMid, rstd2, h2: UnsafeMutablePointer<Float>
+    // qkv [T, (H+2Hkv)D] raw projection; qk [T, (H+Hkv)D] normed + rotated q and k; lse [T, H]
+    var probs, gates: UnsafeMutablePointer<Float>         // [T, E], [T, K]
+    var gu, act, eo: UnsafeMutablePointer<Float>          // MoE [A, 2I], [A, I], [A, C]; dense [T, 2F], [T, F]
+    var idx, perm, slot, offsets: UnsafeMutablePointer<Int32>  // [T, K], [A], [A], [E + 1]
+}
+
+final class Workspace {
+    let rows: Int            // T capacity
+    let savedLayers: Int     // L when activations are kept for backward, else 1 (reused by every layer)
+    let maxKeys: Int         // longest key range one attention row may see
+    let workers: Int
+    let hasBackward: Bool
+    let floats: Buffer<Float>
+    let ints: Buffer<Int32>
+
+    var x: [UnsafeMutablePointer<Float>] = []   // residual stream: L+1 buffers [T, C] (2 when not saving)
+    var layers: [LayerActs] = []
+    var rstdF, hF, logits, lseRow: UnsafeMutablePointer<Float>     // [T], [T, C], [T, V], [T]
+    var xg: UnsafeMutablePointer<Float>          // gathered expert inputs [A, C]
+    var attnScratch: UnsafeMutablePointer<Float> // per worker [2, Bq, maxKeys]
+    var linScratch: UnsafeMutablePointer<Float>  // per worker [tile, maxIn + maxOut]
+    var rowScratch: UnsafeMutablePointer<Float>  // per worker [V]
+    var order: UnsafeMutablePointer<Int32>       // [E] experts by decreasing load
+    var liveIdx: UnsafeMutablePointer<Int32>     // [T, K]
+    // backward
+    var dx, dh, dqkv, dqk, dattn, di: UnsafeMutablePointer<Float>
+    var dEo, dAct, dGu, dXg, dProbs, dGates: UnsafeMutablePointer<Float>
+    var dlogits, hFc, dhFc: UnsafeMutablePointer<Float>
+    var headRows: UnsafeMutablePointer<Int32>    // [T] rows kept for the LM-head backward
+
+    static let blockRows = 64
+
+    init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool) {
+        rows = T; savedLayers = saveLayers ? c.numLayers : 1; self.maxKeys = maxKeys; self.workers = workers
+        hasBackward = backward
+        let C = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.numKVHeads, V = c.vocabSize
+        let QKV = (H + 2 * Hkv) * D, QK = (H + Hkv) * D, HD = H * D
+        let E = max(c.numExperts, 1), K = max(c.topK, 1), I = c.moeIntermediateSize, F = c.intermediateSize
+        let hasMoE = !c.moeLayers.isEmpty, hasDense = c.moeLayers.count < c.numLayers
+        let A = hasMoE ? T * K : 0
+        let guRows = max(hasMoE ? A * 2 * I : 0, hasDense ? T * 2 * F : 0)
+        let actRows = max(hasMoE ? A * I : 0, hasDense ? T * F : 0)
+        let maxIn = max(C, HD, I, F), maxOut = max(V, QKV, 2 * I, 2 * F, C, E)
+
+        var fp = ArenaPlan(), ip = ArenaPlan()
+        let nx = saveLayers ? c.numLayers + 1 : 2
+        let xOff = (0..<nx).map { _ in fp.take(T * C) }
+        struct Off { var rstd1, h1, qkv, qk, qkRstd, attn, lse, xMid, rstd2, h2, probs, gates, gu, act, eo, idx, perm, slot, offsets: Int }
+        var offs: [Off] = []
+        for _ in 0..<savedLayers {
+            offs.append(Off(rstd1: fp.take(T), h1: fp.take(T * C), qkv: fp.take(T * QKV), qk: fp.take(T * QK),
+                            qkRstd: fp.take(T * (H + Hkv)), attn: fp.take(T * HD), lse: fp.take(T * H),
+                            xMid: fp.take(T * C), rstd2: fp.take(T), h2: fp.take(T * C),
+                            probs: fp.take(hasMoE ? T * E : 0), gates: fp.take(hasMoE ? T * K : 0),
+                            gu: fp.take(guRows), act: fp.take(actRows), eo: fp.take(A * C),
+                            idx: ip.take(A), perm: ip.take(A), slot: ip.take(A), offsets: ip.take(E + 1)))
+        }
+        let oRstdF = fp.take(T), oHF = fp.take(T * C), oLogits = fp.take(T * V), oLse = fp.take(T)
+        let oXg = fp.take(A * C)
+        let oAttn = fp.take(workers * 2 * Workspace.blockRows * maxKeys)
+        let oLin = fp.take(workers * GemmContext.tile * (maxIn + maxOut))
+        let oRow = fp.take(workers * V)
+        let oOrder = ip.take(E), oLive = ip.take(hasMoE ? T * K : 0), oHeadRows = ip.take(T)
+        let b = backward ? 1 : 0
+        let oDx = fp.take(b * T * C), oDh = fp.take(b * T * C), oDqkv = fp.take(b * T * QKV), oDqk = fp.take(b * T * QK)
+        let oDattn = fp.take(b * T * HD), oDi = fp.take(b * T * H)
+        let oDEo = fp.take(b * A * C), oDAct = fp.take(b * actRows), oDGu = fp.take(b * guRows), oDXg = fp.take(b * A * C)
+        let oDProbs = fp.take(b * (hasMoE ? T * E : 0)), oDGates = fp.take(b * (hasMoE ? T * K : 0))
+        let oDlogits = fp.take(b * T * V), oHFc = fp.take(b * T * C), oDhFc = fp.take(b * T * C)
+
+        floats = Buffer(count: fp.total)
+        ints = Buffer(count: ip.total)
+        let f = floats.base, i = ints.base
+        x = xOff.map { f + $0 }
+        layers = offs.map { o in
+            LayerActs(rstd1: f + o.rstd1, h1: f + o.h1, qkv: f + o.qkv, qk: f + o.qk, qkRstd: f + o.qkRstd, attn: f + o.attn,
+                      lse: f + o.lse, xMid: f + o.xMid, rstd2: f + o.rstd2, h2: f + o.h2, probs: f + o.probs, gates: f + o.gates,
+                      gu: f + o.gu, act: f + o.act, eo: f + o.eo, idx: i + o.idx, perm: i + o.perm, slot: i + o.slot,
+                      offsets: i + o.offsets)
+        }
+        rstdF = f + oRstdF; hF = f + oHF; logits = f + oLogits; lseRow = f + oLse; xg = f + oXg
+        attnScratch = f + oAttn; linScratch = f + oLin; rowScratch = f + oRow
+        order = i + oOrder; liveIdx = i + oLive; headRows = i + oHeadRows
+        dx = f + oDx; dh = f + oDh; dqkv = f + oDqkv; dqk = f + oDqk; dattn = f + oDattn; di = f + oDi
+        dEo = f + oDEo; dAct = f + oDAct; dGu = f + oDGu; dXg = f + oDXg; dProbs = f + oDProbs; dGates = f + oDGates
+        dlogits = f + oDlogits; hFc = f + oHFc; dhFc = f + oDhFc
+    }
+
+    var bytes: Int { floats.count * 4 + ints.count * 4 }
+
+    /// The residual stream entering layer l (its output is `residual(l + 1)`).
+    @inline(__always) func residual(_ l: Int) -> UnsafeMutablePointer<Float> { savedLayers > 1 ? x[l] : x[l % 2] }
+    @inline(__always) func acts(_ l: Int) -> LayerActs { savedLayers > 1 ? layers[l] : layers[0] }
+
+    func linScratch(worker: Int, config c: ModelConfig) -> UnsafeMutablePointer<Float> {
+        let maxIn = max(c.hiddenSize, c.numHeads * c.headDim, c.moeIntermediateSize, c.intermediateSize)
+        let maxOut = max(c.vocabSize, (c.numHeads + 2 * c.numKVHeads) * c.headDim, 2 * c.moeIntermediateSize,
+                         2 * c.intermediateSize, c.hiddenSize, max(c.numExperts, 1))
+        return linScratch + worker * GemmContext.tile * (maxIn + maxOut)
+    }
+}

@@ -1,0 +1,2 @@
+import MoE
+print("r3")

@@ -1,0 +1,158 @@
+// EngineTests: routing as data (record, replay, fallbacks, validation), generation against the full
+// forward, the numerics modes, and packing.
+import Foundation
+import Testing
+@testable import MoE
+
+struct EngineTests {
+    let config = Factory.routedConfig()
+    let model: Model
+
+    init() throws { model = try Model(config: config, seed: 21, std: 0.08, routerStd: 0.5) }
+
+    @Test(arguments: [Numerics.fp32, .bf16, .deterministic])
+    func recordThenReplayGivesBitIdenticalLogits(numerics: Numerics) throws {
+        let engine = Engine(model: model, numerics: numerics)
+        let seqs = Factory.randomSequences(count: 3, lengths: 10...40, vocab: config.vocabSize, seed: 1)
+        let live = try engine.forward(seqs, options: ForwardOptions(keepLogits: true))
+        let tables = seqs.indices.map { live.routes.slice(live.rows(ofSequence: $0)) }
+        let replay = try engine.forward(seqs, routing: .replay(tables), options: ForwardOptions(keepLogits: true))
+        #expect(replay.logits.map(\.bitPattern) == live.logits.map(\.bitPattern), "logits differ under replay of own routes (\(numerics.name))")
+        #expect(replay.gates.map(\.bitPattern) == live.gates.map(\.bitPattern))
+        #expect(replay.replayFallbackRows == 0)
+    }
+
+    @Test func routesAreInDescendingRouterProbability() throws {
+        let engine = Engine(model: model)
+        let seqs = Factory.randomSequences(count: 2, lengths: 20...30, vocab: config.vocabSize, seed: 2)
+        let out = try engine.forward(seqs)
+        let K = config.topK
+        for r in 0..<(out.gates.count / K) {
+            for j in 1..<K { #expect(out.gates[r * K + j - 1] >= out.gates[r * K + j], "gates row \(r) not descending") }
+        }
+    }
+
+    @Test func missingRowsFallBackToLiveAndAreCounted() throws {
+        let engine = Engine(model: model)
+        let seq = Factory.randomSequences(count: 1, lengths: 12...12, vocab: config.vocabSize, seed: 3)
+        let live = try engine.forward(seq)
+        let L = config.moeLayers.count, K = config.topK
+        var table = Factory.randomRoutes(rows: 11, layers: L, topK: K, experts: config.numExperts, seed: 4)   // T − 1 rows
+        for t in [2, 5] { for j in 0..<K { table.ids[(t * L + 1) * K + j] = -1 } }
+        let out = try engine.forward(seq, routing: .replay([table]))
+        #expect(out.replayFallbackRows == 2)
+        for t in [2, 5] {
+            let o = (t * L + 1) * K
+            #expect(Array(out.routes.ids[o..<(o + K)]) == Array(out.liveRoutes.ids[o..<(o + K)]), "fallback row \(t) uses the live router")
+            #expect(Array(out.routes.ids[o..<(o + K)]) != Array(table.ids[o..<(o + K)]))
+        }
+        // T rows are accepted too
+        let full = Factory.randomRoutes(rows: 12, layers: L, topK: K, experts: config.numExperts, seed: 5)
+        #expect(try engine.forward(seq, routing: .replay([full])).routes.ids == full.ids)
+    }
+
+    @Test func invalidRoutesAreRejectedWithTheirIndex() throws {
+        let engine = Engine(model: model)
+        let seq = Factory.randomSequences(count: 1, lengths: 6...6, vocab: config.vocabSize, seed: 6)
+        let L = config.moeLayers.count, K = config.topK, E = config.numExperts
+        func err(_ t: RouteTable) -> String {
+            do { _ = try engine.forward(seq, routing: .replay([t])); return "accepted" } catch { return "\(error)" }
+        }
+        let good = Factory.randomRoutes(rows: 5, layers: L, topK: K, experts: E, seed: 7)
+        #expect(err(Factory.randomRoutes(rows: 4, layers: L, topK: K, experts: E, seed: 7)).contains("4 rows for a sequence of 6 tokens"))
+        #expect(err(RouteTable(rows: 5, layers: L, topK: K - 1, ids: Array(good.ids.prefix(5 * L * (K - 1))))).contains("does not match the model"))
+        var bad = good; bad.ids[7] = Int32(E)
+        #expect(err(bad).contains("expert id \(E) at [0, 1, 3] is outside [0, \(E))"))
+        bad = good; bad.ids[1] = bad.ids[0]
+        #expect(err(bad).contains("appears twice in row [0, 0]"))
+        bad = good; bad.ids[0] = -1
+        #expect(err(bad).contains("partly missing"))
+        #expect(err(good) == "accepted")
+    }
+
+    @Test func packedBatchMatchesSequencesAlone() throws {
+        let engine = Engine(model: model)
+        let seqs = Factory.randomSequences(count: 4, lengths: 1...70, vocab: config.vocabSize, seed: 8)
+        let batch = try engine.forward(seqs, options: ForwardOptions(keepLogits: true))
+        let V = config.vocabSize
+        for (s, seq) in seqs.enumerated() {
+            let alone = try engine.forward([seq], options: ForwardOptions(keepLogits: true))
+            let r = batch.rows(ofSequence: s)
+            let part = Array(batch.logits[(r.lowerBound * V)..<(r.upperBound * V)])
+            let worst = zip(part, alone.logits).map { abs($0 - $1) }.max() ?? 0
+            #expect(worst < 1e-5, "sequence \(s) logits differ by \(worst) in a batch")
+            #expect(batch.routes.slice(r).ids == alone.routes.ids)
+        }
+    }
+
+    @Test(arguments: [Float(1), 0.7])
+    func generationLogprobsMatchFullForward(temperature: Float) throws {
+        let engine = Engine(model: model)
+        let prompts = Factory.randomSequences(count: 3, lengths: 3...20, vocab: config.vocabSize, seed: 9)
+        let gens = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 24, temperature: temperature, seed: 42))
+        for (b, g) in gens.enumerated() {
+            #expect(g.tokens.count == prompts[b].count + 24)
+            #expect(g.routes.rows == g.tokens.count - 1, "routes cover every input token (T − 1 rows)")
+            let full = try engine.forward([g.tokens], options: ForwardOptions(temperature: temperature))
+            var worst: Float = 0
+            for (i, lp) in g.logprobs.enumerated() {
+                worst = max(worst, abs(lp - full.logprobs[g.promptLength - 1 + i]))
+            }
+            #expect(worst < 1e-4, "prompt \(b): KV-cache log-probs differ from the full forward by \(worst)")
+            #expect(Array(full.routes.ids.prefix(g.routes.ids.count)) == g.routes.ids, "prompt \(b): recorded routes differ from the full forward")
+        }
+    }
+
+    @Test func samplingIsSeededAndTopKOneIsGreedy() throws {
+        let engine = Engine(model: model)
+        let prompts = [[Int32(1), 2, 3]]
+        let a = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 1, seed: 5))
+        let b = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 1, seed: 5))
+        let c = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 1, seed: 6))
+        #expect(a[0].tokens == b[0].tokens)
+        #expect(a[0].tokens != c[0].tokens)
+        let greedy = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 0))
+        let top1 = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 0.9, topK: 1, seed: 3))
+        #expect(greedy[0].tokens == top1[0].tokens)
+        let stop = greedy[0].tokens[5]
+        let stopped = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 10, temperature: 0, stopTokens: [stop]))
+        #expect(stopped[0].finishReason == "stop")
+        #expect(stopped[0].tokens.last == stop)
+        #expect(throws: MoEError.self) { try engine.generate(prompts, sampling: SamplingParams(topP: 0)) }
+    }
+
+    @Test func bf16RoutesMeasurablyDifferFromFP32() throws {
+        let fp32 = Engine(model: model, numerics: .fp32), bf16 = Engine(model: model, numerics: .bf16)
+        let seqs = Factory.randomSequences(count: 8, lengths: 64...64, vocab: config.vocabSize, seed: 10)
+        let a = try fp32.forward(seqs), b = try bf16.forward(seqs)
+        let K = config.topK, rows = a.routes.ids.count / K
+        var differ = 0
+        for r in 0..<rows where Set(a.routes.ids[(r * K)..<(r * K + K)]) != Set(b.routes.ids[(r * K)..<(r * K + K)]) { differ += 1 }
+        let rate = Double(differ) / Double(rows)
+        print("bf16 vs fp32 router disagreement: \(differ)/\(rows) (token, layer) pairs = \(rate)")
+        #expect(differ > 0, "bf16 inference should flip some routing decisions")
+        #expect(rate < 0.5)
+    }
+
+    @Test func deterministicModeIsBatchInvariant() throws {
+        let engine = Engine(model: model, numerics: .deterministic)
+        let seqs = Factory.randomSequences(count: 5, lengths: 3...50, vocab: config.vocabSize, seed: 11)
+        let batch = try engine.forward(seqs, options: ForwardOptions(keepLogits: true))
+        let V = config.vocabSize
+        for s in seqs.indices {
+            let alone = try engine.forward([seqs[s]], options: ForwardOptions(keepLogits: true))
+            let r = batch.rows(ofSequence: s)
+            let same = Array(batch.logits[(r.lowerBound * V)..<(r.upperBound * V)]).map(\.bitPattern) == alone.logits.map(\.bitPattern)
+            #expect(same, "sequence \(s) logits are not bit-identical alone and in a batch")
+        }
+        let prompts = Array(seqs.prefix(4))
+        let together = try engine.generate(prompts, sampling: SamplingParams(maxTokens: 12, temperature: 1, seed: 100))
+        for (b, p) in prompts.enumerated() {
+            let alone = try engine.generate([p], sampling: SamplingParams(maxTokens: 12, temperature: 1, seed: 100 + UInt64(b)))
+            #expect(alone[0].tokens == together[b].tokens)
+            let same = alone[0].logprobs.map(\.bitPattern) == together[b].logprobs.map(\.bitPattern)
+            #expect(same, "prompt \(b) log-probs differ alone vs batched")
+            #expect(alone[0].routes == together[b].routes)
+        }
+    }
+}
