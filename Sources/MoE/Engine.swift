@@ -55,6 +55,8 @@ public final class Engine {
     public private(set) var model: Model
     /// Gradients, in the parameter layout (allocated by the first training forward).
     public internal(set) var grads: Buffer<Float>?
+    /// Timing of the last `generate`.
+    public internal(set) var lastTiming = GenerationTiming()
 
     let s: AttnShape
     let rope: RopeTable

@@ -15,8 +15,9 @@
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_12e-1
     p = p * (r * r) + r + 1
-    let e = (SIMD8<Int32>(n, rounding: .towardZero) &+ 127) &<< 23
-    let out = p * unsafeBitCast(e, to: SIMD8<Float>.self)
+    // 2^n from the bits: adding 1.5·2²³ puts the integer n in the low mantissa bits (no slow generic conversion)
+    let magic = unsafeBitCast(n + 12_582_912.0, to: SIMD8<Int32>.self) &- 0x4B40_0000
+    let out = p * unsafeBitCast((magic &+ 127) &<< 23, to: SIMD8<Float>.self)
     return out.replacing(with: 0, where: x .< lo).replacing(with: .nan, where: x .!= x)
 }
 
@@ -97,14 +98,27 @@ func swigluForward(_ gu: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float
 }
 
 /// SwiGLU backward: from dOut [rows, I] and the saved gu, writes dGu [rows, 2I].
+/// d silu(g)/dg = s·(1 + g·(1 − s)) with s = sigmoid(g).
 func swigluBackward(_ gu: UnsafePointer<Float>, _ dOut: UnsafePointer<Float>, _ dGu: UnsafeMutablePointer<Float>, rows: Int, I: Int) {
     for r in 0..<rows {
-        let g = gu + r * 2 * I, u = g + I, d = dOut + r * I, dg = dGu + r * 2 * I, du = dg + I
-        for i in 0..<I {
-            let s = 1 / (1 + expScalar(-g[i]))
-            let silu = g[i] * s
-            du[i] = d[i] * silu
-            dg[i] = d[i] * u[i] * s * (1 + g[i] * (1 - s))
+        let g = UnsafeRawPointer(gu + r * 2 * I), u = g + 4 * I, d = UnsafeRawPointer(dOut + r * I)
+        let dg = UnsafeMutableRawPointer(dGu + r * 2 * I), du = dg + 4 * I
+        var i = 0
+        while i + 8 <= I {
+            let gv = g.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            let uv = u.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            let dv = d.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            let s = 1 / (1 + expApprox(-gv))
+            du.storeBytes(of: dv * gv * s, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+            dg.storeBytes(of: dv * uv * s * (1 + gv * (1 - s)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+            i += 8
+        }
+        let gs = gu + r * 2 * I, ds = dOut + r * I, dgs = dGu + r * 2 * I
+        while i < I {
+            let s = 1 / (1 + expScalar(-gs[i]))
+            dgs[I + i] = ds[i] * gs[i] * s
+            dgs[i] = ds[i] * gs[I + i] * s * (1 + gs[i] * (1 - s))
+            i += 1
         }
     }
 }

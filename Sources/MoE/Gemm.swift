@@ -152,3 +152,8 @@ public func parallelGemm(workers: Int, _ transA: Bool, _ transB: Bool, _ M: Int,
                          _ beta: Float, _ C: UnsafeMutablePointer<Float>, _ ldc: Int) {
     GemmContext(workers: workers).gemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 }
+
+/// A plain n×n×n OpenBLAS sgemm with the current BLAS thread count: the benchmark's ceiling.
+public func rawSgemm(_ n: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>) {
+    sgemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n)
+}

@@ -42,6 +42,14 @@ public struct Generation: Sendable {
     public var generated: ArraySlice<Int32> { tokens[promptLength...] }
 }
 
+/// Wall-clock split of the last `generate` call.
+public struct GenerationTiming: Sendable {
+    public var prefillSeconds = 0.0
+    public var decodeSeconds = 0.0
+    public var prefillTokens = 0
+    public var decodeTokens = 0
+}
+
 extension Engine {
     public func generate(_ prompts: [[Int32]], sampling: SamplingParams) throws -> [Generation] {
         let c = config, V = c.vocabSize, C = c.hiddenSize, moeL = c.moeLayers.count, K = c.topK, RW = moeL * K
@@ -108,7 +116,10 @@ extension Engine {
             row += p.count
             lastRows.append(row - 1)
         }
+        var clock = ContinuousClock.now
         step(T: prefillT, lastRows: lastRows)
+        lastTiming = GenerationTiming(prefillSeconds: seconds(since: clock), prefillTokens: prefillT)
+        clock = ContinuousClock.now
         // decode
         while true {
             active = active.filter { out[$0].finishReason != "stop" && out[$0].tokens.count - out[$0].promptLength < sampling.maxTokens }
@@ -118,8 +129,10 @@ extension Engine {
                 tokens[i] = out[b].tokens.last!
                 spans.append(AttnSpan(row: i, count: 1, pos0: out[b].tokens.count - 1, k: ws.hF, v: ws.hF, ldk: 0, ldv: 0, slot: b))
             }
+            lastTiming.decodeTokens += active.count
             step(T: active.count, lastRows: Array(0..<active.count))
         }
+        lastTiming.decodeSeconds = seconds(since: clock)
         return out
     }
 }
@@ -177,4 +190,9 @@ struct Sampler {
         for i in 0..<keep { acc += p[Int(order[i])]; if u < acc { return Int(order[i]) } }
         return Int(order[keep - 1])
     }
+}
+
+@inline(__always) func seconds(since t: ContinuousClock.Instant) -> Double {
+    let d = ContinuousClock.now - t
+    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
 }

@@ -26,8 +26,8 @@ public final class AdamW {
         decayMask = layout.tensors.filter { !$0.isNorm }.map { $0.offset..<($0.offset + $0.count) }
     }
 
-    /// One update of `params` from `grads`.
-    public func update(params: Buffer<Float>, grads: Buffer<Float>) {
+    /// One update of `params` from `grads`, split over `workers` threads (it is memory-bound).
+    public func update(params: Buffer<Float>, grads: Buffer<Float>, workers: Int = 2) {
         step += 1
         let c = config
         let bc1 = 1 - Float(pow(Double(c.beta1), Double(step))), bc2 = 1 - Float(pow(Double(c.beta2), Double(step)))
@@ -37,11 +37,14 @@ public final class AdamW {
             let keep = 1 - c.learningRate * c.weightDecay
             for r in decayMask { for i in r { p[i] *= keep } }
         }
-        for i in 0..<params.count {
-            let gi = g[i]
-            mm[i] = c.beta1 * mm[i] + (1 - c.beta1) * gi
-            vv[i] = c.beta2 * vv[i] + (1 - c.beta2) * gi * gi
-            p[i] -= lrc * mm[i] / ((vv[i]).squareRoot() * invSqrtBc2 + c.eps)
+        let b1 = c.beta1, b2 = c.beta2, eps = c.eps
+        parallelFor(workers, workers: workers) { part in
+            for i in chunk(params.count, parts: workers, part: part, align: 16) {
+                let gi = g[i]
+                mm[i] = b1 * mm[i] + (1 - b1) * gi
+                vv[i] = b2 * vv[i] + (1 - b2) * gi * gi
+                p[i] -= lrc * mm[i] / ((vv[i]).squareRoot() * invSqrtBc2 + eps)
+            }
         }
     }
 }
@@ -49,17 +52,13 @@ public final class AdamW {
 public enum GradClip {
     /// The global L2 norm of `grads` (accumulated in Double).
     public static func norm(_ grads: Buffer<Float>) -> Double {
-        var acc = 0.0
-        var i = 0
-        let n = grads.count, g = grads.base
-        while i < n {
-            let end = min(n, i + 4096)
-            var part: Float = 0
-            for j in i..<end { part += g[j] * g[j] }
-            acc += Double(part)
-            i = end
+        let blocks = (grads.count + 4095) / 4096, g = grads.base
+        let sums = Buffer<Double>(count: blocks)
+        parallelFor(blocks, workers: 2) { b in
+            let r = (b * 4096)..<min(grads.count, b * 4096 + 4096)
+            sums[b] = Double(dot(g + r.lowerBound, g + r.lowerBound, r.count))
         }
-        return acc.squareRoot()
+        return sums.buffer.reduce(0, +).squareRoot()
     }
 
     /// Scales `grads` so that their global norm is at most `maxNorm`; returns the norm before clipping.
@@ -67,8 +66,8 @@ public enum GradClip {
     public static func clip(_ grads: Buffer<Float>, maxNorm: Double) -> Double {
         let total = norm(grads)
         if total.isFinite && total > maxNorm {
-            let s = Float(maxNorm / (total + 1e-6))
-            for i in 0..<grads.count { grads.base[i] *= s }
+            let s = Float(maxNorm / (total + 1e-6)), g = grads.base
+            parallelFor(2, workers: 2) { part in for i in chunk(grads.count, parts: 2, part: part, align: 16) { g[i] *= s } }
         }
         return total
     }

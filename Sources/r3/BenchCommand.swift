@@ -1,0 +1,168 @@
+// BenchCommand: `r3 bench engine`: the engine's speed on the shared bench config, one JSON object per
+// case, with the OpenBLAS sgemm ceiling measured in the same run.
+import ArgumentParser
+import Foundation
+import MoE
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmarks that print JSON.", subcommands: [EngineBenchCommand.self])
+}
+
+struct EngineBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "engine",
+        abstract: "sgemm ceiling, training step (replay off and R3), prefill and decode; one JSON object per case.")
+
+    @Option(help: "Model config.json (default: the built-in copy of shared/bench/qwen3moe-bench-m.json).") var config: String?
+    @Option(help: "Timed training steps (after one warm-up).") var steps: Int = 3
+    @Option(help: "Worker threads (default: all cores).") var workers: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Sequences × tokens per training step / prefill.") var batch: Int = 8
+    @Option(name: .customLong("seq-len")) var seqLen: Int = 512
+    @Option(help: "Comma-separated cases to run (default all).") var cases: String?
+    @Flag(help: "A small, fast run (smoke test): 1 step, 2 × 128 tokens, 16 decode tokens.") var quick = false
+
+    nonisolated(unsafe) static let benchM: [String: Any] = [
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 8192, "hidden_size": 512,
+        "intermediate_size": 1408, "moe_intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 4, "head_dim": 64, "num_experts": 32, "num_experts_per_tok": 4, "norm_topk_prob": true,
+        "decoder_sparse_step": 1, "mlp_only_layers": [Int](), "tie_word_embeddings": false, "rope_theta": 1_000_000.0,
+        "rms_norm_eps": 1e-06, "max_position_embeddings": 4096, "hidden_act": "silu", "attention_bias": false,
+    ]
+
+    func run() throws {
+        var json = EngineBenchCommand.benchM
+        var configName = "qwen3moe-bench-m (built-in)"
+        if let path = config {
+            guard let data = FileManager.default.contents(atPath: path),
+                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw ValidationError("cannot read \(path)") }
+            json = obj; configName = path
+        }
+        let cfg = try ModelConfig(json: json)
+        let want = cases.map { Set($0.split(separator: ",").map(String.init)) }
+        func on(_ c: String) -> Bool { want?.contains(c) ?? true }
+        let steps = quick ? 1 : max(1, self.steps)
+        let B = quick ? 2 : batch, S = quick ? 128 : seqLen
+        let newTokens = quick ? 16 : 128, promptLen = quick ? 32 : 128
+        let base: [String: Any] = ["model": configName, "workers": workers, "experts": cfg.numExperts, "top_k": cfg.topK,
+                                   "layers": cfg.numLayers, "hidden": cfg.hiddenSize, "vocab": cfg.vocabSize]
+        func emit(_ name: String, _ fields: [String: Any], _ extra: [String: Any]) throws {
+            var o = fields
+            o["case"] = name
+            o["config"] = base.merging(extra) { $1 }
+            o["peak_rss_mb"] = peakRSSMegabytes()
+            try printJSON(o)
+        }
+
+        var peak = 0.0
+        if on("sgemm_peak") {
+            for threads in Set([1, workers]).sorted() {
+                let g = sgemmPeak(n: quick ? 512 : 1536, threads: threads)
+                if threads == workers { peak = g }
+                try emit("sgemm_peak", ["gflops": g, "threads": threads], ["m": quick ? 512 : 1536, "n": quick ? 512 : 1536, "k": quick ? 512 : 1536])
+            }
+            BLASThreads.useSingleThreadedBLAS()
+        }
+        let model = try Model(config: cfg, seed: 1, std: 0.02, routerStd: 0.02)
+        var rng = SeededRandom(seed: 2)
+        let seqs = (0..<B).map { _ in (0..<S).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
+        let lengths = seqs.map(\.count), T = B * S
+        let trainFlops = FlopCount.trainStep(cfg, lengths: lengths)
+
+        var offTime = 0.0
+        for (name, replay) in [("train_step", false), ("train_step_r3", true)] where on(name) {
+            let trainer = Engine(model: model, numerics: .fp32, workers: workers)
+            let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
+            var routing = Routing.live
+            var fallback = 0
+            if replay {   // R3: the routes a bf16 inference engine recorded for these tokens
+                let infer = Engine(model: model, numerics: .bf16, workers: workers)
+                let rec = try infer.forward(seqs)
+                routing = .replay(seqs.indices.map { rec.routes.slice(rec.rows(ofSequence: $0)) })
+            }
+            var times: [Double] = [], phases: [[Double]] = []
+            for step in 0...steps {
+                var t0 = Date()
+                trainer.zeroGrad()
+                let out = try trainer.forward(seqs, routing: routing, options: ForwardOptions(training: true))
+                let f = Date().timeIntervalSince(t0); t0 = Date()
+                let n = Float(out.logprobs.filter { !$0.isNaN }.count)
+                try trainer.backward(dLogp: out.logprobs.map { $0.isNaN ? 0 : -1 / n })
+                let b = Date().timeIntervalSince(t0); t0 = Date()
+                GradClip.clip(trainer.grads!, maxNorm: 1.0)
+                opt.update(params: model.params, grads: trainer.grads!)
+                let o = Date().timeIntervalSince(t0)
+                fallback = out.replayFallbackRows
+                if step > 0 { times.append(f + b + o); phases.append([f, b, o]) }   // step 0 warms up
+            }
+            let t = median(times)
+            let ph = (0..<3).map { i in median(phases.map { $0[i] }) }
+            var fields: [String: Any] = ["gflops": trainFlops / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t,
+                                         "forward_s": ph[0], "backward_s": ph[1], "optimizer_s": ph[2],
+                                         "fraction_of_sgemm_peak": peak > 0 ? trainFlops / t / 1e9 / peak : NSNull()]
+            if replay {
+                fields["replay_fallback_rows"] = fallback
+                if offTime > 0 { fields["r3_overhead_pct"] = (t / offTime - 1) * 100 }
+            } else { offTime = t }
+            try emit(name, fields, ["sequences": B, "seq_len": S, "precision": "fp32", "steps": steps,
+                                    "loss": "mean log-prob over all positions", "optimizer": "AdamW + clip 1.0"])
+        }
+
+        if on("prefill") {
+            let infer = Engine(model: model, numerics: .bf16, workers: workers)
+            _ = try infer.forward(seqs)
+            var times: [Double] = []
+            for _ in 0..<max(2, steps) {
+                let t0 = Date(); _ = try infer.forward(seqs); times.append(Date().timeIntervalSince(t0))
+            }
+            let t = median(times)
+            try emit("prefill", ["gflops": FlopCount.forward(cfg, lengths: lengths) / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t],
+                     ["sequences": B, "seq_len": S, "precision": "bf16"])
+        }
+
+        for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) {
+            let infer = Engine(model: model, numerics: .bf16, workers: workers)
+            let prompts = (0..<b).map { _ in (0..<promptLen).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
+            let params = SamplingParams(maxTokens: newTokens, temperature: 0)
+            _ = try infer.generate(prompts, sampling: SamplingParams(maxTokens: 4, temperature: 0))
+            _ = try infer.generate(prompts, sampling: params)
+            let tm = infer.lastTiming
+            // decode steps feed tokens at positions promptLen ..< promptLen + newTokens − 1
+            let attn = (0..<(newTokens - 1)).reduce(0.0) { $0 + FlopCount.attention(cfg, queries: 1, pos0: promptLen + $1) } * Double(b)
+            let flops = Double(tm.decodeTokens) * FlopCount.perToken(cfg) + attn
+            try emit(name, ["gflops": flops / tm.decodeSeconds / 1e9, "tokens_per_s": Double(tm.decodeTokens) / tm.decodeSeconds,
+                            "seconds": tm.decodeSeconds, "prefill_s": tm.prefillSeconds],
+                     ["batch": b, "prompt_tokens": promptLen, "new_tokens": newTokens, "precision": "bf16", "sampling": "greedy"])
+        }
+    }
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.isEmpty ? 0 : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// OpenBLAS sgemm GFLOP/s on n³ with `threads` BLAS threads (best of 5 after a warm-up).
+func sgemmPeak(n: Int, threads: Int) -> Double {
+    BLASThreads.set(threads)
+    var rng = SeededRandom(seed: 9)
+    let a = (0..<(n * n)).map { _ in Float(rng.normal()) }, b = a
+    var c = [Float](repeating: 0, count: n * n)
+    var best = 0.0
+    for i in 0..<6 {
+        let t0 = Date()
+        rawSgemm(n, a, b, &c)
+        let t = Date().timeIntervalSince(t0)
+        if i > 0 { best = max(best, 2 * Double(n * n * n) / t / 1e9) }
+    }
+    return best
+}
+
+/// Peak resident set (VmHWM) of this process in MiB.
+func peakRSSMegabytes() -> Double {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return (Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
+    }
+    return 0
+}
