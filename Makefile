@@ -1,10 +1,11 @@
 # R3 — make targets. `make test` installs what is missing (apt), builds and runs the whole suite.
 SHELL := /bin/bash
 APT_PACKAGES := libopenblas-dev
+PY_PACKAGES := numpy safetensors pytest
 SWIFT ?= swift
 CONFIG ?= release
 
-.PHONY: deps build test bench clean
+.PHONY: deps pydeps build test bench clean
 
 # Installs the system libraries the build links against, only when missing.
 deps:
@@ -15,13 +16,18 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# Python clients the tests drive the CLI with (numpy writes .npy routes, safetensors reads outputs).
+pydeps:
+	@python3 -c "import numpy, safetensors, pytest" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+
 build: deps
 	$(SWIFT) build -c $(CONFIG)
 
 # Tests run optimised (the engine's gradient checks are slow unoptimised); -enable-testing keeps @testable.
-test: deps
+test: deps pydeps
 	$(SWIFT) build -c $(CONFIG) -Xswiftc -enable-testing --build-tests
 	$(SWIFT) test -c $(CONFIG) -Xswiftc -enable-testing --skip-build
+	R3_BIN=$(CURDIR)/.build/$(CONFIG)/r3 python3 -m pytest -q Tests/cli
 
 bench: build
 	.build/$(CONFIG)/r3 bench engine

@@ -76,7 +76,7 @@ extension Engine {
         var active = Array(0..<B)
 
         // One model step over the spans in `self.spans`; samples the next token of each active sequence.
-        func step(T: Int, lastRows: [Int]) {
+        func step(T: Int, lastRows: ArraySlice<Int>) {
             tokens.withUnsafeBufferPointer { tk in
                 routes.withUnsafeMutableBufferPointer { r in
                     live.withUnsafeMutableBufferPointer { lv in
@@ -87,15 +87,14 @@ extension Engine {
                     }
                 }
             }
-            for (i, span) in spans.enumerated() {
+            for span in spans {
                 let b = span.slot
                 out[b].routes.ids += routes[(span.row * RW)..<((span.row + span.count) * RW)]
                 out[b].routes.rows += span.count
                 cache.lengths[b] = span.pos0 + span.count
-                _ = i
             }
             finalNorm(ws: ws, T: T)
-            for (i, r) in lastRows.enumerated() where i != r { (ws.hF + i * C).update(from: ws.hF + r * C, count: C) }
+            for (i, r) in lastRows.enumerated() where i != r { (ws.hF + i * C).update(from: ws.hF + r * C, count: C) }   // i < r
             ctx.linear(lastRows.count, V, C, ws.hF, C, model.params.base + model.layout.lmHead, 0, ws.logits, V,
                        scratch: ws.linScratch(worker: 0, config: c))
             for (i, b) in active.enumerated() {
@@ -110,6 +109,7 @@ extension Engine {
         spans.removeAll(keepingCapacity: true)
         var row = 0
         var lastRows: [Int] = []
+        let identity = Array(0..<B)
         for (b, p) in prompts.enumerated() {
             for (i, t) in p.enumerated() { tokens[row + i] = t }
             spans.append(AttnSpan(row: row, count: p.count, pos0: 0, k: ws.hF, v: ws.hF, ldk: 0, ldv: 0, slot: b))
@@ -117,12 +117,12 @@ extension Engine {
             lastRows.append(row - 1)
         }
         var clock = ContinuousClock.now
-        step(T: prefillT, lastRows: lastRows)
+        step(T: prefillT, lastRows: lastRows[...])
         lastTiming = GenerationTiming(prefillSeconds: seconds(since: clock), prefillTokens: prefillT)
         clock = ContinuousClock.now
         // decode
         while true {
-            active = active.filter { out[$0].finishReason != "stop" && out[$0].tokens.count - out[$0].promptLength < sampling.maxTokens }
+            active.removeAll { out[$0].finishReason == "stop" || out[$0].tokens.count - out[$0].promptLength >= sampling.maxTokens }
             if active.isEmpty { break }
             spans.removeAll(keepingCapacity: true)
             for (i, b) in active.enumerated() {
@@ -130,7 +130,7 @@ extension Engine {
                 spans.append(AttnSpan(row: i, count: 1, pos0: out[b].tokens.count - 1, k: ws.hF, v: ws.hF, ldk: 0, ldv: 0, slot: b))
             }
             lastTiming.decodeTokens += active.count
-            step(T: active.count, lastRows: Array(0..<active.count))
+            step(T: active.count, lastRows: identity[0..<active.count])
         }
         lastTiming.decodeSeconds = seconds(since: clock)
         return out

@@ -140,8 +140,8 @@ public struct SafetensorsWriter {
         precondition(shape.reduce(1, *) == p.count)
         switch dtype {
         case .f32: items.append((name, .f32, shape, Data(buffer: p)))
-        case .bf16: items.append((name, .bf16, shape, Data(buffer: p.map { BF16.bits($0) }.withUnsafeBufferPointer { $0 })))
-        case .f16: items.append((name, .f16, shape, Data(buffer: p.map { Float16($0).bitPattern }.withUnsafeBufferPointer { $0 })))
+        case .bf16: items.append((name, .bf16, shape, p.map { BF16.bits($0).littleEndian }.withUnsafeBufferPointer { Data(buffer: $0) }))
+        case .f16: items.append((name, .f16, shape, p.map { Float16($0).bitPattern.littleEndian }.withUnsafeBufferPointer { Data(buffer: $0) }))
         default: preconditionFailure("floats can be saved as F32, BF16 or F16")
         }
     }

@@ -1,0 +1,110 @@
+"""The r3 CLI as an external trainer uses it: numpy writes the routes, safetensors reads the output,
+and everything is compared with the HF float64 reference of shared/fixtures/qwen3moe-tiny-a."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+R3 = os.environ.get("R3_BIN", str(ROOT / ".build" / "release" / "r3"))
+FIXTURE = Path(os.environ.get("R3_SHARED", ROOT.parent / "shared")) / "fixtures" / "qwen3moe-tiny-a"
+REF = load_file(str(FIXTURE / "reference.safetensors"))
+
+
+def r3(*args, ok=True):
+    p = subprocess.run([R3, *map(str, args)], capture_output=True, text=True, timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def ids(seq):
+    return ",".join(str(int(t)) for t in REF[f"seq{seq}.input_ids"])
+
+
+@pytest.mark.parametrize("seq", [0, 1])
+def test_forward_matches_reference(tmp_path, seq):
+    out = tmp_path / "out.safetensors"
+    r3("forward", "--model", FIXTURE, "--input-ids", ids(seq), "--output", out)
+    got = load_file(str(out))
+    assert got["logits"].dtype == np.float32 and got["routed_experts"].dtype == np.int32
+    np.testing.assert_allclose(got["logits"], REF[f"seq{seq}.logits"], atol=1e-4)
+    np.testing.assert_array_equal(got["routed_experts"], REF[f"seq{seq}.routed_experts"])
+    np.testing.assert_allclose(got["router_weights"], REF[f"seq{seq}.router_weights"], atol=1e-4)
+
+
+@pytest.mark.parametrize("rows,dtype", [("T", np.int32), ("T-1", np.int64), ("T-1", np.uint8)])
+def test_forward_replays_numpy_routes(tmp_path, rows, dtype):
+    routes = REF["seq0.replay_routed_experts"]
+    if rows == "T-1":
+        routes = routes[:-1]
+    np.save(tmp_path / "routes.npy", routes.astype(dtype))
+    out = tmp_path / "out.safetensors"
+    r3("forward", "--model", FIXTURE, "--input-ids", ids(0), "--replay-routes", tmp_path / "routes.npy", "--output", out)
+    got = load_file(str(out))
+    T = len(REF["seq0.input_ids"])
+    # every row whose routes were given matches the reference replay
+    n = routes.shape[0]
+    np.testing.assert_allclose(got["logits"][:n], REF["seq0.replay_logits"][:n], atol=1e-4)
+    np.testing.assert_array_equal(got["routed_experts"][:n], routes)
+    np.testing.assert_allclose(got["router_weights"][:n], REF["seq0.replay_router_weights"][:n], atol=1e-4)
+    assert got["logits"].shape == (T, 256)
+
+
+def test_bad_routes_fail_with_one_line(tmp_path):
+    routes = REF["seq0.replay_routed_experts"].copy()
+    routes[3, 2, 1] = 8
+    np.save(tmp_path / "bad.npy", routes)
+    p = r3("forward", "--model", FIXTURE, "--input-ids", ids(0), "--replay-routes", tmp_path / "bad.npy",
+           "--output", tmp_path / "o.safetensors", ok=False)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expert id 8 at [3, 2, 1] is outside [0, 8)" in lines[0], p.stderr
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_bad_input_ids_fail_with_one_line(tmp_path):
+    p = r3("forward", "--model", FIXTURE, "--input-ids", "1,2,999", "--output", tmp_path / "o.safetensors", ok=False)
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "999" in p.stderr
+
+
+def test_generate_prints_tokens_logprobs_and_routes():
+    p = r3("generate", "--model", FIXTURE, "--prompt-ids", "1,2,3,4", "--prompt-ids", "9,8",
+           "--max-tokens", "6", "--seed", "7", "--precision", "fp32")
+    doc = json.loads(p.stdout)
+    assert doc["precision"] == "fp32" and len(doc["results"]) == 2
+    for res, plen in zip(doc["results"], [4, 2]):
+        T = len(res["tokens"])
+        assert T == plen + 6 and len(res["logprobs"]) == 6
+        routes = np.array(res["routed_experts"])
+        assert routes.shape == (T - 1, 4, 2) and res["routed_experts_shape"] == [T - 1, 4, 2]
+        assert all(lp <= 0 for lp in res["logprobs"])
+    again = json.loads(r3("generate", "--model", FIXTURE, "--prompt-ids", "1,2,3,4", "--prompt-ids", "9,8",
+                          "--max-tokens", "6", "--seed", "7", "--precision", "fp32").stdout)
+    assert again == doc
+
+
+def test_init_model_writes_a_loadable_tied_checkpoint(tmp_path):
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    cfg.update(tie_word_embeddings=True, mlp_only_layers=[1], head_dim=24, norm_topk_prob=False)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r3("init-model", "--config", tmp_path / "config.json", "--seed", "3", "--out", tmp_path / "m", "--dtype", "bf16")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="np") as f:   # numpy has no bfloat16
+        names = set(f.keys())
+    assert "lm_head.weight" not in names and "model.layers.1.mlp.gate_proj.weight" in names
+    out = tmp_path / "o.safetensors"
+    r3("forward", "--model", tmp_path / "m", "--input-ids", "5,6,7", "--output", out)
+    assert load_file(str(out))["routed_experts"].shape == (3, 3, 2)
+
+
+def test_bad_config_names_the_field(tmp_path):
+    cfg = json.loads((FIXTURE / "config.json").read_text())
+    cfg["num_experts_per_tok"] = 12
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    p = r3("init-model", "--config", tmp_path / "config.json", "--out", tmp_path / "m", ok=False)
+    assert p.returncode != 0 and "num_experts_per_tok" in p.stderr and len(p.stderr.strip().splitlines()) == 1
