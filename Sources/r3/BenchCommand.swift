@@ -15,7 +15,7 @@ struct EngineBenchCommand: ParsableCommand {
         abstract: "sgemm ceiling, training step (replay off and R3), prefill and decode; one JSON object per case.")
 
     @Option(help: "Model config.json (default: the built-in copy of shared/bench/qwen3moe-bench-m.json).") var config: String?
-    @Option(help: "Timed training steps (after one warm-up).") var steps: Int = 3
+    @Option(help: "Timed training steps per mode (after one warm-up).") var steps: Int = 4
     @Option(help: "Worker threads (default: all cores).") var workers: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Sequences × tokens per training step / prefill.") var batch: Int = 8
     @Option(name: .customLong("seq-len")) var seqLen: Int = 512
@@ -69,43 +69,63 @@ struct EngineBenchCommand: ParsableCommand {
         let lengths = seqs.map(\.count), T = B * S
         let trainFlops = FlopCount.trainStep(cfg, lengths: lengths)
 
-        var offTime = 0.0
-        for (name, replay) in [("train_step", false), ("train_step_r3", true)] where on(name) {
+        // Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.
+        let modes = [("train_step", false), ("train_step_r3", true)].filter { on($0.0) }
+        if !modes.isEmpty {
             let trainer = Engine(model: model, numerics: .fp32, workers: workers)
             let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
-            var routing = Routing.live
+            // R3: the routes a bf16 inference engine recorded for these tokens
+            let rec = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
+            let r3 = Routing.replay(seqs.indices.map { rec.routes.slice(rec.rows(ofSequence: $0)) })
+            var phases: [String: [[Double]]] = [:]
             var fallback = 0
-            if replay {   // R3: the routes a bf16 inference engine recorded for these tokens
-                let infer = Engine(model: model, numerics: .bf16, workers: workers)
-                let rec = try infer.forward(seqs)
-                routing = .replay(seqs.indices.map { rec.routes.slice(rec.rows(ofSequence: $0)) })
-            }
-            var times: [Double] = [], phases: [[Double]] = []
             for step in 0...steps {
-                var t0 = Date()
-                trainer.zeroGrad()
-                let out = try trainer.forward(seqs, routing: routing, options: ForwardOptions(training: true))
-                let f = Date().timeIntervalSince(t0); t0 = Date()
-                let n = Float(out.logprobs.filter { !$0.isNaN }.count)
-                try trainer.backward(dLogp: out.logprobs.map { $0.isNaN ? 0 : -1 / n })
-                let b = Date().timeIntervalSince(t0); t0 = Date()
-                GradClip.clip(trainer.grads!, maxNorm: 1.0)
-                opt.update(params: model.params, grads: trainer.grads!)
-                let o = Date().timeIntervalSince(t0)
-                fallback = out.replayFallbackRows
-                if step > 0 { times.append(f + b + o); phases.append([f, b, o]) }   // step 0 warms up
+                for (name, replay) in modes {
+                    var t0 = Date()
+                    trainer.zeroGrad()
+                    let out = try trainer.forward(seqs, routing: replay ? r3 : .live, options: ForwardOptions(training: true))
+                    let f = Date().timeIntervalSince(t0); t0 = Date()
+                    let n = Float(out.logprobs.filter { !$0.isNaN }.count)
+                    try trainer.backward(dLogp: out.logprobs.map { $0.isNaN ? 0 : -1 / n })
+                    let b = Date().timeIntervalSince(t0); t0 = Date()
+                    GradClip.clip(trainer.grads!, maxNorm: 1.0)
+                    opt.update(params: model.params, grads: trainer.grads!, workers: workers)
+                    let o = Date().timeIntervalSince(t0)
+                    if replay { fallback = out.replayFallbackRows }
+                    if step > 0 { phases[name, default: []].append([f + b + o, f, b, o]) }   // step 0 warms up
+                }
             }
-            let t = median(times)
-            let ph = (0..<3).map { i in median(phases.map { $0[i] }) }
-            var fields: [String: Any] = ["gflops": trainFlops / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t,
-                                         "forward_s": ph[0], "backward_s": ph[1], "optimizer_s": ph[2],
-                                         "fraction_of_sgemm_peak": peak > 0 ? trainFlops / t / 1e9 / peak : NSNull()]
-            if replay {
-                fields["replay_fallback_rows"] = fallback
-                if offTime > 0 { fields["r3_overhead_pct"] = (t / offTime - 1) * 100 }
-            } else { offTime = t }
-            try emit(name, fields, ["sequences": B, "seq_len": S, "precision": "fp32", "steps": steps,
-                                    "loss": "mean log-prob over all positions", "optimizer": "AdamW + clip 1.0"])
+            let off = phases["train_step"].map { median($0.map { $0[0] }) }
+            for (name, replay) in modes {
+                let ph = (0..<4).map { i in median(phases[name]!.map { $0[i] }) }
+                let t = ph[0]
+                var fields: [String: Any] = ["gflops": trainFlops / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t,
+                                             "forward_s": ph[1], "backward_s": ph[2], "optimizer_s": ph[3],
+                                             "fraction_of_sgemm_peak": peak > 0 ? trainFlops / t / 1e9 / peak : NSNull()]
+                if replay {
+                    fields["replay_fallback_rows"] = fallback
+                    if let off { fields["r3_overhead_pct"] = (t / off - 1) * 100 }
+                }
+                try emit(name, fields, ["sequences": B, "seq_len": S, "precision": "fp32", "steps": steps,
+                                        "loss": "mean log-prob over all positions", "optimizer": "AdamW + clip 1.0"])
+            }
+        }
+
+        if on("route_disagreement") {   // the mismatch R3 removes: bf16 inference vs fp32 training routes
+            let a = try Engine(model: model, numerics: .fp32, workers: workers).forward(seqs)
+            let b = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
+            let L = cfg.moeLayers.count, K = cfg.topK
+            var pairs = 0, tokens = 0
+            for t in 0..<T {
+                var any = false
+                for l in 0..<L {
+                    let o = (t * L + l) * K
+                    if Set(a.routes.ids[o..<(o + K)]) != Set(b.routes.ids[o..<(o + K)]) { pairs += 1; any = true }
+                }
+                if any { tokens += 1 }
+            }
+            try emit("route_disagreement", ["router_disagreement": Double(pairs) / Double(T * L), "token_disagreement": Double(tokens) / Double(T)],
+                     ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
         }
 
         if on("prefill") {
