@@ -69,6 +69,23 @@ struct EngineBenchCommand: ParsableCommand {
         let lengths = seqs.map(\.count), T = B * S
         let trainFlops = FlopCount.trainStep(cfg, lengths: lengths)
 
+        if on("route_disagreement") {   // the mismatch R3 removes: bf16 inference vs fp32 training routes, on the initial weights
+            let a = try Engine(model: model, numerics: .fp32, workers: workers).forward(seqs)
+            let b = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
+            let L = cfg.moeLayers.count, K = cfg.topK
+            var pairs = 0, tokens = 0
+            for t in 0..<T {
+                var any = false
+                for l in 0..<L {
+                    let o = (t * L + l) * K
+                    if Set(a.routes.ids[o..<(o + K)]) != Set(b.routes.ids[o..<(o + K)]) { pairs += 1; any = true }
+                }
+                if any { tokens += 1 }
+            }
+            try emit("route_disagreement", ["router_disagreement": Double(pairs) / Double(T * L), "token_disagreement": Double(tokens) / Double(T)],
+                     ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
+        }
+
         // Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.
         let modes = [("train_step", false), ("train_step_r3", true)].filter { on($0.0) }
         if !modes.isEmpty {
@@ -109,23 +126,6 @@ struct EngineBenchCommand: ParsableCommand {
                 try emit(name, fields, ["sequences": B, "seq_len": S, "precision": "fp32", "steps": steps,
                                         "loss": "mean log-prob over all positions", "optimizer": "AdamW + clip 1.0"])
             }
-        }
-
-        if on("route_disagreement") {   // the mismatch R3 removes: bf16 inference vs fp32 training routes
-            let a = try Engine(model: model, numerics: .fp32, workers: workers).forward(seqs)
-            let b = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
-            let L = cfg.moeLayers.count, K = cfg.topK
-            var pairs = 0, tokens = 0
-            for t in 0..<T {
-                var any = false
-                for l in 0..<L {
-                    let o = (t * L + l) * K
-                    if Set(a.routes.ids[o..<(o + K)]) != Set(b.routes.ids[o..<(o + K)]) { pairs += 1; any = true }
-                }
-                if any { tokens += 1 }
-            }
-            try emit("route_disagreement", ["router_disagreement": Double(pairs) / Double(T * L), "token_disagreement": Double(tokens) / Double(T)],
-                     ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
         }
 
         if on("prefill") {
