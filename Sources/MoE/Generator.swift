@@ -58,6 +58,7 @@ extension Engine {
         for (b, p) in prompts.enumerated() {
             for (i, t) in p.enumerated() where t < 0 || Int(t) >= V { throw MoEError.input("prompt \(b) token \(t) at \(i) is outside [0, \(V))") }
         }
+        last = nil   // generation reuses the workspace: a pending backward is no longer possible
         let B = prompts.count
         let capacity = prompts.map(\.count).max()! + sampling.maxTokens
         let prefillT = prompts.reduce(0) { $0 + $1.count }

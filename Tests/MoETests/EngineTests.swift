@@ -156,3 +156,21 @@ struct EngineTests {
         }
     }
 }
+
+struct EngineMisuseTests {
+    @Test func backwardAfterGenerateIsRefused() throws {
+        let model = try Model(config: Factory.oddConfig(), seed: 1, std: 0.1)
+        let engine = Engine(model: model)
+        let out = try engine.forward([[1, 2, 3]], options: ForwardOptions(training: true))
+        _ = try engine.generate([[4, 5]], sampling: SamplingParams(maxTokens: 2, temperature: 0))
+        #expect(throws: MoEError.self) { try engine.backward(dLogp: out.logprobs.map { _ in 1 }) }
+    }
+
+    @Test func badTokensAndTargetsAreRejected() throws {
+        let engine = Engine(model: try Model(config: Factory.oddConfig(), seed: 1))
+        #expect(throws: MoEError.input("token id 50 at packed position 1 is outside [0, 50)")) { try engine.forward([[1, 50]]) }
+        #expect(throws: MoEError.self) { try engine.forward([[]]) }
+        #expect(throws: MoEError.self) { try engine.forward([[1, 2]], options: ForwardOptions(targets: [1])) }
+        #expect(throws: MoEError.self) { try engine.forward([[1, 2]], options: ForwardOptions(temperature: 0)) }
+    }
+}
