@@ -22,11 +22,13 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
         .target(name: "Routes", swiftSettings: cpu),
+        .target(name: "HTTP", swiftSettings: cpu),
         .executableTarget(
             name: "r3",
             dependencies: ["MoE", "Routes", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),
+        .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
     ]
 )

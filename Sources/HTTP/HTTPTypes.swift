@@ -1,0 +1,128 @@
+// HTTPTypes: requests, responses, limits and the HTTP module's one error type.
+import Foundation
+
+public struct HTTPLimits: Sendable {
+    public var maxRequestLine = 8 * 1024          // longer → 414
+    public var maxHeaderBytes = 64 * 1024         // request line + fields; longer → 431
+    public var maxHeaderCount = 128               // more → 431
+    public var maxBodyBytes = 512 * 1024 * 1024   // larger → 413
+    public var maxChunkLine = 4 * 1024            // chunk-size line with extensions
+    public init() {}
+}
+
+public struct HTTPHeaders: Sendable, Equatable, Sequence {
+    public private(set) var fields: [(name: String, value: String)] = []
+    public init(_ fields: [(String, String)] = []) { for (n, v) in fields { add(n, v) } }
+
+    public mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
+    public mutating func set(_ name: String, _ value: String) { remove(name); add(name, value) }
+    public mutating func remove(_ name: String) { fields.removeAll { $0.name.caseInsensitiveCompare(name) == .orderedSame } }
+
+    /// The first value of `name` (case-insensitive).
+    public subscript(_ name: String) -> String? { fields.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value }
+    public func all(_ name: String) -> [String] { fields.filter { $0.name.caseInsensitiveCompare(name) == .orderedSame }.map(\.value) }
+    public func makeIterator() -> IndexingIterator<[(name: String, value: String)]> { fields.makeIterator() }
+
+    public static func == (a: HTTPHeaders, b: HTTPHeaders) -> Bool {
+        a.fields.count == b.fields.count && zip(a.fields, b.fields).allSatisfy { $0.name == $1.name && $0.value == $1.value }
+    }
+}
+
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// The request-target as sent (origin-form: path and query).
+    public var target: String
+    public var version: String
+    public var headers: HTTPHeaders
+    public var body: Data
+    public var keepAlive: Bool
+
+    /// The path without the query, percent-decoded segments left as sent.
+    public var path: String { String(target.prefix { $0 != "?" }) }
+    /// Query parameters (percent-decoded; '+' is a space), first value wins.
+    public var query: [String: String] {
+        guard let q = target.firstIndex(of: "?") else { return [:] }
+        var out: [String: String] = [:]
+        for pair in target[target.index(after: q)...].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let k = String(kv[0]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(kv[0])
+            let v = kv.count > 1 ? (String(kv[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(kv[1])) : ""
+            if out[k] == nil { out[k] = v }
+        }
+        return out
+    }
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    public var headers: HTTPHeaders
+    public var body: Data
+    /// Close the connection after sending.
+    public var close: Bool
+
+    public init(status: Int, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), close: Bool = false) {
+        self.status = status; self.headers = headers; self.body = body; self.close = close
+    }
+
+    public static func text(_ status: Int, _ s: String, contentType: String = "text/plain; charset=utf-8") -> HTTPResponse {
+        HTTPResponse(status: status, headers: HTTPHeaders([("Content-Type", contentType)]), body: Data(s.utf8))
+    }
+
+    /// RFC 9457 problem details.
+    public static func problem(_ status: Int, title: String? = nil, detail: String, close: Bool = false) -> HTTPResponse {
+        let obj: [String: Any] = ["type": "about:blank", "title": title ?? HTTPResponse.reason(status), "status": status, "detail": detail]
+        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return HTTPResponse(status: status, headers: HTTPHeaders([("Content-Type", "application/problem+json")]), body: data, close: close)
+    }
+
+    /// Status line and header block, CRLF-terminated (Content-Length and Connection added here).
+    public func head(keepAlive: Bool, date: String) -> Data {
+        var s = "HTTP/1.1 \(status) \(HTTPResponse.reason(status))\r\n"
+        for (n, v) in headers.fields where n.lowercased() != "content-length" && n.lowercased() != "connection" { s += "\(n): \(v)\r\n" }
+        if status >= 200 && status != 204 && status != 304 || !body.isEmpty { s += "Content-Length: \(body.count)\r\n" }
+        s += "Date: \(date)\r\n"
+        s += keepAlive ? "" : "Connection: close\r\n"
+        s += "\r\n"
+        return Data(s.utf8)
+    }
+
+    public static func reason(_ status: Int) -> String {
+        switch status {
+        case 100: return "Continue"
+        case 200: return "OK"
+        case 201: return "Created"
+        case 202: return "Accepted"
+        case 204: return "No Content"
+        case 304: return "Not Modified"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 406: return "Not Acceptable"
+        case 408: return "Request Timeout"
+        case 409: return "Conflict"
+        case 411: return "Length Required"
+        case 412: return "Precondition Failed"
+        case 413: return "Content Too Large"
+        case 414: return "URI Too Long"
+        case 415: return "Unsupported Media Type"
+        case 417: return "Expectation Failed"
+        case 422: return "Unprocessable Content"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 503: return "Service Unavailable"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Status \(status)"
+        }
+    }
+}
+
+/// A protocol violation with the status it earns; the connection is closed after the reply.
+public struct HTTPParseError: Error, Equatable, CustomStringConvertible {
+    public var status: Int
+    public var message: String
+    public var description: String { "\(status): \(message)" }
+}
