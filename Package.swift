@@ -22,7 +22,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
         .target(name: "Routes", swiftSettings: cpu),
-        .target(name: "HTTP", swiftSettings: cpu),
+        .target(name: "CPosix"),
+        .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
             dependencies: ["MoE", "Routes", .product(name: "ArgumentParser", package: "swift-argument-parser")],

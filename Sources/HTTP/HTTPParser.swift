@@ -41,7 +41,8 @@ public struct HTTPParser {
                 return (used, .error(HTTPParseError(status: 400, message: "connection is closing after an error")))
             case let .head(scanned):
                 guard let end = find(rest, crlfcrlf, from: max(0, scanned - 3)) else {
-                    if firstLineLength(rest) == nil && rest.count > limits.maxRequestLine {
+                    let line = firstLineLength(rest)
+                    if (line == nil && rest.count > limits.maxRequestLine) || (line ?? 0) > limits.maxRequestLine {
                         return fail(used, 414, "request line longer than \(limits.maxRequestLine) bytes")
                     }
                     if rest.count > limits.maxHeaderBytes { return fail(used, 431, "request head larger than \(limits.maxHeaderBytes) bytes") }

@@ -1,0 +1,20 @@
+// CPosix: the Linux calls Swift's Glibc module does not export (epoll, eventfd), as small C functions
+// that avoid the packed epoll_event struct. Used only by the HTTP target.
+#ifndef R3_CPOSIX_H
+#define R3_CPOSIX_H
+#include <stdint.h>
+
+enum { R3_EPOLLIN = 0x001, R3_EPOLLOUT = 0x004, R3_EPOLLERR = 0x008, R3_EPOLLHUP = 0x010, R3_EPOLLRDHUP = 0x2000 };
+
+int r3_epoll_create(void);
+/// op: 0 add, 1 modify, 2 delete. Returns 0 or -1 (errno set).
+int r3_epoll_ctl(int epfd, int op, int fd, uint32_t events);
+/// Waits; fills fds[i] and events[i]; returns the count or -1 (errno set).
+int r3_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
+int r3_eventfd(void);
+int r3_set_nodelay(int fd);
+/// A non-blocking, close-on-exec IPv4 TCP socket.
+int r3_tcp_socket(void);
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int r3_accept(int fd);
+#endif

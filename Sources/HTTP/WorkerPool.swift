@@ -1,0 +1,43 @@
+// WorkerPool: a fixed set of threads running submitted jobs in order; handlers may block (database
+// calls) without starving the event loop or spawning unbounded threads.
+import Foundation
+
+public final class WorkerPool: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var jobs: [@Sendable () -> Void] = []
+    private var head = 0
+    private var stopping = false
+    private var threads: [Thread] = []
+
+    public init(threads n: Int, name: String) {
+        for i in 0..<max(1, n) {
+            let t = Thread { [unowned self] in self.run() }
+            t.name = "\(name)-\(i)"
+            t.stackSize = 1 << 20
+            threads.append(t)
+            t.start()
+        }
+    }
+
+    public func submit(_ job: @escaping @Sendable () -> Void) {
+        cond.lock(); jobs.append(job); cond.signal(); cond.unlock()
+    }
+
+    /// Lets queued jobs finish, then ends the threads.
+    public func stop() {
+        cond.lock(); stopping = true; cond.broadcast(); cond.unlock()
+    }
+
+    private func run() {
+        while true {
+            cond.lock()
+            while head == jobs.count && !stopping { cond.wait() }
+            if head == jobs.count && stopping { cond.unlock(); return }
+            let job = jobs[head]
+            head += 1
+            if head > 1024 && head * 2 > jobs.count { jobs.removeFirst(head); head = 0 }
+            cond.unlock()
+            job()
+        }
+    }
+}

@@ -1,0 +1,143 @@
+// HTTPServerTests: the server over real loopback sockets with a raw client: keep-alive, pipelining,
+// 100-continue, deadlines, the connection cap, idle clients that hold no thread, graceful shutdown.
+import Foundation
+import Glibc
+import Testing
+@testable import HTTP
+
+/// A blocking TCP client that speaks raw bytes.
+final class RawClient {
+    let fd: Int32
+    init(port: UInt16) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if r != 0 { throw SyscallError(call: "connect", errno: errno) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+    deinit { close(fd) }
+    func send(_ s: String) { let b = Array(s.utf8); _ = b.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+    /// Reads until `count` complete responses (Content-Length framed) have arrived, or EOF / timeout.
+    func responses(_ count: Int) -> [(status: Int, headers: [String: String], body: String)] {
+        var data = [UInt8](), out: [(Int, [String: String], String)] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while out.count < count {
+            if let r = parseOne(&data) { out.append(r); continue }
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            data += buf[0..<n]
+        }
+        return out
+    }
+    /// True when the server has closed the connection (EOF within the timeout).
+    func closedByServer() -> Bool {
+        var b = [UInt8](repeating: 0, count: 1024)
+        while true {
+            let n = recv(fd, &b, b.count, 0)
+            if n == 0 { return true }
+            if n < 0 { return false }
+        }
+    }
+    private func parseOne(_ data: inout [UInt8]) -> (Int, [String: String], String)? {
+        guard let end = (0..<max(0, data.count - 3)).first(where: { data[$0] == 13 && data[$0 + 1] == 10 && data[$0 + 2] == 13 && data[$0 + 3] == 10 }) else { return nil }
+        let head = String(decoding: data[0..<end], as: UTF8.self).components(separatedBy: "\r\n")
+        let status = Int(head[0].split(separator: " ")[1])!
+        var h: [String: String] = [:]
+        for l in head.dropFirst() { let p = l.split(separator: ":", maxSplits: 1); h[p[0].lowercased()] = p[1].trimmingCharacters(in: .whitespaces) }
+        let len = Int(h["content-length"] ?? "0")!
+        guard data.count >= end + 4 + len else { return nil }
+        let body = String(decoding: data[(end + 4)..<(end + 4 + len)], as: UTF8.self)
+        data.removeFirst(end + 4 + len)
+        return (status, h, body)
+    }
+}
+
+func makeServer(_ edit: (inout HTTPServerConfig) -> Void = { _ in }, handler: HTTPHandler? = nil) throws -> HTTPServer {
+    var c = HTTPServerConfig()
+    c.port = 0
+    edit(&c)
+    let s = HTTPServer(config: c, handler: handler ?? { req in
+        if req.path == "/slow" { usleep(400_000) }
+        return .text(200, "\(req.method) \(req.target) \(req.body.count)")
+    })
+    try s.start()
+    return s
+}
+
+@Suite(.serialized) struct HTTPServerTests {
+    @Test func keepAliveAndPipelining() throws {
+        let s = try makeServer(); defer { s.shutdown(); s.waitUntilStopped() }
+        let c = try RawClient(port: s.boundPort)
+        c.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(c.responses(1).first?.body == "GET /a 0")
+        c.send("GET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        let rs = c.responses(3)
+        #expect(rs.map(\.body) == ["GET /b 0", "POST /c 3", "GET /d 0"])
+        #expect(rs.last?.headers["connection"] == "close")
+        #expect(c.closedByServer())
+    }
+
+    @Test func chunkedBodyAndContinue() throws {
+        let s = try makeServer(); defer { s.shutdown(); s.waitUntilStopped() }
+        let c = try RawClient(port: s.boundPort)
+        c.send("PUT /r HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        #expect(c.responses(1).first?.status == 100)
+        c.send("wxyz")
+        #expect(c.responses(1).first?.body == "PUT /r 4")
+        c.send("POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        #expect(c.responses(1).first?.body == "POST /c 5")
+    }
+
+    @Test func protocolErrorsAreProblemJSONAndClose() throws {
+        let s = try makeServer({ $0.limits.maxBodyBytes = 100 }); defer { s.shutdown(); s.waitUntilStopped() }
+        for (wire, status) in [("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+                               ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", 413),
+                               ("GET /" + String(repeating: "a", count: 9000) + " HTTP/1.1\r\n", 414)] {
+            let c = try RawClient(port: s.boundPort)
+            c.send(wire)
+            let r = c.responses(1).first
+            #expect(r?.status == status)
+            #expect(r?.headers["content-type"] == "application/problem+json")
+            #expect(c.closedByServer())
+        }
+    }
+
+    @Test func slowHeadGets408AndIdleConnectionsAreClosed() throws {
+        let s = try makeServer({ $0.headerTimeout = 0.3; $0.idleTimeout = 0.5 }); defer { s.shutdown(); s.waitUntilStopped() }
+        let slow = try RawClient(port: s.boundPort)
+        slow.send("GET / HTTP/1.1\r\nHost:")
+        #expect(slow.responses(1).first?.status == 408)
+        let idle = try RawClient(port: s.boundPort)
+        let t0 = Date()
+        #expect(idle.closedByServer())
+        #expect(Date().timeIntervalSince(t0) > 0.3)
+    }
+
+    @Test func idleClientsHoldNoThreadAndTheCapAnswers503() throws {
+        let s = try makeServer({ $0.handlerThreads = 1; $0.maxConnections = 40 }); defer { s.shutdown(); s.waitUntilStopped() }
+        let idle = try (0..<30).map { _ in try RawClient(port: s.boundPort) }
+        for (i, c) in idle.enumerated() where i % 2 == 0 { c.send("GET / HTTP/1.1\r\nHo") }   // half-sent heads
+        let active = try RawClient(port: s.boundPort)
+        active.send("GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(active.responses(1).first?.status == 200, "one handler thread still serves while 30 clients stall")
+        let more = try (0..<9).map { _ in try RawClient(port: s.boundPort) }
+        let over = try RawClient(port: s.boundPort)
+        #expect(over.responses(1).first?.status == 503)
+        _ = more
+    }
+
+    @Test func shutdownFinishesInFlightRequestsAndStopsAccepting() throws {
+        let s = try makeServer()
+        let c = try RawClient(port: s.boundPort)
+        c.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        usleep(100_000)
+        s.shutdown()
+        let r = c.responses(1).first
+        #expect(r?.status == 200 && r?.headers["connection"] == "close")
+        s.waitUntilStopped()
+        #expect(throws: SyscallError.self) { try RawClient(port: s.boundPort) }
+    }
+}
