@@ -1,6 +1,6 @@
 # R3 — make targets. `make test` installs what is missing (apt), builds and runs the whole suite.
 SHELL := /bin/bash
-APT_PACKAGES := libopenblas-dev
+APT_PACKAGES := libopenblas-dev libpq-dev postgresql
 PY_PACKAGES := numpy safetensors pytest
 SWIFT ?= swift
 CONFIG ?= release

@@ -23,6 +23,8 @@ let package = Package(
         .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
         .target(name: "Routes", swiftSettings: cpu),
         .target(name: "CPosix"),
+        .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
+        .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
@@ -31,5 +33,6 @@ let package = Package(
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
+        .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
     ]
 )

@@ -1,0 +1,163 @@
+// PGConnection: the one wrapper around a libpq connection. Statements always go through PQexecParams
+// with bind parameters; bytea travels in binary. Nothing outside this file sees a libpq pointer.
+import CLibPQ
+import Foundation
+
+public final class PGConnection {
+    private var conn: OpaquePointer?
+    private let conninfo: String
+
+    public init(conninfo: String) throws {
+        self.conninfo = conninfo
+        try connect()
+    }
+
+    deinit { if let conn { PQfinish(conn) } }
+
+    private func connect() throws {
+        if let conn { PQfinish(conn) }
+        conn = PQconnectdb(conninfo)
+        guard let c = conn, PQstatus(c) == CONNECTION_OK else {
+            let msg = conn.map { String(cString: PQerrorMessage($0)) } ?? "out of memory"
+            throw StoreError.unavailable(PGConnection.firstLine(msg))
+        }
+        PQsetNoticeProcessor(c, { _, _ in }, nil)
+    }
+
+    public var isHealthy: Bool { conn.map { PQstatus($0) == CONNECTION_OK } ?? false }
+
+    /// Reconnects if the connection went bad (e.g. the server restarted).
+    public func ensureConnected() throws { if !isHealthy { try connect() } }
+
+    /// Runs one statement. `binary` asks for binary results (use for bytea-only selects).
+    @discardableResult
+    public func query(_ sql: SQL, binary: Bool = false) throws -> PGResult {
+        guard let c = conn else { throw StoreError.unavailable("not connected") }
+        let n = sql.binds.count
+        var values: [UnsafeMutablePointer<CChar>?] = []
+        var lengths: [Int32] = [], formats: [Int32] = []
+        defer { for v in values { free(v) } }
+        for b in sql.binds {
+            switch b {
+            case .null: values.append(nil); lengths.append(0); formats.append(0)
+            case let .text(s): values.append(strdup(s)); lengths.append(0); formats.append(0)
+            case let .bytes(d):
+                let p = malloc(max(1, d.count))!.assumingMemoryBound(to: CChar.self)
+                d.withUnsafeBytes { if d.count > 0 { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: d.count) } }
+                values.append(p); lengths.append(Int32(d.count)); formats.append(1)
+            }
+        }
+        let res: OpaquePointer? = values.withUnsafeBufferPointer { vp in
+            lengths.withUnsafeBufferPointer { lp in
+                formats.withUnsafeBufferPointer { fp in
+                    vp.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: max(1, n)) { v in
+                        PQexecParams(c, sql.text, Int32(n), nil, n > 0 ? v : nil, lp.baseAddress, fp.baseAddress, binary ? 1 : 0)
+                    }
+                }
+            }
+        }
+        return try check(res)
+    }
+
+    /// Runs a script of several statements (migrations); no parameters.
+    public func execute(script: String) throws {
+        guard let c = conn else { throw StoreError.unavailable("not connected") }
+        _ = try check(PQexec(c, script))
+    }
+
+    private func check(_ res: OpaquePointer?) throws -> PGResult {
+        guard let r = res else {
+            throw StoreError.unavailable(PGConnection.firstLine(conn.map { String(cString: PQerrorMessage($0)) } ?? "no connection"))
+        }
+        switch PQresultStatus(r) {
+        case PGRES_COMMAND_OK, PGRES_TUPLES_OK, PGRES_EMPTY_QUERY:
+            return PGResult(r)
+        default:
+            let state = PQresultErrorField(r, 67 /* PG_DIAG_SQLSTATE 'C' */).map { String(cString: $0) } ?? ""
+            let msg = PQresultErrorField(r, 77 /* PG_DIAG_MESSAGE_PRIMARY 'M' */).map { String(cString: $0) } ?? String(cString: PQresultErrorMessage(r))
+            PQclear(r)
+            if !isHealthy || state.isEmpty || state.hasPrefix("08") || state == "57P01" || state == "57P02" || state == "57P03" {
+                throw StoreError.unavailable(PGConnection.firstLine(msg))
+            }
+            throw StoreError.query(sqlState: state, message: PGConnection.firstLine(msg))
+        }
+    }
+
+    /// COPY … FROM STDIN (BINARY): streams `data` in chunks; returns the rows copied.
+    public func copyIn(_ statement: String, data: Data) throws -> Int {
+        guard let c = conn else { throw StoreError.unavailable("not connected") }
+        guard let r = PQexec(c, statement) else { throw StoreError.unavailable("COPY failed to start") }
+        let st = PQresultStatus(r)
+        PQclear(r)
+        guard st == PGRES_COPY_IN else { throw StoreError.query(sqlState: "", message: PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
+        var offset = 0
+        while offset < data.count {
+            let n = min(1 << 20, data.count - offset)
+            let ok = data.withUnsafeBytes { raw in
+                PQputCopyData(c, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + offset, Int32(n))
+            }
+            if ok != 1 { throw StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
+            offset += n
+        }
+        guard PQputCopyEnd(c, nil) == 1 else { throw StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
+        var rows = 0
+        while let res = PQgetResult(c) {
+            defer { PQclear(res) }
+            if PQresultStatus(res) != PGRES_COMMAND_OK {
+                let state = PQresultErrorField(res, 67).map { String(cString: $0) } ?? ""
+                throw StoreError.query(sqlState: state, message: PGConnection.firstLine(String(cString: PQresultErrorMessage(res))))
+            }
+            rows = Int(String(cString: PQcmdTuples(res))) ?? 0
+        }
+        return rows
+    }
+
+    static func firstLine(_ s: String) -> String {
+        String(s.split(whereSeparator: \.isNewline).first ?? "").trimmingCharacters(in: .whitespaces)
+    }
+}
+
+/// A query result, copied out of libpq at once so no pointer escapes.
+public struct PGResult: Sendable {
+    public let columns: [String]
+    public let rows: [[Data?]]
+    public let affected: Int
+
+    init(_ r: OpaquePointer) {
+        defer { PQclear(r) }
+        let nc = Int(PQnfields(r)), nr = Int(PQntuples(r))
+        columns = (0..<nc).map { String(cString: PQfname(r, Int32($0))) }
+        var rows: [[Data?]] = []
+        rows.reserveCapacity(nr)
+        for i in 0..<nr {
+            rows.append((0..<nc).map { j -> Data? in
+                if PQgetisnull(r, Int32(i), Int32(j)) == 1 { return nil }
+                let len = Int(PQgetlength(r, Int32(i), Int32(j)))
+                return Data(bytes: PQgetvalue(r, Int32(i), Int32(j)), count: len)
+            })
+        }
+        self.rows = rows
+        affected = Int(String(cString: PQcmdTuples(r))) ?? 0
+    }
+
+    public var count: Int { rows.count }
+
+    public func column(_ name: String) throws -> Int {
+        guard let i = columns.firstIndex(of: name) else { throw StoreError.decode("no column \(name)") }
+        return i
+    }
+
+    /// Text-format accessors.
+    public func string(_ row: Int, _ name: String) throws -> String? {
+        try rows[row][column(name)].map { String(decoding: $0, as: UTF8.self) }
+    }
+    public func int(_ row: Int, _ name: String) throws -> Int? {
+        guard let s = try string(row, name) else { return nil }
+        guard let v = Int(s) else { throw StoreError.decode("\(name) = '\(s)' is not an integer") }
+        return v
+    }
+    public func double(_ row: Int, _ name: String) throws -> Double? { try string(row, name).flatMap(Double.init) }
+    public func bool(_ row: Int, _ name: String) throws -> Bool? { try string(row, name).map { $0 == "t" } }
+    /// Raw bytes (binary-format results, e.g. bytea).
+    public func bytes(_ row: Int, _ name: String) throws -> Data? { try rows[row][column(name)] }
+}

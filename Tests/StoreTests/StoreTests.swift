@@ -1,0 +1,54 @@
+// StoreTests: against a real PostgreSQL: the embedded cluster this code starts, migrations, bind
+// parameters, the pool surviving a server restart.
+import Foundation
+import Testing
+@testable import Store
+
+/// One private cluster for the whole test process (initdb takes a few seconds).
+enum TestDatabase {
+    static let shared: (EmbeddedPostgres, ConnectionPool) = {
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-store-tests-\(getpid())")
+        let pg = try! EmbeddedPostgres(dataDirectory: dir)
+        try! pg.start()
+        let pool = ConnectionPool(conninfo: pg.conninfo, size: 4)
+        try! Migrator.migrate(pool, Migrator.load(directory: migrations))
+        atexit { TestDatabase.shared.0.stop() }
+        return (pg, pool)
+    }()
+    static var migrations: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Migrations")
+    }
+}
+
+@Suite(.serialized) struct StoreTests {
+    var pool: ConnectionPool { TestDatabase.shared.1 }
+
+    @Test func migrationsAreRecordedAndIdempotent() throws {
+        let again = try Migrator.migrate(pool, Migrator.load(directory: TestDatabase.migrations))
+        #expect(again.isEmpty)
+        let r = try pool.with { try $0.query("SELECT name FROM schema_migrations ORDER BY version") }
+        #expect(try r.string(0, "name") == "0001_projects_keys_rollouts_routes.sql")
+        let storage = try pool.with { try $0.query("SELECT attstorage FROM pg_attribute WHERE attrelid = 'routes'::regclass AND attname = 'data'") }
+        #expect(try storage.string(0, "attstorage") == "e", "routes.data is STORAGE EXTERNAL")
+    }
+
+    @Test func interpolatedValuesAreBindsNotText() throws {
+        let evil = "x'); DROP TABLE projects; --"
+        let q: SQL = "INSERT INTO projects (name) VALUES (\(evil)) RETURNING id, name"
+        #expect(q.text == "INSERT INTO projects (name) VALUES ($1) RETURNING id, name")
+        let r = try pool.with { try $0.query(q) }
+        #expect(try r.string(0, "name") == evil)
+        let blob = Data((0..<300).map { UInt8($0 % 256) })
+        let back = try pool.with { try $0.query("SELECT \(blob)::bytea AS b", binary: true) }
+        #expect(try back.bytes(0, "b") == blob)
+        #expect(throws: StoreError.self) { try pool.with { try $0.query("INSERT INTO projects (name) VALUES (\(evil))") } }
+    }
+
+    @Test func poolReconnectsAfterAServerRestart() throws {
+        #expect(try pool.with { try $0.query("SELECT 1 AS one").int(0, "one") } == 1)
+        try TestDatabase.shared.0.restart()
+        let v = try pool.withRetry { try $0.query("SELECT 2 AS two").int(0, "two") }
+        #expect(v == 2)
+    }
+}
