@@ -1,11 +1,11 @@
 # R3 — make targets. `make test` installs what is missing (apt), builds and runs the whole suite.
 SHELL := /bin/bash
 APT_PACKAGES := libopenblas-dev libpq-dev postgresql
-PY_PACKAGES := numpy safetensors pytest
+PY_PACKAGES := numpy safetensors pytest requests
 SWIFT ?= swift
 CONFIG ?= release
 
-.PHONY: deps pydeps build test bench clean
+.PHONY: deps pydeps build run test bench clean
 
 # Installs the system libraries the build links against, only when missing.
 deps:
@@ -18,7 +18,7 @@ deps:
 
 # Python clients the tests drive the CLI with (numpy writes .npy routes, safetensors reads outputs).
 pydeps:
-	@python3 -c "import numpy, safetensors, pytest" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+	@python3 -c "import numpy, safetensors, pytest, requests" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
@@ -27,7 +27,12 @@ build: deps
 test: deps pydeps
 	$(SWIFT) build -c $(CONFIG) -Xswiftc -enable-testing --build-tests
 	$(SWIFT) test -c $(CONFIG) -Xswiftc -enable-testing --skip-build
-	R3_BIN=$(CURDIR)/.build/$(CONFIG)/r3 python3 -m pytest -q Tests/cli
+	R3_BIN=$(CURDIR)/.build/$(CONFIG)/r3 python3 -m pytest -q Tests/cli Tests/service
+
+# The service on the embedded default: a private PostgreSQL under $$R3_DATA_DIR (./.r3) when
+# DATABASE_URL is unset. Create a key first: .build/release/r3 keys create --project NAME
+run: build
+	.build/$(CONFIG)/r3 serve
 
 bench: build
 	.build/$(CONFIG)/r3 bench engine

@@ -26,9 +26,10 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
+        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
-            dependencies: ["MoE", "Routes", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MoE", "Routes", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),

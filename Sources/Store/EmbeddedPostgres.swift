@@ -11,6 +11,8 @@ public final class EmbeddedPostgres: @unchecked Sendable {
     public let database = "r3"
     let bin: URL
     let asUser: String?                // run the server's tools as this user when we are root
+    /// Whether `start()` launched the server (so this process should stop it).
+    public private(set) var startedHere = false
 
     public init(dataDirectory: URL) throws {
         directory = dataDirectory.appendingPathComponent("pg").standardizedFileURL
@@ -61,6 +63,7 @@ public final class EmbeddedPostgres: @unchecked Sendable {
                     ["-D", dataDir.path, "-l", logFile.path, "-w", "-t", "60", "-o",
                      "-c listen_addresses='' -c unix_socket_directories='\(socketDir.path)' -c port=5432 -c fsync=on", "start"],
                     asServer: true)
+            startedHere = true
         }
         let admin = try PGConnection(conninfo: "host=\(socketDir.path) port=5432 dbname=postgres user=r3 connect_timeout=5")
         let exists = try admin.query("SELECT 1 FROM pg_database WHERE datname = \(database)")

@@ -1,0 +1,67 @@
+// ServiceConfig: every setting, from environment variables with documented defaults.
+import Foundation
+
+public struct ServiceConfig: Sendable {
+    public static let documentation = """
+    Environment:
+      DATABASE_URL           libpq connection string; unset: a private PostgreSQL cluster under R3_DATA_DIR/pg
+      R3_LISTEN              host:port to listen on (default 127.0.0.1:8080)
+      R3_DATA_DIR            data directory (default ./.r3)
+      R3_MAX_BODY_BYTES      largest request body (default 536870912 = 512 MiB)
+      R3_MAX_CONNECTIONS     open connections before 503 (default 1024)
+      R3_HTTP_THREADS        request handler threads (default 8)
+      R3_DB_POOL             PostgreSQL connections (default 8)
+      R3_HEADER_TIMEOUT      seconds to receive a request head (default 10)
+      R3_BODY_TIMEOUT        seconds to receive a request body (default 120)
+      R3_IDLE_TIMEOUT        seconds a keep-alive connection may idle (default 60)
+      R3_MAX_ROUTE_VALUES    largest routes array, in expert ids (default 268435456)
+    """
+
+    public var databaseURL: String?
+    public var host = "127.0.0.1"
+    public var port: UInt16 = 8080
+    public var dataDir = URL(fileURLWithPath: ".r3")
+    public var maxBodyBytes = 512 * 1024 * 1024
+    public var maxConnections = 1024
+    public var httpThreads = 8
+    public var dbPool = 8
+    public var headerTimeout = 10.0
+    public var bodyTimeout = 120.0
+    public var idleTimeout = 60.0
+    public var maxRouteValues = 1 << 28
+
+    public init() {}
+
+    /// Reads the environment; a malformed value is an error naming the variable.
+    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> ServiceConfig {
+        var c = ServiceConfig()
+        func int(_ k: String, _ range: ClosedRange<Int>) throws -> Int? {
+            guard let v = env[k] else { return nil }
+            guard let n = Int(v), range.contains(n) else { throw ServiceError(400, "\(k)='\(v)' must be an integer in \(range)") }
+            return n
+        }
+        func seconds(_ k: String) throws -> Double? {
+            guard let v = env[k] else { return nil }
+            guard let d = Double(v), d > 0, d < 86_400 else { throw ServiceError(400, "\(k)='\(v)' must be a number of seconds") }
+            return d
+        }
+        if let u = env["DATABASE_URL"], !u.isEmpty { c.databaseURL = u }
+        if let l = env["R3_LISTEN"] {
+            guard let colon = l.lastIndex(of: ":"), let p = UInt16(l[l.index(after: colon)...]) else {
+                throw ServiceError(400, "R3_LISTEN='\(l)' must be host:port")
+            }
+            c.host = String(l[..<colon]); c.port = p
+            if c.host == "localhost" { c.host = "127.0.0.1" }
+        }
+        if let d = env["R3_DATA_DIR"] { c.dataDir = URL(fileURLWithPath: d) }
+        c.maxBodyBytes = try int("R3_MAX_BODY_BYTES", 1024...(1 << 34)) ?? c.maxBodyBytes
+        c.maxConnections = try int("R3_MAX_CONNECTIONS", 1...100_000) ?? c.maxConnections
+        c.httpThreads = try int("R3_HTTP_THREADS", 1...256) ?? c.httpThreads
+        c.dbPool = try int("R3_DB_POOL", 1...256) ?? c.dbPool
+        c.headerTimeout = try seconds("R3_HEADER_TIMEOUT") ?? c.headerTimeout
+        c.bodyTimeout = try seconds("R3_BODY_TIMEOUT") ?? c.bodyTimeout
+        c.idleTimeout = try seconds("R3_IDLE_TIMEOUT") ?? c.idleTimeout
+        c.maxRouteValues = try int("R3_MAX_ROUTE_VALUES", 1...(1 << 31 - 1)) ?? c.maxRouteValues
+        return c
+    }
+}

@@ -1,0 +1,40 @@
+// ServiceError: the Service module's one error type, and the one place where any error becomes an
+// HTTP status (RFC 9457 problem+json). Internal details never reach the client.
+import Foundation
+import HTTP
+import Routes
+import Store
+
+public struct ServiceError: Error, CustomStringConvertible {
+    public var status: Int
+    public var detail: String
+    public init(_ status: Int, _ detail: String) { self.status = status; self.detail = detail }
+    public var description: String { "\(status): \(detail)" }
+
+    public static func badRequest(_ d: String) -> ServiceError { ServiceError(400, d) }
+    public static func notFound(_ what: String) -> ServiceError { ServiceError(404, "\(what) not found") }
+    public static func unprocessable(_ d: String) -> ServiceError { ServiceError(422, d) }
+
+    /// Maps any error to its response.
+    static func response(for error: Error) -> HTTPResponse {
+        switch error {
+        case let e as ServiceError:
+            var r = HTTPResponse.problem(e.status, detail: e.detail)
+            if e.status == 401 { r.headers.set("WWW-Authenticate", "Bearer realm=\"r3\"") }
+            return r
+        case let e as RoutesError:
+            switch e {
+            case let .malformed(m): return .problem(400, detail: "routed_experts: \(m)")
+            case let .invalid(m): return .problem(422, detail: "routed_experts: \(m)")
+            }
+        case let e as StoreError:
+            switch e {
+            case .unavailable: return .problem(503, detail: "the database is unavailable; retry later")
+            case let .query(state, _) where state == "22P02" || state == "22003": return .problem(400, detail: "a value is out of range or malformed")
+            default: return .problem(500, detail: "internal error")
+            }
+        default:
+            return .problem(500, detail: "internal error")
+        }
+    }
+}

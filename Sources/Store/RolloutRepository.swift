@@ -1,0 +1,162 @@
+// RolloutRepository: rollouts and their packed routes, always scoped to a project (another project's
+// rows are indistinguishable from missing ones).
+import Foundation
+import Routes
+
+public struct NewRollout: Sendable {
+    public var model: String
+    public var policyVersion: Int
+    public var tokenIDs: [Int32]
+    public var promptLength: Int
+    public var logprobs: [Float]?
+    public var reward: Double?
+    public var groupID: String?
+    public var metadataJSON: String
+    public var routes: PackedRoutes?
+    public init(model: String, policyVersion: Int, tokenIDs: [Int32], promptLength: Int, logprobs: [Float]?, reward: Double?,
+                groupID: String?, metadataJSON: String, routes: PackedRoutes?) {
+        self.model = model; self.policyVersion = policyVersion; self.tokenIDs = tokenIDs; self.promptLength = promptLength
+        self.logprobs = logprobs; self.reward = reward; self.groupID = groupID; self.metadataJSON = metadataJSON; self.routes = routes
+    }
+}
+
+public struct RolloutRecord: Sendable {
+    public var id: String
+    public var seq: Int
+    public var model: String
+    public var policyVersion: Int
+    public var tokenIDs: [Int32]
+    public var promptLength: Int
+    public var logprobs: [Float]?
+    public var reward: Double?
+    public var groupID: String?
+    public var metadataJSON: String
+    public var createdAt: String
+    /// [rows, layers, top_k, num_experts] when routes are stored.
+    public var routesShape: [Int]?
+}
+
+public struct RolloutRepository: Sendable {
+    public let pool: ConnectionPool
+    public init(pool: ConnectionPool) { self.pool = pool }
+
+    static func pgArray<T>(_ xs: [T]) -> String { "{" + xs.map { "\($0)" }.joined(separator: ",") + "}" }
+    static func parseArray(_ s: String?) -> [String]? {
+        guard let s, s.hasPrefix("{"), s.hasSuffix("}") else { return nil }
+        let inner = s.dropFirst().dropLast()
+        return inner.isEmpty ? [] : inner.split(separator: ",").map(String.init)
+    }
+
+    /// Inserts the rollout and its routes in one transaction; returns the new id.
+    public func insert(project: Int, _ r: NewRollout) throws -> String {
+        try pool.transaction { c in
+            let lp: String? = r.logprobs.map { RolloutRepository.pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
+            let res = try c.query("""
+                INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata)
+                VALUES (\(project), \(r.model), \(r.policyVersion), \(RolloutRepository.pgArray(r.tokenIDs))::integer[], \(r.promptLength),
+                        \(lp)::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb)
+                RETURNING id
+                """)
+            let id = try res.string(0, "id")!
+            if let p = r.routes { try RolloutRepository.writeRoutes(c, id: id, p) }
+            return id
+        }
+    }
+
+    static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
+        try c.query("""
+            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data)
+            VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes))
+            ON CONFLICT (rollout_id) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
+                num_experts = EXCLUDED.num_experts, width = EXCLUDED.width, checksum = EXCLUDED.checksum, data = EXCLUDED.data,
+                created_at = now()
+            """)
+    }
+
+    static let columns = """
+        r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, r.logprobs, r.reward, r.group_id, r.metadata,
+        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+        t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts
+        """
+
+    static func record(_ res: PGResult, _ i: Int) throws -> RolloutRecord {
+        let rows = try res.int(i, "r_rows")
+        return RolloutRecord(
+            id: try res.string(i, "id")!, seq: try res.int(i, "seq")!, model: try res.string(i, "model")!,
+            policyVersion: try res.int(i, "policy_version")!,
+            tokenIDs: (parseArray(try res.string(i, "token_ids")) ?? []).compactMap { Int32($0) },
+            promptLength: try res.int(i, "prompt_length")!,
+            logprobs: parseArray(try res.string(i, "logprobs")).map { $0.map { Float($0) ?? .nan } },
+            reward: try res.double(i, "reward"), groupID: try res.string(i, "group_id"),
+            metadataJSON: try res.string(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at")!,
+            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers")!, try res.int(i, "r_top_k")!, try res.int(i, "r_experts")!])
+    }
+
+    public func get(project: Int, id: String) throws -> RolloutRecord? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let res = try pool.withRetry { c in
+            try c.query("SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id WHERE r.project_id = \(project) AND r.id = \(id)::uuid")
+        }
+        return res.count == 0 ? nil : try RolloutRepository.record(res, 0)
+    }
+
+    /// Rollouts after `cursor` (a seq) in insertion order, optionally filtered.
+    public func list(project: Int, model: String?, policyVersion: Int?, after cursor: Int, limit: Int) throws -> [RolloutRecord] {
+        let res = try pool.withRetry { c in
+            try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                WHERE r.project_id = \(project) AND r.seq > \(cursor)
+                  AND (\(model)::text IS NULL OR r.model = \(model)) AND (\(policyVersion)::bigint IS NULL OR r.policy_version = \(policyVersion))
+                ORDER BY r.seq LIMIT \(limit)
+                """)
+        }
+        return try (0..<res.count).map { try RolloutRepository.record(res, $0) }
+    }
+
+    public func delete(project: Int, id: String) throws -> Bool {
+        guard UUID(uuidString: id) != nil else { return false }
+        return try pool.with { try $0.query("DELETE FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid").affected } == 1
+    }
+
+    /// The stored routes (binary fetch of the packed blob), or nil when the rollout or its routes do not exist.
+    public func routes(project: Int, id: String) throws -> PackedRoutes? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let res = try pool.withRetry { c in
+            try c.query("""
+                SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data
+                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+                """, binary: true)
+        }
+        guard res.count == 1 else { return nil }
+        func int(_ n: String) throws -> Int {
+            guard let d = try res.bytes(0, n) else { throw StoreError.decode("\(n) is null") }
+            return d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
+        }
+        return PackedRoutes(rows: try int("rows"), layers: try int("layers"), topK: try int("top_k"), numExperts: try int("num_experts"),
+                            width: try int("width"), bytes: try res.bytes(0, "data") ?? Data(), checksum: UInt32(truncatingIfNeeded: try int("checksum")))
+    }
+
+    /// Token count of a rollout of this project, or nil.
+    public func tokenCount(project: Int, id: String) throws -> Int? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let r = try pool.withRetry { try $0.query("SELECT cardinality(token_ids) AS n FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid") }
+        return r.count == 0 ? nil : try r.int(0, "n")
+    }
+
+    /// Replaces a rollout's routes; false when the rollout does not exist in this project.
+    public func putRoutes(project: Int, id: String, _ p: PackedRoutes) throws -> Bool {
+        guard UUID(uuidString: id) != nil else { return false }
+        return try pool.transaction { c in
+            let r = try c.query("SELECT 1 FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
+            if r.count == 0 { return false }
+            try RolloutRepository.writeRoutes(c, id: id, p)
+            return true
+        }
+    }
+
+    /// Total stored route bytes and rows, for /metrics.
+    public func storedRouteBytes() throws -> (bytes: Int, count: Int) {
+        let r = try pool.withRetry { try $0.query("SELECT coalesce(sum(octet_length(data)), 0) AS b, count(*) AS n FROM routes") }
+        return (try r.int(0, "b") ?? 0, try r.int(0, "n") ?? 0)
+    }
+}

@@ -1,0 +1,183 @@
+"""The routes API as a trainer uses it: requests + numpy, SGLang-format routes in, .npy out."""
+import base64
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+
+E = 64  # experts
+
+
+def sglang_routes(T, L=4, K=8, seed=0, missing=()):
+    rng = np.random.default_rng(seed)
+    r = np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(L)]) for _ in range(T - 1)]).astype(np.int32)
+    for t, l in missing:
+        r[t, l] = -1
+    return r
+
+
+def post_rollout(api, T=20, routes=None, **extra):
+    tokens = list(range(1, T + 1))
+    body = {"model": "qwen3-moe-test", "policy_version": 3, "token_ids": tokens, "prompt_length": 5,
+            "logprobs": [-0.25] * (T - 5), "num_experts": E, **extra}
+    if routes is not None:
+        body["routed_experts"] = {"dtype": "int32", "shape": list(routes.shape),
+                                  "data": base64.b64encode(routes.astype("<i4").tobytes()).decode()}
+    r = api.post(api.base + "/v1/rollouts", json=body)
+    return r
+
+
+def test_store_sglang_routes_and_read_back_as_npy(api):
+    routes = sglang_routes(20, missing=[(3, 1)])
+    r = post_rollout(api, routes=routes)
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert r.headers["Location"] == f"/v1/rollouts/{rid}"
+    got = api.get(api.base + f"/v1/rollouts/{rid}/routes", headers={"Accept": "application/x-npy"})
+    assert got.status_code == 200 and got.headers["Content-Type"] == "application/x-npy"
+    arr = np.load(io.BytesIO(got.content))
+    assert arr.dtype == np.int32 and arr.shape == routes.shape
+    np.testing.assert_array_equal(arr, routes)
+
+
+@pytest.mark.parametrize("fmt", ["json", "npy", "raw", "base64", "nemo"])
+@pytest.mark.parametrize("dtype", ["int32", "int16", "uint8"])
+def test_every_format_and_dtype_round_trips_bit_exactly(api, fmt, dtype):
+    routes = sglang_routes(12, seed=1, missing=[(2, 0)])
+    rid = post_rollout(api, T=12, routes=routes).json()["id"]
+    got = api.get(api.base + f"/v1/rollouts/{rid}/routes", params={"format": fmt, "dtype": dtype})
+    assert got.status_code == 200, got.text
+    np_dtype = {"int32": "<i4", "int16": "<i2", "uint8": "u1"}[dtype]
+    if fmt == "npy":
+        arr = np.load(io.BytesIO(got.content))
+    elif fmt == "raw":
+        shape = tuple(int(x) for x in got.headers["X-R3-Shape"].split(","))
+        arr = np.frombuffer(got.content, dtype=np_dtype).reshape(shape)
+    elif fmt == "json":
+        arr = np.array(got.json()["routed_experts"])
+    elif fmt == "base64":
+        o = got.json()
+        arr = np.frombuffer(base64.b64decode(o["data"]), dtype=np_dtype).reshape(o["shape"])
+    else:
+        _, dt, shape, data = got.json()["routed_experts"].split(":", 3)
+        arr = np.frombuffer(base64.b64decode(data), dtype=np_dtype).reshape([int(x) for x in shape.split("x")])
+    want = routes.copy()
+    if dtype == "uint8" and fmt != "json":
+        want = np.where(want < 0, 255, want)
+    np.testing.assert_array_equal(arr.astype(np.int64), want.astype(np.int64))
+
+
+def test_upload_routes_as_npy_and_octet_stream(api):
+    rid = post_rollout(api, T=10).json()["id"]
+    routes = sglang_routes(10, seed=2)
+    buf = io.BytesIO()
+    np.save(buf, routes.astype(np.int16))
+    r = api.put(api.base + f"/v1/rollouts/{rid}/routes", params={"num_experts": E}, data=buf.getvalue(),
+                headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.load(io.BytesIO(api.get(api.base + f"/v1/rollouts/{rid}/routes?format=npy").content)), routes)
+    full = sglang_routes(11, seed=3)[:10]  # T rows are accepted too
+    r = api.put(api.base + f"/v1/rollouts/{rid}/routes", params={"num_experts": E, "shape": "10,4,8", "dtype": "uint8"},
+                data=full.astype(np.uint8).tobytes(), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.load(io.BytesIO(api.get(api.base + f"/v1/rollouts/{rid}/routes?format=npy").content)), full)
+
+
+def test_etag_and_row_ranges(api):
+    routes = sglang_routes(16, seed=4)
+    rid = post_rollout(api, T=16, routes=routes).json()["id"]
+    url = api.base + f"/v1/rollouts/{rid}/routes"
+    first = api.get(url, params={"format": "npy"})
+    again = api.get(url, params={"format": "npy"}, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.content == b""
+    part = np.load(io.BytesIO(api.get(url, params={"format": "npy", "start": 4, "end": 9}).content))
+    np.testing.assert_array_equal(part, routes[4:9])
+    assert api.get(url, params={"start": 9, "end": 4}).status_code == 400
+
+
+def test_batch_get_as_npz_and_json(api):
+    ids, arrays = [], []
+    for s in range(3):
+        a = sglang_routes(8 + s, seed=10 + s)
+        ids.append(post_rollout(api, T=8 + s, routes=a).json()["id"])
+        arrays.append(a)
+    r = api.post(api.base + "/v1/routes:batchGet", json={"ids": ids, "format": "npz"})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/zip"
+    npz = np.load(io.BytesIO(r.content))
+    for i, a in zip(ids, arrays):
+        np.testing.assert_array_equal(npz[i], a)
+    assert zipfile.ZipFile(io.BytesIO(r.content)).testzip() is None
+    r = api.post(api.base + "/v1/routes:batchGet", json={"ids": ids, "format": "json", "dtype": "int16", "start": 2, "end": 5})
+    o = r.json()["routes"][ids[1]]
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(o["data"]), "<i2").reshape(o["shape"]), arrays[1][2:5])
+
+
+def test_get_list_delete(api):
+    rid = post_rollout(api, T=7, routes=sglang_routes(7), reward=1.5, group_id="g1", metadata={"task": "sum"}).json()["id"]
+    o = api.get(api.base + f"/v1/rollouts/{rid}").json()
+    assert o["reward"] == 1.5 and o["group_id"] == "g1" and o["metadata"] == {"task": "sum"}
+    assert o["routes"]["shape"] == [6, 4, 8] and o["token_ids"] == list(range(1, 8))
+    seen, cursor = [], None
+    while True:
+        page = api.get(api.base + "/v1/rollouts", params={"limit": 3, "model": "qwen3-moe-test", "policy_version": 3,
+                                                          **({"cursor": cursor} if cursor else {})}).json()
+        seen += [x["id"] for x in page["data"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert rid in seen and len(seen) == len(set(seen))
+    assert api.delete(api.base + f"/v1/rollouts/{rid}").status_code == 204
+    assert api.get(api.base + f"/v1/rollouts/{rid}").status_code == 404
+    assert api.delete(api.base + f"/v1/rollouts/{rid}").status_code == 404
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"routed_experts": [[[0, 1]]], "num_experts": 8}, 422, "rows"),                      # shape != token count
+    ({"routed_experts": [[[0, 99]]] * 19, "num_experts": 64}, 422, "outside"),
+    ({"routed_experts": [[[0, 0]]] * 19, "num_experts": 64}, 422, "twice"),
+    ({"routed_experts": [[[0, -1]]] * 19, "num_experts": 64}, 422, "partly missing"),
+    ({"routed_experts": [[[0, 1]], [[2]]], "num_experts": 64}, 400, "expected 2"),
+    ({"routed_experts": "nrlre1:int32:19x1x2:!!!", "num_experts": 64}, 400, "base64"),
+    ({"routed_experts": [[[0, 1]]] * 19}, 422, "num_experts"),
+    ({"token_ids": []}, 422, "token_ids"),
+    ({"prompt_length": 99}, 422, "prompt_length"),
+    ({"logprobs": [0.1]}, 422, "logprobs"),
+])
+def test_bad_rollouts_are_rejected_and_nothing_is_stored(api, body, status, words):
+    before = len(api.get(api.base + "/v1/rollouts", params={"model": "bad-input", "limit": 500}).json()["data"])
+    doc = {"model": "bad-input", "token_ids": list(range(20)), "prompt_length": 5, **body}
+    r = api.post(api.base + "/v1/rollouts", json=doc)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"] == "application/problem+json" and words in r.json()["detail"]
+    after = len(api.get(api.base + "/v1/rollouts", params={"model": "bad-input", "limit": 500}).json()["data"])
+    assert after == before
+
+
+def test_auth_and_project_isolation(api, server):
+    rid = post_rollout(api, routes=sglang_routes(20)).json()["id"]
+    assert requests.get(server.url + f"/v1/rollouts/{rid}").status_code == 401
+    assert requests.get(server.url + f"/v1/rollouts/{rid}", headers={"Authorization": "Bearer r3_nope"}).status_code == 401
+    other = {"Authorization": "Bearer " + server.keys["b"]}
+    assert requests.get(server.url + f"/v1/rollouts/{rid}", headers=other).status_code == 404
+    assert requests.get(server.url + f"/v1/rollouts/{rid}/routes", headers=other).status_code == 404
+    assert requests.delete(server.url + f"/v1/rollouts/{rid}", headers=other).status_code == 404
+    assert rid not in [x["id"] for x in requests.get(server.url + "/v1/rollouts", headers=other).json()["data"]]
+
+
+def test_media_types_and_sizes(api, server):
+    assert api.post(api.base + "/v1/rollouts", data="x", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert api.post(api.base + "/v1/rollouts", data="{", headers={"Content-Type": "application/json"}).status_code == 400
+    big = b"x" * (64 * 1024 * 1024 + 1)
+    r = api.post(api.base + "/v1/rollouts", data=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert api.get(api.base + "/v1/nothing").status_code == 404
+    assert api.patch(api.base + "/v1/rollouts").status_code == 405
+
+
+def test_metrics_and_health(server):
+    assert requests.get(server.url + "/livez").json() == {"status": "ok"}
+    m = requests.get(server.url + "/metrics").text
+    assert 'r3_http_requests_total{route="/v1/rollouts",method="POST",status="201"}' in m
+    assert "r3_http_request_duration_seconds_bucket" in m and "r3_db_pool_size" in m and "r3_routes_stored_bytes" in m
