@@ -41,10 +41,14 @@ extension App {
             guard let experts = try f.int("num_experts", range: 1...65_535) else {
                 throw ServiceError.unprocessable("num_experts is required with routed_experts")
             }
-            let routes = try RouteCodec.decode(json: re, numExperts: experts)
-            guard routes.count <= config.maxRouteValues else { throw ServiceError(413, "routed_experts has more than \(config.maxRouteValues) values") }
-            try routes.validate(numExperts: experts, tokens: tokens.count)
-            packed = try PackedRoutes(routes, numExperts: experts)
+            do {   // the body is valid JSON: whatever is wrong with the routes is wrong content (422)
+                let routes = try RouteCodec.decode(json: re, numExperts: experts)
+                guard routes.count <= config.maxRouteValues else { throw ServiceError(413, "routed_experts has more than \(config.maxRouteValues) values") }
+                try routes.validate(numExperts: experts, tokens: tokens.count)
+                packed = try PackedRoutes(routes, numExperts: experts)
+            } catch let e as RoutesError {
+                throw ServiceError.unprocessable("routed_experts: \(e)")
+            }
         }
         let id = try rollouts.insert(project: project, NewRollout(
             model: model, policyVersion: policy, tokenIDs: tokens, promptLength: promptLen, logprobs: logprobs, reward: reward,
@@ -83,7 +87,7 @@ extension App {
             return n
         } ?? 0
         let pv = try q["policy_version"].map { v -> Int in
-            guard let n = Int(v), n >= 0 else { throw ServiceError.badRequest("policy_version must be a non-negative integer") }
+            guard let n = Int(v), n >= 0, n <= Int(Int64.max / 2) else { throw ServiceError.badRequest("policy_version must be an integer in 0...\(Int64.max / 2)") }
             return n
         }
         if let m = q["model"], m.count > 200 { throw ServiceError.badRequest("model is longer than 200 characters") }
