@@ -62,7 +62,7 @@ extension App {
         var o: [String: Any] = ["id": r.id, "model": r.model, "policy_version": r.policyVersion, "token_ids": r.tokenIDs,
                                 "prompt_length": r.promptLength, "created_at": r.createdAt,
                                 "metadata": (try? JSONSerialization.jsonObject(with: Data(r.metadataJSON.utf8))) ?? [:]]
-        o["logprobs"] = r.logprobs.map { $0.map { $0.isFinite ? Double($0) as Any : NSNull() } } ?? NSNull()
+        o["logprobs"] = r.logprobs.map { $0.map { $0.isFinite ? (Double("\($0)") ?? Double($0)) as Any : NSNull() } } ?? NSNull()   // shortest float32 text
         o["reward"] = r.reward ?? NSNull()
         o["group_id"] = r.groupID ?? NSNull()
         if let s = r.routesShape {
