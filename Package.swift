@@ -21,7 +21,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
-        .target(name: "Routes", swiftSettings: cpu),
+        .target(name: "Routes", dependencies: ["CPosix"], swiftSettings: cpu),
         .target(name: "CPosix"),
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),

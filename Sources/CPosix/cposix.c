@@ -36,3 +36,13 @@ int r3_set_nodelay(int fd) {
 int r3_tcp_socket(void) { return socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0); }
 
 int r3_accept(int fd) { return accept4(fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+__attribute__((target("sse4.2")))
+uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n) {
+    const unsigned char *p = data;
+    uint64_t c = ~crc;
+    while (n >= 8) { uint64_t v; __builtin_memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; n -= 8; }
+    uint32_t c32 = (uint32_t)c;
+    while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}

@@ -1,5 +1,6 @@
 // PackedRoutes: the stored form: one byte per expert id when the experts fit in uint8 (with 0xFF free
 // for "missing"), else two (uint16 little-endian): at most a quarter of int32. CRC-32C guards the bytes.
+import CPosix
 import Foundation
 
 public struct PackedRoutes: Sendable, Equatable {
@@ -37,15 +38,19 @@ public struct PackedRoutes: Sendable, Equatable {
     }
 }
 
-/// CRC-32C (Castagnoli), table-driven.
+/// CRC-32C (Castagnoli): the SSE4.2 instruction, with a table-driven reference twin for tests.
 public enum CRC32C {
+    public static func checksum(_ data: Data) -> UInt32 {
+        data.withUnsafeBytes { r3_crc32c(0, $0.baseAddress, UInt64($0.count)) }
+    }
+
     static let table: [UInt32] = (0..<256).map { i -> UInt32 in
         var c = UInt32(i)
         for _ in 0..<8 { c = c & 1 != 0 ? 0x82F6_3B78 ^ (c >> 1) : c >> 1 }
         return c
     }
 
-    public static func checksum(_ data: Data) -> UInt32 {
+    public static func reference(_ data: Data) -> UInt32 {
         var c: UInt32 = 0xFFFF_FFFF
         data.withUnsafeBytes { raw in
             table.withUnsafeBufferPointer { t in

@@ -111,7 +111,12 @@ struct PackedRoutesTests {
         #expect(throws: RoutesError.malformed("stored routes fail their checksum")) { try p.unpack() }
     }
 
-    @Test func crc32cKnownAnswer() {
+    @Test func crc32cKnownAnswerAndReferenceTwin() {
         #expect(CRC32C.checksum(Data("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.reference(Data("123456789".utf8)) == 0xE306_9283)
+        for n in [0, 1, 7, 8, 9, 1000, 4097] {
+            let d = Data((0..<n).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) })
+            #expect(CRC32C.checksum(d) == CRC32C.reference(d), "length \(n)")
+        }
     }
 }

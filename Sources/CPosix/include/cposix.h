@@ -17,4 +17,6 @@ int r3_set_nodelay(int fd);
 int r3_tcp_socket(void);
 /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int r3_accept(int fd);
+/// CRC-32C (Castagnoli) with the SSE4.2 crc32 instruction: `crc` is the running value (start with 0).
+uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n);
 #endif

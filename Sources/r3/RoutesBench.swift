@@ -1,0 +1,186 @@
+// RoutesBench: `r3 bench routes`: the routes service end to end on loopback: ingest MB/s of a large
+// base64-int32 payload, fetch latency as .npy (int32 and uint8), stored bytes per index, and
+// small-request throughput under wrk. It starts its own service on the embedded PostgreSQL (or
+// DATABASE_URL) in a temporary data directory.
+import ArgumentParser
+import Foundation
+import HTTP
+import Service
+import Store
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct RoutesBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "routes", abstract: "Routes service benchmark; one JSON object per case.")
+
+    @Option var tokens = 32_768
+    @Option var layers = 48
+    @Option(name: .customLong("top-k")) var topK = 8
+    @Option var experts = 128
+    @Option(help: "Fetches per format for the latency percentiles.") var fetches = 50
+    @Option(help: "wrk duration in seconds (0 skips wrk).") var wrkSeconds = 5
+    @Flag(help: "Small payload and few fetches (smoke test).") var quick = false
+
+    func run() throws {
+        let T = quick ? 1024 : tokens, n = quick ? 10 : fetches
+        var config = try ServiceConfig.fromEnvironment()
+        let tmp = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-routes-\(getpid())")
+        if config.databaseURL == nil { config.dataDir = tmp }
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        _ = chmod(tmp.path, 0o755)
+        let (pool, embedded, label) = try openDatabase(config)
+        defer {
+            if embedded?.startedHere == true { embedded?.stop() }
+            try? FileManager.default.removeItem(at: tmp)
+        }
+        let app = App(config: config, pool: pool)
+        var http = HTTPServerConfig()
+        http.port = 0
+        http.limits.maxBodyBytes = 1 << 30
+        let server = HTTPServer(config: http) { app.handle($0) }
+        let port = try server.start()
+        defer { server.shutdown(); server.waitUntilStopped() }
+        let key = try KeyRepository(pool: pool).create(project: "bench-\(getpid())").key
+        let client = try LoopbackClient(port: port)
+        let auth = "Authorization: Bearer \(key)"
+        let base: [String: Any] = ["tokens": T, "layers": layers, "top_k": topK, "experts": experts, "database": label]
+
+        // payload: int32 routes [T, L, K] as {dtype, shape, data}
+        var rng = SystemRandomNumberGenerator()
+        var ids = [Int32](repeating: 0, count: T * layers * topK)
+        for r in 0..<(T * layers) {
+            var chosen = Set<Int32>()
+            for j in 0..<topK {
+                var e: Int32
+                repeat { e = Int32.random(in: 0..<Int32(experts), using: &rng) } while chosen.contains(e)
+                chosen.insert(e); ids[r * topK + j] = e
+            }
+        }
+        let raw = ids.withUnsafeBufferPointer { Data(buffer: $0) }
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "bench", "token_ids": Array(repeating: 1, count: T), "prompt_length": 0, "num_experts": experts,
+            "routed_experts": ["dtype": "int32", "shape": [T, layers, topK], "data": raw.base64EncodedString()]])
+        var ingest: [Double] = []
+        var rid = ""
+        for _ in 0..<(quick ? 2 : 5) {
+            let t0 = Date()
+            let r = try client.request("POST", "/v1/rollouts", headers: [auth, "Content-Type: application/json"], body: body)
+            ingest.append(Date().timeIntervalSince(t0))
+            guard r.status == 201, let o = try JSONSerialization.jsonObject(with: r.body) as? [String: Any], let id = o["id"] as? String else {
+                throw ValidationError("ingest failed: HTTP \(r.status)")
+            }
+            rid = id
+        }
+        let ti = median(ingest)
+        try printJSON(["case": "ingest", "config": base.merging(["encoding": "base64 int32 JSON"]) { $1 },
+                       "payload_mb": Double(body.count) / 1e6, "int32_mb": Double(raw.count) / 1e6,
+                       "mb_per_s": Double(body.count) / ti / 1e6, "seconds_p50": ti])
+
+        for (name, query) in [("fetch_npy_int32", "format=npy"), ("fetch_npy_uint8", "format=npy&dtype=uint8"), ("fetch_raw_int32", "format=raw")] {
+            var lat: [Double] = []
+            var bytes = 0
+            for _ in 0..<n {
+                let t0 = Date()
+                let r = try client.request("GET", "/v1/rollouts/\(rid)/routes?\(query)", headers: [auth], body: nil)
+                lat.append(Date().timeIntervalSince(t0))
+                guard r.status == 200 else { throw ValidationError("fetch failed: HTTP \(r.status)") }
+                bytes = r.body.count
+            }
+            lat.sort()
+            try printJSON(["case": name, "config": base.merging(["fetches": n]) { $1 }, "bytes": bytes,
+                           "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
+        }
+
+        let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").int(0, "b") } ?? 0
+        try printJSON(["case": "stored_bytes", "config": base, "bytes": stored, "bytes_per_index": Double(stored) / Double(ids.count)])
+
+        if wrkSeconds > 0 && !quick {
+            let small = try client.request("POST", "/v1/rollouts", headers: [auth, "Content-Type: application/json"],
+                                           body: Data(#"{"model": "small", "token_ids": [1, 2, 3], "prompt_length": 1}"#.utf8))
+            let sid = ((try? JSONSerialization.jsonObject(with: small.body)) as? [String: Any])?["id"] as? String ?? ""
+            for (name, path, headers) in [("small_get_livez", "/livez", [String]()), ("small_get_rollout", "/v1/rollouts/\(sid)", [auth])] {
+                if let rps = runWrk(port: port, path: path, headers: headers, seconds: wrkSeconds) {
+                    try printJSON(["case": name, "config": ["wrk": "-t2 -c64 -d\(wrkSeconds)s", "path": path.hasPrefix("/v1") ? "/v1/rollouts/{id}" : path],
+                                   "requests_per_s": rps])
+                } else {
+                    try printJSON(["case": name, "config": ["wrk": "not installed (apt-get install wrk)"], "requests_per_s": NSNull()])
+                }
+            }
+        }
+    }
+
+    func runWrk(port: UInt16, path: String, headers: [String], seconds: Int) -> Double? {
+        guard let wrk = ["/usr/bin/wrk", "/usr/local/bin/wrk"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return nil }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: wrk)
+        p.arguments = ["-t2", "-c64", "-d\(seconds)s"] + headers.flatMap { ["-H", $0] } + ["http://127.0.0.1:\(port)\(path)"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return nil }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        for line in text.split(separator: "\n") where line.hasPrefix("Requests/sec:") {
+            return Double(line.split(separator: " ").last ?? "")
+        }
+        return nil
+    }
+}
+
+/// A keep-alive HTTP/1.1 client over one loopback socket (Content-Length responses only).
+final class LoopbackClient {
+    let fd: Int32
+    init(port: UInt16) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard r == 0 else { throw ValidationError("cannot connect to the bench server") }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+    deinit { close(fd) }
+
+    func request(_ method: String, _ path: String, headers: [String], body: Data?) throws -> (status: Int, body: Data) {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        for h in headers { head += h + "\r\n" }
+        if let b = body { head += "Content-Length: \(b.count)\r\n" }
+        head += "\r\n"
+        try sendAll(Data(head.utf8) + (body ?? Data()))
+        var buf = Data()
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            if let end = buf.range(of: Data("\r\n\r\n".utf8)) {
+                let headText = String(decoding: buf[..<end.lowerBound], as: UTF8.self)
+                let status = Int(headText.split(separator: " ")[1]) ?? 0
+                var len = 0
+                for l in headText.split(separator: "\r\n") where l.lowercased().hasPrefix("content-length:") {
+                    len = Int(l.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
+                }
+                let start = end.upperBound
+                while buf.count - (start - buf.startIndex) < len {
+                    let n = recv(fd, &chunk, chunk.count, 0)
+                    guard n > 0 else { throw ValidationError("connection closed mid-response") }
+                    buf.append(contentsOf: chunk[0..<n])
+                }
+                return (status, Data(buf[start..<(start + len)]))
+            }
+            let n = recv(fd, &chunk, chunk.count, 0)
+            guard n > 0 else { throw ValidationError("connection closed") }
+            buf.append(contentsOf: chunk[0..<n])
+        }
+    }
+
+    private func sendAll(_ d: Data) throws {
+        try d.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
+                guard n > 0 else { throw ValidationError("send failed") }
+                off += n
+            }
+        }
+    }
+}
