@@ -38,6 +38,45 @@ public struct PackedRoutes: Sendable, Equatable {
     }
 }
 
+extension PackedRoutes {
+    /// The ids as little-endian `dtype` bytes straight from the packed form (one pass, no [Int32] in
+    /// between), verifying the checksum; nil for combinations the general path handles.
+    public func encoded(as dtype: IntDType) throws -> Data? {
+        guard dtype == .int32 || (dtype == .int16 && numExperts <= Int(Int16.max) + 1) else { return nil }
+        guard CRC32C.checksum(bytes) == checksum else { throw RoutesError.malformed("stored routes fail their checksum") }
+        let n = rows * layers * topK
+        guard bytes.count == n * width else { throw RoutesError.malformed("stored routes have \(bytes.count) bytes for \(n) ids") }
+        let missing = width == 1 ? 0xFF : 0xFFFF
+        let sentinel = missing >= numExperts   // all-ones means -1 only when it is not an expert id
+        var out = Data(count: n * dtype.size)
+        bytes.withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in
+                switch (width, dtype) {
+                case (1, .int32):
+                    let d = dst.bindMemory(to: Int32.self)
+                    for i in 0..<n { let v = Int32(src[i]); d[i] = (sentinel && v == 0xFF ? -1 : v).littleEndian }
+                case (1, _):
+                    let d = dst.bindMemory(to: Int16.self)
+                    for i in 0..<n { let v = Int16(src[i]); d[i] = (sentinel && v == 0xFF ? -1 : v).littleEndian }
+                case (_, .int32):
+                    let d = dst.bindMemory(to: Int32.self)
+                    for i in 0..<n {
+                        let v = Int32(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                        d[i] = (sentinel && v == 0xFFFF ? -1 : v).littleEndian
+                    }
+                default:
+                    let d = dst.bindMemory(to: Int16.self)
+                    for i in 0..<n {
+                        let v = Int32(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
+                        d[i] = Int16(truncatingIfNeeded: sentinel && v == 0xFFFF ? -1 : v).littleEndian
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
 /// CRC-32C (Castagnoli): the SSE4.2 instruction, with a table-driven reference twin for tests.
 public enum CRC32C {
     public static func checksum(_ data: Data) -> UInt32 {

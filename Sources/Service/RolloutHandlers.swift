@@ -165,21 +165,32 @@ extension App {
         if let inm = req.headers["If-None-Match"], inm.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*" }) {
             return HTTPResponse(status: 304, headers: HTTPHeaders([("ETag", etag)]))
         }
-        // Fast path: the stored packed bytes already are the requested unsigned dtype.
+        // Fast path: bytes of the requested dtype straight from the packed form (as stored for the
+        // matching unsigned width; widened in one pass for int32 / int16).
         let direct: IntDType? = p.width == 1 ? .uint8 : .uint16
-        if range == nil, dt == direct, f != .json {
-            guard CRC32C.checksum(p.bytes) == p.checksum else { throw ServiceError(500, "stored routes of rollout \(id) failed their integrity check") }
+        var fast: Data?
+        if range == nil, f != .json {
+            do {
+                if dt == direct {
+                    guard CRC32C.checksum(p.bytes) == p.checksum else { throw RoutesError.malformed("checksum") }
+                    fast = p.bytes
+                } else {
+                    fast = try p.encoded(as: dt)
+                }
+            } catch { throw ServiceError(500, "stored routes of rollout \(id) failed their integrity check") }
+        }
+        if let bytes = fast {
             let shape = [p.rows, p.layers, p.topK]
             let body: Data, ct: String
             var extra: [(String, String)] = []
             switch f {
-            case .npy: body = NPY.encode(NPYArray(dtype: dt.npy, shape: shape, bytes: p.bytes)); ct = "application/x-npy"
-            case .raw: body = p.bytes; ct = "application/octet-stream"; extra = [("X-R3-Shape", shape.map(String.init).joined(separator: ",")), ("X-R3-Dtype", dt.rawValue)]
+            case .npy: body = NPY.encode(NPYArray(dtype: dt.npy, shape: shape, bytes: bytes)); ct = "application/x-npy"
+            case .raw: body = bytes; ct = "application/octet-stream"; extra = [("X-R3-Shape", shape.map(String.init).joined(separator: ",")), ("X-R3-Dtype", dt.rawValue)]
             case .base64:
-                body = try JSONSerialization.data(withJSONObject: ["dtype": dt.rawValue, "shape": shape, "data": p.bytes.base64EncodedString(), "num_experts": p.numExperts], options: [.sortedKeys])
+                body = try JSONSerialization.data(withJSONObject: ["dtype": dt.rawValue, "shape": shape, "data": bytes.base64EncodedString(), "num_experts": p.numExperts], options: [.sortedKeys])
                 ct = "application/json"
             default:
-                body = try JSONSerialization.data(withJSONObject: ["routed_experts": "nrlre1:\(dt.rawValue):\(p.rows)x\(p.layers)x\(p.topK):" + p.bytes.base64EncodedString(), "num_experts": p.numExperts], options: [.sortedKeys, .withoutEscapingSlashes])
+                body = try JSONSerialization.data(withJSONObject: ["routed_experts": "nrlre1:\(dt.rawValue):\(p.rows)x\(p.layers)x\(p.topK):" + bytes.base64EncodedString(), "num_experts": p.numExperts], options: [.sortedKeys, .withoutEscapingSlashes])
                 ct = "application/json"
             }
             var h = HTTPHeaders([("Content-Type", ct), ("ETag", etag), ("Cache-Control", "private, max-age=0, must-revalidate")])

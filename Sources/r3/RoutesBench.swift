@@ -131,16 +131,7 @@ struct RoutesBenchCommand: ParsableCommand {
 /// A keep-alive HTTP/1.1 client over one loopback socket (Content-Length responses only).
 final class LoopbackClient {
     let fd: Int32
-    init(port: UInt16) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
-        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard r == 0 else { throw ValidationError("cannot connect to the bench server") }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-    }
+    init(port: UInt16) throws { fd = try connectLoopback(port: port) }
     deinit { close(fd) }
 
     func request(_ method: String, _ path: String, headers: [String], body: Data?) throws -> (status: Int, body: Data) {

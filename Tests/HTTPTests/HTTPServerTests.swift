@@ -8,16 +8,7 @@ import Testing
 /// A blocking TCP client that speaks raw bytes.
 final class RawClient {
     let fd: Int32
-    init(port: UInt16) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET); addr.sin_port = port.bigEndian
-        inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr)
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        if r != 0 { throw SyscallError(call: "connect", errno: errno) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
+    init(port: UInt16) throws { fd = try connectLoopback(port: port, receiveTimeout: 5) }
     deinit { close(fd) }
     func send(_ s: String) { let b = Array(s.utf8); _ = b.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
     /// Reads until `count` complete responses (Content-Length framed) have arrived, or EOF / timeout.

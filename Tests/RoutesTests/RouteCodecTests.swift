@@ -105,6 +105,16 @@ struct PackedRoutesTests {
         #expect(try p.unpack() == r)
     }
 
+    @Test(arguments: [64, 256, 300, 4096])
+    func directWideningEqualsUnpackThenEncode(experts: Int) throws {
+        let r = RouteFactory.make(rows: 20, layers: 3, topK: 4, experts: experts, missing: experts == 256 ? [] : [5])
+        let p = try PackedRoutes(r, numExperts: experts)
+        for dt in [IntDType.int32, .int16] {
+            #expect(try p.encoded(as: dt) == dt.encode(p.unpack().ids, numExperts: experts), "\(dt) with \(experts) experts")
+        }
+        #expect(try p.encoded(as: .uint8) == nil)
+    }
+
     @Test func corruptionIsDetected() throws {
         var p = try PackedRoutes(RouteFactory.make(), numExperts: 64)
         p.bytes[3] ^= 1
