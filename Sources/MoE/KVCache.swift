@@ -17,8 +17,6 @@ public final class KVCache {
         lengths = Array(repeating: 0, count: slots)
     }
 
-    var bytes: Int { 2 * k.count * 4 }
-
     @inline(__always) func keys(layer l: Int, slot: Int) -> UnsafeMutablePointer<Float> { k.base + (l * slots + slot) * capacity * width }
     @inline(__always) func values(layer l: Int, slot: Int) -> UnsafeMutablePointer<Float> { v.base + (l * slots + slot) * capacity * width }
 

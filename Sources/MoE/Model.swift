@@ -38,10 +38,6 @@ public final class Model {
         return m
     }
 
-    public func pointer(_ name: String) -> UnsafeMutablePointer<Float>? {
-        layout.slot(name).map { params.base + $0.offset }
-    }
-
     // MARK: checkpoints
 
     /// Loads `config.json` and the weights of a Hugging Face checkpoint directory. f32, bf16 and f16

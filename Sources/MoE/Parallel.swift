@@ -8,7 +8,6 @@ public enum BLASThreads {
     /// The engine splits work itself; OpenBLAS must not spawn its own threads on top (oversubscription).
     public static func useSingleThreadedBLAS() { openblas_set_num_threads(1) }
     public static func set(_ n: Int) { openblas_set_num_threads(Int32(n)) }
-    public static var current: Int { Int(openblas_get_num_threads()) }
 }
 
 /// Runs `body(task)` for every task in 0..<tasks on up to `workers` threads; tasks are taken in order

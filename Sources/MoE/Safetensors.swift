@@ -158,7 +158,8 @@ public struct SafetensorsWriter {
     public func write(to url: URL) throws {
         var header: [String: Any] = ["__metadata__": metadata]
         var offset = 0
-        for item in items.sorted(by: { $0.name < $1.name }) {
+        let sorted = items.sorted(by: { $0.name < $1.name })
+        for item in sorted {
             header[item.name] = ["dtype": item.dtype.rawValue, "shape": item.shape, "data_offsets": [offset, offset + item.bytes.count]]
             offset += item.bytes.count
         }
@@ -167,7 +168,7 @@ public struct SafetensorsWriter {
         var out = Data(capacity: 8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(json)
-        for item in items.sorted(by: { $0.name < $1.name }) { out.append(item.bytes) }
+        for item in sorted { out.append(item.bytes) }
         do { try out.write(to: url, options: .atomic) } catch {
             throw MoEError.file(path: url.path, reason: "cannot write: \(error.localizedDescription)")
         }

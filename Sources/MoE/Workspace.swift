@@ -92,8 +92,6 @@ final class Workspace {
         dlogits = f + oDlogits; hFc = f + oHFc; dhFc = f + oDhFc
     }
 
-    var bytes: Int { floats.count * 4 + ints.count * 4 }
-
     /// The residual stream entering layer l (its output is `residual(l + 1)`).
     @inline(__always) func residual(_ l: Int) -> UnsafeMutablePointer<Float> { savedLayers > 1 ? x[l] : x[l % 2] }
     @inline(__always) func acts(_ l: Int) -> LayerActs { savedLayers > 1 ? layers[l] : layers[0] }

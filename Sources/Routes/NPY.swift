@@ -33,11 +33,6 @@ public struct NPYArray: Sendable, Equatable {
         self.init(dtype: .int32, shape: shape, bytes: values.map(\.littleEndian).withUnsafeBufferPointer { Data(buffer: $0) })
     }
 
-    public init(float32 values: [Float], shape: [Int]) {
-        precondition(values.count == shape.reduce(1, *))
-        self.init(dtype: .float32, shape: shape, bytes: values.map { $0.bitPattern.littleEndian }.withUnsafeBufferPointer { Data(buffer: $0) })
-    }
-
     /// The elements as Int32 (any integer dtype; values outside Int32 are an error).
     public func int32s() throws -> [Int32] {
         let n = count
@@ -57,11 +52,6 @@ public struct NPYArray: Sendable, Equatable {
             case .float32: throw RoutesError.invalid("expected an integer array, got float32")
             }
         }
-    }
-
-    public func float32s() throws -> [Float] {
-        guard dtype == .float32 else { throw RoutesError.invalid("expected a float32 array, got \(dtype.descr)") }
-        return bytes.withUnsafeBytes { raw in (0..<count).map { Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
     }
 }
 

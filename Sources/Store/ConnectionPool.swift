@@ -9,7 +9,6 @@ public final class ConnectionPool: @unchecked Sendable {
     private let cond = NSCondition()
     private var idle: [PGConnection] = []
     private var opened = 0
-    private(set) public var waits = 0
 
     public init(conninfo: String, size: Int) {
         self.conninfo = conninfo
@@ -52,7 +51,7 @@ public final class ConnectionPool: @unchecked Sendable {
 
     private func checkout() throws -> PGConnection {
         cond.lock()
-        while idle.isEmpty && opened >= size { waits += 1; cond.wait() }
+        while idle.isEmpty && opened >= size { cond.wait() }
         if let c = idle.popLast() {
             cond.unlock()
             do { try c.ensureConnected() } catch { drop(); throw error }

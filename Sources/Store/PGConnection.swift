@@ -83,35 +83,6 @@ public final class PGConnection {
         }
     }
 
-    /// COPY … FROM STDIN (BINARY): streams `data` in chunks; returns the rows copied.
-    public func copyIn(_ statement: String, data: Data) throws -> Int {
-        guard let c = conn else { throw StoreError.unavailable("not connected") }
-        guard let r = PQexec(c, statement) else { throw StoreError.unavailable("COPY failed to start") }
-        let st = PQresultStatus(r)
-        PQclear(r)
-        guard st == PGRES_COPY_IN else { throw StoreError.query(sqlState: "", message: PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
-        var offset = 0
-        while offset < data.count {
-            let n = min(1 << 20, data.count - offset)
-            let ok = data.withUnsafeBytes { raw in
-                PQputCopyData(c, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + offset, Int32(n))
-            }
-            if ok != 1 { throw StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
-            offset += n
-        }
-        guard PQputCopyEnd(c, nil) == 1 else { throw StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
-        var rows = 0
-        while let res = PQgetResult(c) {
-            defer { PQclear(res) }
-            if PQresultStatus(res) != PGRES_COMMAND_OK {
-                let state = PQresultErrorField(res, 67).map { String(cString: $0) } ?? ""
-                throw StoreError.query(sqlState: state, message: PGConnection.firstLine(String(cString: PQresultErrorMessage(res))))
-            }
-            rows = Int(String(cString: PQcmdTuples(res))) ?? 0
-        }
-        return rows
-    }
-
     static func firstLine(_ s: String) -> String {
         String(s.split(whereSeparator: \.isNewline).first ?? "").trimmingCharacters(in: .whitespaces)
     }
