@@ -26,7 +26,8 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
-        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes"], swiftSettings: cpu),
+        .target(name: "RL", dependencies: ["MoE", "Routes"], swiftSettings: cpu),
+        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
             dependencies: ["MoE", "Routes", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -35,5 +36,6 @@ let package = Package(
         .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
+        .testTarget(name: "RLTests", dependencies: ["RL", "MoE"], swiftSettings: cpu),
     ]
 )

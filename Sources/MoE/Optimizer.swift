@@ -72,3 +72,26 @@ public enum GradClip {
         return total
     }
 }
+
+extension AdamW {
+    /// Writes the moments and the step count (`optimizer.safetensors`) so training resumes exactly.
+    public func save(to url: URL) throws {
+        var w = SafetensorsWriter()
+        w.metadata["step"] = String(step)
+        w.add("exp_avg", floats: UnsafeBufferPointer(start: m.base, count: m.count), shape: [m.count])
+        w.add("exp_avg_sq", floats: UnsafeBufferPointer(start: v.base, count: v.count), shape: [v.count])
+        try w.write(to: url)
+    }
+
+    /// Restores what `save` wrote; the layout must match.
+    public func load(from url: URL) throws {
+        let f = try SafetensorsFile(url: url)
+        guard let s = f.metadata["step"].flatMap(Int.init), s >= 0 else { throw MoEError.file(path: url.path, reason: "no step in metadata") }
+        for (name, buf) in [("exp_avg", m), ("exp_avg_sq", v)] {
+            let e = try f.entry(name)
+            guard e.count == buf.count else { throw MoEError.tensor(name: name, reason: "has \(e.count) values, the model has \(buf.count) parameters") }
+            try f.readFloats(name, into: buf.base, count: buf.count)
+        }
+        step = s
+    }
+}

@@ -1,0 +1,185 @@
+// Policy: a model being trained, with its fp32 training engine, its inference engine (bf16 by default:
+// the train/infer mismatch R3 removes), and AdamW. One RL optimisation is `optimise(samples)`:
+//   mini-step 0's forward is the old-policy forward (π_old): it gives the mismatch metrics and, under R2,
+//   the routes replayed in later mini-steps; each mini-step then takes one clipped-surrogate step.
+import Foundation
+import MoE
+
+public struct OptimConfig: Sendable {
+    public var loss = LossConfig()
+    public var replay: ReplayMode = .R3
+    public var miniSteps = 1
+    public var maxGradNorm = 1.0
+    /// Softmax temperature of sampling and of the training log-probs.
+    public var temperature: Float = 1
+    public init() {}
+}
+
+public final class Policy {
+    public let model: Model
+    public let optimizer: AdamW
+    let train: Engine
+    let infer: Engine
+    let workers: Int
+    private var inferStale = false
+
+    /// `workers` compute threads per engine (BLAS runs single-threaded inside each).
+    public init(model: Model, learningRate: Float, weightDecay: Float = 0, inference: Numerics = .bf16, workers: Int) {
+        self.model = model
+        self.workers = max(1, workers)
+        train = Engine(model: model, numerics: .fp32, workers: self.workers)
+        infer = Engine(model: model, numerics: inference, workers: self.workers)
+        optimizer = AdamW(layout: model.layout, config: AdamWConfig(learningRate: learningRate, weightDecay: weightDecay))
+    }
+
+    public var config: ModelConfig { model.config }
+    public var inferenceNumerics: Numerics { infer.numerics }
+
+    /// Samples with the inference engine (weights synced from the training policy first when they changed).
+    public func generate(_ prompts: [[Int32]], sampling: SamplingParams) throws -> [Generation] {
+        if inferStale { infer.syncWeights(from: model); inferStale = false }
+        return try infer.generate(prompts, sampling: sampling)
+    }
+
+    /// Response rows of each packed sequence: row t predicts token t + 1.
+    static func responseRows(_ samples: [Sample]) -> (segments: [Range<Int>], offsets: [Int]) {
+        var segs: [Range<Int>] = [], offs: [Int] = []
+        var off = 0
+        for s in samples {
+            offs.append(off)
+            segs.append((off + max(s.promptLength, 1) - 1)..<(off + s.tokens.count - 1))
+            off += s.tokens.count
+        }
+        return (segs, offs)
+    }
+
+    /// One RL optimisation over `samples` (`miniSteps` AdamW steps). Returns the step's metrics.
+    public func optimise(_ samples: [Sample], _ c: OptimConfig) throws -> [String: Double] {
+        guard !samples.isEmpty else { throw RLError.invalid("no samples to train on") }
+        guard c.miniSteps >= 1 else { throw RLError.invalid("mini_steps must be at least 1") }
+        let E = config.numExperts, L = config.moeLayers.count, K = config.topK
+        for (i, s) in samples.enumerated() {
+            guard s.tokens.count >= 2, s.promptLength >= 0, s.promptLength < s.tokens.count else {
+                throw RLError.invalid("sample \(i) needs at least one response token and two tokens in all")
+            }
+            if let lp = s.inferLogprobs, lp.count != s.responseLength {
+                throw RLError.invalid("sample \(i) has \(lp.count) inference log-probs for \(s.responseLength) response tokens")
+            }
+            if let r = s.routes {
+                do { try r.validate(tokens: s.tokens.count, moeLayers: L, topK: K, experts: E) } catch {
+                    throw RLError.invalid("sample \(i) routes: \(error)")
+                }
+            }
+        }
+        let seqs = samples.map(\.tokens)
+        let (segments, offsets) = Policy.responseRows(samples)
+        let T = seqs.reduce(0) { $0 + $1.count }
+        // inference log-probs and routes, packed
+        var inferLP = [Float](repeating: .nan, count: T)
+        var recorded = RouteTable(rows: T, layers: L, topK: K, ids: [Int32](repeating: -1, count: T * L * K))
+        var recordedRows: [Range<Int>] = []
+        var tables: [RouteTable] = []
+        for (i, s) in samples.enumerated() {
+            if let lp = s.inferLogprobs {
+                for j in 0..<lp.count where s.promptLength + j >= 1 { inferLP[offsets[i] + s.promptLength + j - 1] = lp[j] }
+            }
+            let table = s.routes ?? RouteTable(rows: s.tokens.count - 1, layers: L, topK: K,
+                                               ids: [Int32](repeating: -1, count: (s.tokens.count - 1) * L * K))
+            for k in 0..<table.ids.count { recorded.ids[offsets[i] * L * K + k] = table.ids[k] }
+            recordedRows.append(offsets[i]..<(offsets[i] + table.rows))
+            tables.append(table)
+        }
+        let advantages = PolicyLoss.advantages(rewards: samples.map(\.reward), groups: samples.map(\.group))
+
+        var m: [String: Double] = [:]
+        var old: [Float] = []
+        var r2: [RouteTable] = []
+        var gradNorms: [Double] = [], clipFracs: [Double] = [], agreements: [Double] = [], losses: [Double] = []
+        var fallbackTokens = 0
+        for step in 0..<c.miniSteps {
+            let routing: Routing
+            switch c.replay {
+            case .none: routing = .live
+            case .R3: routing = .replay(tables)
+            case .R2: routing = step == 0 ? .live : .replay(r2)
+            }
+            let f = try train.forward(seqs, routing: routing, options: ForwardOptions(temperature: c.temperature, training: true, entropy: step == 0))
+            if step == 0 {
+                old = f.logprobs
+                let lp = Mismatch.logprobs(train: old, infer: inferLP, rows: segments)
+                let rt = Mismatch.routers(f.liveRoutes, recorded, rows: recordedRows)
+                m["k3_kl"] = lp.tokens > 0 ? lp.k3KL : .nan
+                m["extreme_frac_tau2"] = lp.tokens > 0 ? lp.extremeFracTau2 : .nan
+                m["extreme_frac_tau5"] = lp.tokens > 0 ? lp.extremeFracTau5 : .nan
+                m["router_disagreement"] = rt.pairs > 0 ? rt.routerDisagreement : .nan
+                m["token_disagreement"] = rt.tokens > 0 ? rt.tokenDisagreement : .nan
+                m["routers_differing_per_token"] = rt.tokens > 0 ? rt.routersDifferingPerToken : .nan
+                var ent = 0.0, n = 0
+                for r in segments { for t in r where f.entropy[t].isFinite { ent += Double(f.entropy[t]); n += 1 } }
+                m["entropy"] = n > 0 ? ent / Double(n) : .nan
+                if c.replay == .R2 { r2 = (0..<samples.count).map { f.routes.slice(f.rows(ofSequence: $0)) } }
+                if c.replay == .R3 {
+                    for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }
+                }
+            }
+            if case .replay = routing {
+                let a = Mismatch.routers(f.liveRoutes, f.routes, rows: c.replay == .R3 ? recordedRows : segments.indices.map { offsets[$0]..<(offsets[$0] + seqs[$0].count) })
+                if a.pairs > 0 { agreements.append(1 - a.routerDisagreement) }
+            }
+            let loss = PolicyLoss.gradient(logp: f.logprobs, old: old, infer: inferLP, advantages: advantages, segments: segments, config: c.loss)
+            train.zeroGrad()
+            try train.backward(dLogp: loss.dLogp)
+            let gn = GradClip.clip(train.grads!, maxNorm: c.maxGradNorm)
+            gradNorms.append(gn); clipFracs.append(loss.clipFrac); losses.append(loss.loss)
+            if gn.isFinite { optimizer.update(params: model.params, grads: train.grads!, workers: workers) }
+        }
+        inferStale = true
+        func mean(_ a: [Double]) -> Double { a.isEmpty ? .nan : a.reduce(0, +) / Double(a.count) }
+        m["grad_norm"] = mean(gradNorms)
+        m["clip_frac"] = mean(clipFracs)
+        m["loss"] = mean(losses)
+        m["replay_live_agreement"] = mean(agreements)
+        m["replay_fallback_tokens"] = Double(fallbackTokens)
+        m["reward_mean"] = samples.reduce(0) { $0 + $1.reward } / Double(samples.count)
+        m["response_len_mean"] = Double(samples.reduce(0) { $0 + $1.responseLength }) / Double(samples.count)
+        return m
+    }
+
+    /// One supervised step: cross-entropy on the response tokens of `samples`. Returns loss and grad norm.
+    public func supervisedStep(_ samples: [Sample], maxGradNorm: Double = 1) throws -> (loss: Double, gradNorm: Double) {
+        let (segments, _) = Policy.responseRows(samples)
+        let f = try train.forward(samples.map(\.tokens), options: ForwardOptions(training: true))
+        let loss = PolicyLoss.crossEntropy(logp: f.logprobs, segments: segments)
+        train.zeroGrad()
+        try train.backward(dLogp: loss.dLogp)
+        let gn = GradClip.clip(train.grads!, maxNorm: maxGradNorm)
+        if gn.isFinite { optimizer.update(params: model.params, grads: train.grads!, workers: workers) }
+        inferStale = true
+        return (loss.loss, gn)
+    }
+
+    // MARK: checkpoints
+
+    /// Writes the model (HF layout) and the optimiser state into `directory`, atomically: a crash leaves
+    /// either the previous checkpoint or this one.
+    public func save(directory: URL, meta: [String: Any]) throws {
+        let fm = FileManager.default
+        let tmp = directory.deletingLastPathComponent().appendingPathComponent(".\(directory.lastPathComponent).tmp-\(getpid())")
+        try? fm.removeItem(at: tmp)
+        try model.save(directory: tmp)
+        try optimizer.save(to: tmp.appendingPathComponent("optimizer.safetensors"))
+        let data = try JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys, .prettyPrinted])
+        try data.write(to: tmp.appendingPathComponent("trainer_state.json"))
+        try? fm.removeItem(at: directory)
+        try fm.moveItem(at: tmp, to: directory)
+    }
+
+    /// A policy from a checkpoint directory; the optimiser state is restored when present.
+    public static func load(directory: URL, learningRate: Float, weightDecay: Float = 0, inference: Numerics, workers: Int) throws -> Policy {
+        let p = Policy(model: try Model.load(directory: directory), learningRate: learningRate, weightDecay: weightDecay,
+                       inference: inference, workers: workers)
+        let opt = directory.appendingPathComponent("optimizer.safetensors")
+        if FileManager.default.fileExists(atPath: opt.path) { try p.optimizer.load(from: opt) }
+        return p
+    }
+}
