@@ -22,6 +22,8 @@ public struct HTTPServerConfig: Sendable {
     public var maxConnections = 1024
     public var handlerThreads = 8
     public var shutdownGrace: Double = 30
+    /// Streamed responses (SSE) open at once; more get 503.
+    public var maxStreams = 64
     public init() {}
 }
 
@@ -38,6 +40,7 @@ public final class HTTPServer: @unchecked Sendable {
     private let lock = NSLock()
     private var completions: [(Connection, HTTPResponse)] = []
     private var stopRequested = false
+    private var streams = 0
     private var loopThread: Thread?
     private let stopped = DispatchSemaphore(value: 0)
     public private(set) var boundPort: UInt16 = 0
@@ -89,6 +92,7 @@ public final class HTTPServer: @unchecked Sendable {
     public func waitUntilStopped() { stopped.wait(); stopped.signal() }
 
     public var connectionCount: Int { lock.lock(); defer { lock.unlock() }; return conns.count }
+    public var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return stopRequested }
 
     // MARK: event loop
 
@@ -228,6 +232,30 @@ public final class HTTPServer: @unchecked Sendable {
 
     private func respond(_ c: Connection, _ r: HTTPResponse) {
         lock.lock(); let stopping = stopRequested; lock.unlock()
+        if let body = r.stream {
+            lock.lock(); let full = streams >= config.maxStreams; if !full { streams += 1 }; lock.unlock()
+            if full || stopping {
+                return respond(c, .problem(503, detail: "too many open streams; retry later", close: true))
+            }
+            // The stream owns the socket from here: off the event loop, blocking, with a send timeout.
+            let fd = c.fd
+            c.closed = true
+            _ = r3_epoll_ctl(epfd, 2, fd, 0)
+            lock.lock(); conns[fd] = nil; lock.unlock()
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let writer = HTTPStreamWriter(fd: fd, server: self)
+            let head = r.head(keepAlive: false, date: httpDate())
+            let t = Thread { [self] in
+                if writer.write(head) { body(writer) }
+                Glibc.close(fd)
+                lock.lock(); streams -= 1; lock.unlock()
+            }
+            t.name = "r3-http-stream"
+            t.start()
+            return
+        }
         let keep = c.keepAlive && !r.close && !c.peerClosed && !stopping
         if !keep { c.closeAfterWrite = true }
         let head = [UInt8](r.head(keepAlive: keep, date: httpDate()))
@@ -351,4 +379,31 @@ final class Connection: @unchecked Sendable {
     func withUnread<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
         buf.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[start...])) }
     }
+}
+
+/// Writes a streamed response body on its own (blocking) socket.
+public final class HTTPStreamWriter: @unchecked Sendable {
+    let fd: Int32
+    weak var server: HTTPServer?
+    private var failed = false
+    init(fd: Int32, server: HTTPServer) { self.fd = fd; self.server = server }
+
+    /// False once a write failed (the client left) or the server is shutting down.
+    public var isOpen: Bool { !failed && !(server?.isStopping ?? true) }
+
+    /// Sends all of `data`; false when the client is gone.
+    @discardableResult
+    public func write(_ data: Data) -> Bool {
+        if failed { return false }
+        var off = 0
+        while off < data.count {
+            let n = data.withUnsafeBytes { send(fd, $0.baseAddress! + off, data.count - off, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { off += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            failed = true
+            return false
+        }
+        return true
+    }
+    public func write(_ s: String) -> Bool { write(Data(s.utf8)) }
 }

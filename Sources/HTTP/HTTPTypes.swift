@@ -59,9 +59,13 @@ public struct HTTPResponse: Sendable {
     public var body: Data
     /// Close the connection after sending.
     public var close: Bool
+    /// A streamed body (e.g. Server-Sent Events): after the head, the server hands the connection to a
+    /// thread of its own that runs this; the body ends, and the connection closes, when it returns.
+    public var stream: (@Sendable (HTTPStreamWriter) -> Void)?
 
-    public init(status: Int, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), close: Bool = false) {
-        self.status = status; self.headers = headers; self.body = body; self.close = close
+    public init(status: Int, headers: HTTPHeaders = HTTPHeaders(), body: Data = Data(), close: Bool = false,
+                stream: (@Sendable (HTTPStreamWriter) -> Void)? = nil) {
+        self.status = status; self.headers = headers; self.body = body; self.close = close; self.stream = stream
     }
 
     public static func text(_ status: Int, _ s: String, contentType: String = "text/plain; charset=utf-8") -> HTTPResponse {
@@ -79,7 +83,7 @@ public struct HTTPResponse: Sendable {
     public func head(keepAlive: Bool, date: String) -> Data {
         var s = "HTTP/1.1 \(status) \(HTTPResponse.reason(status))\r\n"
         for (n, v) in headers.fields where n.lowercased() != "content-length" && n.lowercased() != "connection" { s += "\(n): \(v)\r\n" }
-        if status >= 200 && status != 204 && status != 304 || !body.isEmpty { s += "Content-Length: \(body.count)\r\n" }
+        if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { s += "Content-Length: \(body.count)\r\n" }
         s += "Date: \(date)\r\n"
         s += keepAlive ? "" : "Connection: close\r\n"
         s += "\r\n"

@@ -166,7 +166,7 @@ public struct ModelConfig: Sendable, Equatable {
             "num_attention_heads": numHeads, "num_key_value_heads": numKVHeads, "head_dim": headDim,
             "num_experts": numExperts, "num_experts_per_tok": topK, "norm_topk_prob": normTopKProb,
             "decoder_sparse_step": decoderSparseStep, "mlp_only_layers": mlpOnlyLayers,
-            "tie_word_embeddings": tieWordEmbeddings, "rope_theta": ropeTheta, "rms_norm_eps": Double(rmsNormEps),
+            "tie_word_embeddings": tieWordEmbeddings, "rope_theta": ropeTheta, "rms_norm_eps": Double("\(rmsNormEps)") ?? Double(rmsNormEps),
             "max_position_embeddings": maxPositionEmbeddings, "hidden_act": "silu", "attention_bias": false,
             "attention_dropout": 0.0, "torch_dtype": "float32", "rope_scaling": NSNull(), "use_sliding_window": false,
         ]

@@ -10,7 +10,11 @@ public final class App: @unchecked Sendable {
     public let pool: ConnectionPool
     let keys: KeyRepository
     let rollouts: RolloutRepository
+    let models: ModelRepository
+    let jobs: JobRepository
     let metrics = Metrics()
+    /// Absolute data directory: model checkpoints live under models/.
+    let dataDirectory: URL
 
     typealias Handler = (App, HTTPRequest, [String: String], Int) throws -> HTTPResponse
     struct Route { let method: String; let pattern: [String]; let name: String; let auth: Bool; let handler: Handler }
@@ -21,6 +25,9 @@ public final class App: @unchecked Sendable {
         self.pool = pool
         keys = KeyRepository(pool: pool)
         rollouts = RolloutRepository(pool: pool)
+        models = ModelRepository(pool: pool)
+        jobs = JobRepository(pool: pool)
+        dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
         func r(_ m: String, _ p: String, auth: Bool = true, _ h: @escaping Handler) -> Route {
             Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, handler: h)
         }
@@ -35,6 +42,16 @@ public final class App: @unchecked Sendable {
             r("GET", "/v1/rollouts/{id}/routes") { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
             r("PUT", "/v1/rollouts/{id}/routes") { app, req, v, p in try app.putRoutes(req, id: v["id"]!, project: p) },
             r("POST", "/v1/routes:batchGet") { app, req, _, p in try app.batchGet(req, project: p) },
+            r("POST", "/v1/models") { app, req, _, p in try app.createModel(req, project: p) },
+            r("GET", "/v1/models") { app, _, _, p in try app.listModels(project: p) },
+            r("GET", "/v1/models/{id}") { app, _, v, p in try app.getModel(v["id"]!, project: p) },
+            r("GET", "/v1/models/{id}/versions") { app, _, v, p in try app.modelVersions(v["id"]!, project: p) },
+            r("POST", "/v1/jobs") { app, req, _, p in try app.createJob(req, project: p) },
+            r("GET", "/v1/jobs") { app, req, _, p in try app.listJobs(req, project: p) },
+            r("GET", "/v1/jobs/{id}") { app, _, v, p in try app.getJob(v["id"]!, project: p) },
+            r("POST", "/v1/jobs/{id}/cancel") { app, _, v, p in try app.cancelJob(v["id"]!, project: p) },
+            r("GET", "/v1/jobs/{id}/events") { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/jobs/{id}/metrics") { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
         ]
     }
 

@@ -91,7 +91,8 @@ extension App {
             return n
         }
         if let m = q["model"], m.count > 200 { throw ServiceError.badRequest("model is longer than 200 characters") }
-        let rows = try rollouts.list(project: project, model: q["model"], policyVersion: pv, after: cursor, limit: limit + 1)
+        if let j = q["job_id"], UUID(uuidString: j) == nil { throw ServiceError.badRequest("job_id must be a job id (a UUID)") }
+        let rows = try rollouts.list(project: project, model: q["model"], policyVersion: pv, job: q["job_id"], after: cursor, limit: limit + 1)
         let page = rows.prefix(limit)
         let next: Any = rows.count > limit ? String(page.last!.seq) : NSNull()
         return .json(200, ["data": page.map(rolloutJSON), "next_cursor": next])

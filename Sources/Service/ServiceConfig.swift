@@ -15,6 +15,12 @@ public struct ServiceConfig: Sendable {
       R3_BODY_TIMEOUT        seconds to receive a request body (default 120)
       R3_IDLE_TIMEOUT        seconds a keep-alive connection may idle (default 60)
       R3_MAX_ROUTE_VALUES    largest routes array, in expert ids (default 268435456)
+      R3_WORKERS             job workers in this process (default 1; 0: API only, e.g. beside `r3 worker`s)
+      R3_ENGINE_THREADS      compute threads per job worker (default: the cores divided among the workers)
+      R3_JOB_LEASE_SECONDS   a running job's lease; a dead worker's job is taken over after it (default 30)
+      R3_JOB_POLL_SECONDS    queue polling interval besides LISTEN/NOTIFY (default 2)
+      R3_MODEL_ROOTS         colon-separated directories checkpoint_path must lie under (default: any readable path)
+      R3_MAX_MODEL_PARAMS    largest model POST /v1/models will create or load, in parameters (default 200000000)
     """
 
     public var databaseURL: String?
@@ -29,6 +35,12 @@ public struct ServiceConfig: Sendable {
     public var bodyTimeout = 120.0
     public var idleTimeout = 60.0
     public var maxRouteValues = 1 << 28
+    public var workers = 1
+    public var engineThreads: Int?
+    public var leaseSeconds = 30.0
+    public var pollSeconds = 2.0
+    public var modelRoots: [String]?
+    public var maxModelParams = 200_000_000
 
     public init() {}
 
@@ -62,6 +74,24 @@ public struct ServiceConfig: Sendable {
         c.bodyTimeout = try seconds("R3_BODY_TIMEOUT") ?? c.bodyTimeout
         c.idleTimeout = try seconds("R3_IDLE_TIMEOUT") ?? c.idleTimeout
         c.maxRouteValues = try int("R3_MAX_ROUTE_VALUES", 1...(1 << 31 - 1)) ?? c.maxRouteValues
+        c.workers = try int("R3_WORKERS", 0...64) ?? c.workers
+        c.engineThreads = try int("R3_ENGINE_THREADS", 1...256)
+        c.leaseSeconds = try seconds("R3_JOB_LEASE_SECONDS") ?? c.leaseSeconds
+        c.pollSeconds = try seconds("R3_JOB_POLL_SECONDS") ?? c.pollSeconds
+        if let r = env["R3_MODEL_ROOTS"], !r.isEmpty { c.modelRoots = r.split(separator: ":").map { URL(fileURLWithPath: String($0)).standardizedFileURL.path } }
+        c.maxModelParams = try int("R3_MAX_MODEL_PARAMS", 1...(1 << 40)) ?? c.maxModelParams
         return c
+    }
+}
+
+extension ServiceConfig {
+    /// The job runner's settings from this config.
+    public var jobRunner: JobRunnerConfig {
+        var j = JobRunnerConfig()
+        j.workers = workers
+        j.threadsPerWorker = engineThreads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, workers))
+        j.leaseSeconds = leaseSeconds
+        j.pollSeconds = pollSeconds
+        return j
     }
 }

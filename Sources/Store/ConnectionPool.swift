@@ -5,7 +5,7 @@ import Foundation
 
 public final class ConnectionPool: @unchecked Sendable {
     public let size: Int
-    private let conninfo: String
+    public let conninfo: String
     private let cond = NSCondition()
     private var idle: [PGConnection] = []
     private var opened = 0

@@ -65,6 +65,37 @@ public final class PGConnection {
         _ = try check(PQexec(c, script))
     }
 
+    /// Subscribes this connection to NOTIFY on `channel` (a code-chosen identifier, never input).
+    public func listen(_ channel: String) throws {
+        precondition(channel.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" })
+        try query(SQL(stringLiteral: "LISTEN \(channel)"))
+    }
+
+    /// Waits up to `timeout` seconds for a notification on a channel this connection listens to;
+    /// returns the payloads received (empty on timeout). Throws when the connection broke.
+    public func waitForNotifications(timeout: Double) throws -> [String] {
+        guard let c = conn else { throw StoreError.unavailable("not connected") }
+        var out: [String] = []
+        func drain() {
+            while let n = PQnotifies(c) {
+                out.append(String(cString: n.pointee.extra))
+                PQfreemem(n)
+            }
+        }
+        drain()
+        if !out.isEmpty { return out }
+        var pfd = pollfd(fd: PQsocket(c), events: Int16(POLLIN), revents: 0)
+        let rc = poll(&pfd, 1, Int32(max(0, timeout) * 1000))
+        if rc > 0 {
+            guard PQconsumeInput(c) == 1 else { throw StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
+            drain()
+        } else if rc < 0 && errno != EINTR {
+            throw StoreError.unavailable("poll failed")
+        }
+        if !isHealthy { throw StoreError.unavailable("connection lost") }
+        return out
+    }
+
     private func check(_ res: OpaquePointer?) throws -> PGResult {
         guard let r = res else {
             throw StoreError.unavailable(PGConnection.firstLine(conn.map { String(cString: PQerrorMessage($0)) } ?? "no connection"))

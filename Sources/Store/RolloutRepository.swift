@@ -49,18 +49,22 @@ public struct RolloutRepository: Sendable {
 
     /// Inserts the rollout and its routes in one transaction; returns the new id.
     public func insert(project: Int, _ r: NewRollout) throws -> String {
-        try pool.transaction { c in
-            let lp: String? = r.logprobs.map { RolloutRepository.pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
-            let res = try c.query("""
-                INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata)
-                VALUES (\(project), \(r.model), \(r.policyVersion), \(RolloutRepository.pgArray(r.tokenIDs))::integer[], \(r.promptLength),
-                        \(lp)::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb)
-                RETURNING id
-                """)
-            let id = try res.string(0, "id")!
-            if let p = r.routes { try RolloutRepository.writeRoutes(c, id: id, p) }
-            return id
-        }
+        try pool.transaction { try RolloutRepository.insert($0, project: project, r, job: nil) }
+    }
+
+    /// Inserts on `c` (inside the caller's transaction); `job` tags a job step's sample.
+    public static func insert(_ c: PGConnection, project: Int, _ r: NewRollout, job: (id: String, step: Int, index: Int)?) throws -> String {
+        let lp: String? = r.logprobs.map { pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
+        let res = try c.query("""
+            INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
+                                  job_id, job_step, sample_index)
+            VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
+                    \(lp)::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step), \(job?.index))
+            RETURNING id
+            """)
+        let id = try res.string(0, "id")!
+        if let p = r.routes { try writeRoutes(c, id: id, p) }
+        return id
     }
 
     static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
@@ -101,12 +105,13 @@ public struct RolloutRepository: Sendable {
     }
 
     /// Rollouts after `cursor` (a seq) in insertion order, optionally filtered.
-    public func list(project: Int, model: String?, policyVersion: Int?, after cursor: Int, limit: Int) throws -> [RolloutRecord] {
+    public func list(project: Int, model: String?, policyVersion: Int?, job: String? = nil, after cursor: Int, limit: Int) throws -> [RolloutRecord] {
         let res = try pool.withRetry { c in
             try c.query("""
                 SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
                 WHERE r.project_id = \(project) AND r.seq > \(cursor)
                   AND (\(model)::text IS NULL OR r.model = \(model)) AND (\(policyVersion)::bigint IS NULL OR r.policy_version = \(policyVersion))
+                  AND (\(job)::uuid IS NULL OR r.job_id = \(job)::uuid)
                 ORDER BY r.seq LIMIT \(limit)
                 """)
         }
@@ -158,5 +163,18 @@ public struct RolloutRepository: Sendable {
     public func storedRouteBytes() throws -> (bytes: Int, count: Int) {
         let r = try pool.withRetry { try $0.query("SELECT coalesce(sum(octet_length(data)), 0) AS b, count(*) AS n FROM routes") }
         return (try r.int(0, "b") ?? 0, try r.int(0, "n") ?? 0)
+    }
+}
+
+extension RolloutRepository {
+    /// Rollouts of this project by id, in the order given, each with its packed routes (nil when none).
+    /// Ids not found are returned in `missing`.
+    public func withRoutes(project: Int, ids: [String]) throws -> (found: [(RolloutRecord, PackedRoutes?)], missing: [String]) {
+        var out: [(RolloutRecord, PackedRoutes?)] = [], missing: [String] = []
+        for id in ids {
+            guard let r = try get(project: project, id: id) else { missing.append(id); continue }
+            out.append((r, r.routesShape == nil ? nil : try routes(project: project, id: id)))
+        }
+        return (out, missing)
     }
 }

@@ -63,16 +63,20 @@ struct ServeCommand: ParsableCommand {
         http.headerTimeout = config.headerTimeout; http.bodyTimeout = config.bodyTimeout; http.idleTimeout = config.idleTimeout
         let server = HTTPServer(config: http) { app.handle($0) }
         let port = try server.start()
+        let runner = JobRunner(app: app, config: config.jobRunner)
+        runner.start()
         let readEnd = fds[0]
         let waiter = Thread {
             var b: UInt8 = 0
             while read(readEnd, &b, 1) < 0 && errno == EINTR {}
-            FileHandle.standardError.write(Data("r3: finishing in-flight requests, then stopping\n".utf8))
+            FileHandle.standardError.write(Data("r3: finishing in-flight requests and job steps, then stopping\n".utf8))
             server.shutdown()
+            runner.stop()
         }
         waiter.start()
-        FileHandle.standardError.write(Data("r3: listening on http://\(config.host):\(port) (database: \(label))\n".utf8))
+        FileHandle.standardError.write(Data("r3: listening on http://\(config.host):\(port) (database: \(label); \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads)\n".utf8))
         server.waitUntilStopped()
+        runner.waitUntilStopped()
         if embedded?.startedHere == true { embedded?.stop() }
         FileHandle.standardError.write(Data("r3: stopped\n".utf8))
     }
@@ -105,5 +109,36 @@ struct KeysCommand: ParsableCommand {
             print(key)
             FileHandle.standardError.write(Data("r3: key created for project '\(project)' (id \(id)); it is shown only this once\n".utf8))
         }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Run job workers only (no HTTP): more processes on one database share the queue.",
+        discussion: ServiceConfig.documentation)
+
+    func run() throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw ValidationError("cannot create the signal pipe") }
+        signalPipe = fds[1]
+        signal(SIGPIPE, SIG_IGN)
+        for sig in [SIGTERM, SIGINT] { signal(sig) { _ in var b: UInt8 = 1; _ = write(signalPipe, &b, 1) } }
+        var config = try ServiceConfig.fromEnvironment()
+        if config.workers == 0 { config.workers = 1 }
+        let (pool, embedded, label) = try openDatabase(config)
+        let runner = JobRunner(app: App(config: config, pool: pool), config: config.jobRunner)
+        runner.start()
+        let readEnd = fds[0]
+        let waiter = Thread {
+            var b: UInt8 = 0
+            while read(readEnd, &b, 1) < 0 && errno == EINTR {}
+            FileHandle.standardError.write(Data("r3: finishing the current job steps, then stopping\n".utf8))
+            runner.stop()
+        }
+        waiter.start()
+        FileHandle.standardError.write(Data("r3: \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads (database: \(label))\n".utf8))
+        runner.waitUntilStopped()
+        if embedded?.startedHere == true { embedded?.stop() }
+        FileHandle.standardError.write(Data("r3: stopped\n".utf8))
     }
 }

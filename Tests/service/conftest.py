@@ -22,13 +22,21 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, **env):
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, R3_DATA_DIR=str(data_dir), R3_LISTEN=f"127.0.0.1:{self.port}",
-                        R3_MAX_BODY_BYTES=str(64 * 1024 * 1024), R3_MIGRATIONS_DIR=str(ROOT / "Migrations"))
+                        R3_MAX_BODY_BYTES=str(64 * 1024 * 1024), R3_MIGRATIONS_DIR=str(ROOT / "Migrations"),
+                        R3_JOB_POLL_SECONDS="0.5", **env)
         self.proc = None
+        self.workers = []
+
+    def start_worker(self):
+        log = open(self.data_dir / f"worker{len(self.workers)}.log", "wb")
+        w = subprocess.Popen([R3, "worker"], env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+        self.workers.append(w)
+        return w
 
     def key(self, project):
         out = subprocess.run([R3, "keys", "create", "--project", project], env=self.env, capture_output=True, text=True, timeout=120)
@@ -51,9 +59,10 @@ class Server:
         self.proc.wait()
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
+        for p in [self.proc, *self.workers]:
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
 
     def pg_ctl(self, *args):
         bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
@@ -85,3 +94,26 @@ def api(server):
     sess.headers["Authorization"] = "Bearer " + server.keys["a"]
     sess.base = server.url
     return sess
+
+
+@pytest.fixture
+def private_server(tmp_path):
+    """A server of its own (own data directory and cluster), for tests that kill or reconfigure it."""
+    made = []
+
+    def make(**env):
+        d = tmp_path / f"data{len(made)}"
+        d.mkdir()
+        os.chmod(tmp_path, 0o755)
+        os.chmod(d, 0o755)
+        s = Server(d, **env)
+        s.keys = {"a": s.key("project-a")}
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        s.stop()
+        try:
+            s.pg_ctl("-m", "fast", "stop")
+        except subprocess.CalledProcessError:
+            pass

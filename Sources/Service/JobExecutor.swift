@@ -1,0 +1,251 @@
+// JobExecutor: runs one claimed job — rollout, sft or train — on the engine. A training step's results
+// (rollouts with routes, metrics, the new policy version, progress, its event, and every K steps the
+// checkpoint) are written in one transaction fenced on the claim; a resumed attempt starts at the last
+// checkpoint and rewrites the steps after it, so no rollout is lost or duplicated.
+import Foundation
+import MoE
+import RL
+import Routes
+import Store
+
+struct JobExecutor {
+    let app: App
+    let claim: JobClaim
+    let control: JobControl
+    let threads: Int
+    var jobs: JobRepository { JobRepository(pool: app.pool) }
+    var job: JobRecord { claim.job }
+
+    func run() throws -> [String: Any] {
+        guard let params = try? JSONSerialization.jsonObject(with: Data(job.paramsJSON.utf8)) as? [String: Any] else {
+            throw RLError.invalid("the job's params are not a JSON object")
+        }
+        guard let model = try app.models.get(project: job.projectID, id: job.modelID) else { throw RLError.invalid("model \(job.modelID) no longer exists") }
+        let config = try ModelConfig(json: (try? JSONSerialization.jsonObject(with: Data(model.configJSON.utf8)) as? [String: Any]) ?? [:])
+        let spec = try JobSpec(params, vocab: { _ in config.vocabSize })
+        switch spec.type {
+        case .rollout: return try rollout(spec)
+        case .sft, .train: return try train(spec)
+        }
+    }
+
+    // MARK: policies and files
+
+    /// The checkpoint a job starts from: its own last checkpoint when resuming, else the model's.
+    func start(_ spec: JobSpec) throws -> (policy: Policy, step: Int, version: Int) {
+        if let text = job.checkpointJSON, let ck = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+           let step = ck["step"] as? Int, let path = ck["path"] as? String, let version = ck["version"] as? Int {
+            let p = try Policy.load(directory: URL(fileURLWithPath: path), learningRate: Float(spec.learningRate), inference: spec.numerics, workers: threads)
+            return (p, step, version)
+        }
+        guard let (version, path) = try app.models.checkpoint(model: job.modelID, version: spec.policyVersion) else {
+            throw RLError.invalid(spec.policyVersion.map { "model \(job.modelID) has no checkpointed policy version \($0)" } ?? "model \(job.modelID) has no checkpoint")
+        }
+        let model = try Model.load(directory: URL(fileURLWithPath: path))
+        return (Policy(model: model, learningRate: Float(spec.learningRate), inference: spec.numerics, workers: threads), 0, version)
+    }
+
+    func checkpointDirectory(step: Int) -> URL {
+        app.dataDirectory.appendingPathComponent("models/\(job.modelID)/jobs/\(job.id)/step-\(String(format: "%06d", step))")
+    }
+
+    static func packed(_ t: RouteTable, experts: Int) throws -> PackedRoutes {
+        try PackedRoutes(try RouteArray(rows: t.rows, layers: t.layers, topK: t.topK, ids: t.ids), numExperts: experts)
+    }
+
+    static func metadata(_ o: [String: Any]) -> String {
+        String(decoding: (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    /// Metrics as a JSON object; NaN and ±Inf become null.
+    static func metricsJSON(_ m: [String: Double], extra: [String: Any]) -> (String, [String: Any]) {
+        var o = extra
+        for (k, v) in m { o[k] = v.isFinite ? v : NSNull() }
+        return (metadata(o), o)
+    }
+
+    static func seconds(since t: ContinuousClock.Instant) -> Double {
+        let d = ContinuousClock.now - t
+        return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
+
+    // MARK: rollout
+
+    func rollout(_ spec: JobSpec) throws -> [String: Any] {
+        let t0 = ContinuousClock.now
+        let (policy, _, version) = try start(spec)
+        let c = policy.config
+        var all: [(Generation, Int)] = []   // generation, prompt index
+        var flat: [([Int32], Int)] = []
+        for (i, p) in spec.prompts.enumerated() { for _ in 0..<spec.n { flat.append((p, i)) } }
+        let chunk = 64
+        var start = 0
+        while start < flat.count {
+            try control.check()
+            let part = Array(flat[start..<min(flat.count, start + chunk)])
+            // sequence b of the job always samples from seed + b, whatever the chunking
+            let sampling = SamplingParams(maxTokens: spec.maxTokens ?? 64, temperature: Float(spec.temperature), topP: Float(spec.topP),
+                                          topK: spec.topK, seed: UInt64(spec.seed + start), stopTokens: spec.stopTokenIDs.map(Int32.init))
+            let gens = try policy.generate(part.map(\.0), sampling: sampling)
+            all += zip(gens, part.map(\.1)).map { ($0, $1) }
+            start += chunk
+            _ = try jobs.fenced(claim) { conn in
+                try JobRepository.setProgress(conn, job: job.id, progress: ["samples": min(start, flat.count), "total": flat.count])
+            }
+        }
+        try control.check()
+        var ids: [String] = []
+        var generated = 0
+        _ = try jobs.fenced(claim) { conn in
+            for (i, (g, p)) in all.enumerated() {
+                generated += g.tokens.count - g.promptLength
+                let r = NewRollout(model: job.modelID, policyVersion: version, tokenIDs: g.tokens, promptLength: g.promptLength,
+                                   logprobs: g.logprobs, reward: nil, groupID: "\(job.id):\(p)",
+                                   metadataJSON: JobExecutor.metadata(["job_id": job.id, "prompt_index": p, "finish_reason": g.finishReason,
+                                                                       "precision": spec.precision]),
+                                   routes: try JobExecutor.packed(g.routes, experts: c.numExperts))
+                ids.append(try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, 0, i)))
+            }
+            try JobRepository.setProgress(conn, job: job.id, progress: ["samples": flat.count, "total": flat.count])
+        }
+        return ["rollout_ids": ids, "policy_version": version, "samples": ids.count, "generated_tokens": generated,
+                "seconds": JobExecutor.seconds(since: t0)]
+    }
+
+    // MARK: sft and train
+
+    /// Samples of stored rollouts for offline training (their rewards, groups, log-probs and routes).
+    func storedSamples(_ spec: JobSpec, config c: ModelConfig) throws -> [Sample] {
+        let (found, missing) = try app.rollouts.withRoutes(project: job.projectID, ids: spec.rolloutIDs ?? [])
+        if let m = missing.first { throw RLError.invalid("rollout \(m) does not exist in this project") }
+        var groups: [String: Int] = [:]
+        return try found.map { r, packed in
+            guard let reward = r.reward else { throw RLError.invalid("rollout \(r.id) has no reward; offline training needs one per rollout") }
+            guard r.tokenIDs.count - r.promptLength >= 1 else { throw RLError.invalid("rollout \(r.id) has no response tokens") }
+            if let bad = r.tokenIDs.first(where: { Int($0) >= c.vocabSize }) { throw RLError.invalid("rollout \(r.id) has token \(bad) outside the model's vocabulary") }
+            var table: RouteTable?
+            if let p = packed {
+                guard p.layers == c.moeLayers.count, p.topK == c.topK, p.numExperts <= c.numExperts else {
+                    throw RLError.invalid("rollout \(r.id) routes are [\(p.rows), \(p.layers), \(p.topK)] over \(p.numExperts) experts; the model has \(c.moeLayers.count) MoE layers, top-\(c.topK), \(c.numExperts) experts")
+                }
+                let a = try p.unpack()
+                table = RouteTable(rows: a.rows, layers: a.layers, topK: a.topK, ids: a.ids)
+            }
+            let g = groups[r.groupID ?? "", default: groups.count]
+            groups[r.groupID ?? ""] = g
+            return Sample(tokens: r.tokenIDs, promptLength: r.promptLength, inferLogprobs: r.logprobs, routes: table, reward: reward, group: g)
+        }
+    }
+
+    func train(_ spec: JobSpec) throws -> [String: Any] {
+        var (policy, first, version) = try start(spec)
+        let c = policy.config
+        let task = spec.builtInTask
+        let stored = spec.rolloutIDs == nil ? nil : try storedSamples(spec, config: c)
+        if first > 0 || job.attempts > 1 {
+            _ = try jobs.fenced(claim) { c in
+                try JobRepository.discardSteps(c, job: job.id, from: first)
+                try JobRepository.addEvent(c, job: job.id, type: "job.resumed", data: ["from_step": first, "policy_version": version])
+            }
+        }
+        var opt = OptimConfig()
+        opt.loss = LossConfig(algorithm: spec.algorithm, tis: spec.tis, tisCap: spec.tisCap)
+        opt.replay = spec.replay; opt.miniSteps = spec.miniSteps; opt.maxGradNorm = spec.maxGradNorm
+        opt.temperature = Float(spec.temperature == 0 ? 1 : spec.temperature)
+        var rc = RolloutConfig()
+        rc.promptsPerStep = spec.batchSize; rc.samplesPerPrompt = spec.n; rc.maxTokens = spec.maxTokens
+        rc.temperature = opt.temperature; rc.seed = UInt64(spec.seed)
+        var last: [String: Any] = [:]
+        var lastEval: Double?
+        for step in first..<spec.steps {
+            try control.check()
+            let t0 = ContinuousClock.now
+            var metrics: [String: Double], samples: [Sample] = []
+            var extra: [String: Any] = ["step": step, "policy_version": version]
+            if spec.type == .sft {
+                let batch = try policy.supervisedBatch(task: task!, step: step, batch: spec.batchSize, seed: UInt64(spec.seed))
+                let (loss, gn) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm)
+                extra["train_seconds"] = JobExecutor.seconds(since: t0)
+                metrics = ["loss": loss, "grad_norm": gn]
+                if (step + 1) % spec.evalEvery == 0 || step + 1 == spec.steps {
+                    let e = try policy.evaluate(task: task!, count: 32, seed: UInt64(spec.seed))
+                    metrics["reward_mean"] = e; lastEval = e
+                }
+            } else {
+                if let task {
+                    samples = try policy.rollout(task: task, step: step, rc).samples
+                } else {
+                    samples = stored!
+                }
+                let tRollout = JobExecutor.seconds(since: t0)
+                let t1 = ContinuousClock.now
+                metrics = try policy.optimise(samples, opt)
+                extra["rollout_seconds"] = tRollout
+                extra["train_seconds"] = JobExecutor.seconds(since: t1)
+            }
+            if task == nil { samples = [] }   // offline: the rollouts are already stored
+            let done = step + 1
+            let save = done % spec.checkpointEvery == 0 || done == spec.steps
+            var path: String?
+            let t2 = ContinuousClock.now
+            if save {
+                let dir = checkpointDirectory(step: done)
+                try FileManager.default.createDirectory(at: dir.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try policy.save(directory: dir, meta: ["job_id": job.id, "step": done])
+                path = dir.path
+            }
+            extra["checkpoint_seconds"] = JobExecutor.seconds(since: t2)
+            extra["step_seconds"] = JobExecutor.seconds(since: t0)
+            let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
+            let generatingVersion = version
+            let ((newVersion), cancel) = try jobs.fenced(claim) { conn -> Int in
+                for (i, s) in samples.enumerated() {
+                    let r = NewRollout(model: job.modelID, policyVersion: generatingVersion, tokenIDs: s.tokens, promptLength: s.promptLength,
+                                       logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(step):\(s.group)",
+                                       metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": step, "finish_reason": s.finishReason,
+                                                                           "task": spec.task ?? ""]),
+                                       routes: try s.routes.map { try JobExecutor.packed($0, experts: c.numExperts) })
+                    _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i))
+                }
+                let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: path)
+                try JobRepository.putMetrics(conn, job: job.id, step: step, metricsJSON: text)
+                try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
+                try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": object])
+                if let path { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
+                return v
+            }
+            version = newVersion
+            control.set(cancel: cancel)
+            last = object
+        }
+        var result: [String: Any] = ["policy_version": version, "steps": spec.steps, "last_metrics": last]
+        if let e = lastEval { result["eval_reward_mean"] = e }
+        if let ck = try app.models.checkpoint(model: job.modelID, version: version) { result["checkpoint_path"] = ck.path }
+        return result
+    }
+
+    // MARK: errors
+
+    /// Errors a retry cannot fix (bad input, bad checkpoint): the job fails at once.
+    static func isPermanent(_ e: Error) -> Bool {
+        switch e {
+        case is RLError, is MoEError, is RoutesError: return true
+        case let s as StoreError: if case .query = s { return true }; return false
+        default: return false
+        }
+    }
+
+    /// A one-line error for the job record; nothing about the database's address or credentials.
+    static func describe(_ e: Error) -> String {
+        switch e {
+        case let s as ServiceError: return s.detail
+        case let r as RLError: return r.description
+        case let m as MoEError: return m.description
+        case let r as RoutesError: return "routes: \(r)"
+        case let s as StoreError:
+            if case .unavailable = s { return "the database was unavailable" }
+            return "database error"
+        default: return String(describing: e).prefix(300).description
+        }
+    }
+}

@@ -1,0 +1,151 @@
+// JobHandlers: submit (202 + Location, Idempotency-Key), read, list, cancel, per-step metrics (JSON or
+// CSV) and a live Server-Sent Events stream of a job's events (Last-Event-ID resumes it).
+import Foundation
+import HTTP
+import MoE
+import Store
+
+extension App {
+    func parseJSON(_ text: String?) -> Any {
+        guard let t = text, let o = try? JSONSerialization.jsonObject(with: Data(t.utf8), options: [.fragmentsAllowed]) else { return NSNull() }
+        return o
+    }
+
+    func jobJSON(_ j: JobRecord) -> [String: Any] {
+        var params = parseJSON(j.paramsJSON) as? [String: Any] ?? [:]
+        if let prompts = params["prompts"] as? [Any] { params["prompts"] = ["count": prompts.count] }   // the list itself can be large
+        if let ids = params["rollout_ids"] as? [Any] { params["rollout_ids"] = ["count": ids.count] }
+        return ["id": j.id, "type": j.type, "model": j.modelID, "state": j.state, "progress": parseJSON(j.progressJSON),
+                "attempts": j.attempts, "max_attempts": j.maxAttempts, "cancel_requested": j.cancelRequested,
+                "error": j.error ?? NSNull(), "result": parseJSON(j.resultJSON), "params": params,
+                "created_at": j.createdAt, "started_at": j.startedAt ?? NSNull(), "finished_at": j.finishedAt ?? NSNull(),
+                "updated_at": j.updatedAt, "run_after": j.runAfter,
+                "links": ["self": "/v1/jobs/\(j.id)", "events": "/v1/jobs/\(j.id)/events", "metrics": "/v1/jobs/\(j.id)/metrics"]]
+    }
+
+    /// FNV-1a of the normalised request: what an Idempotency-Key is bound to.
+    static func fingerprint(_ s: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return String(h, radix: 16)
+    }
+
+    func createJob(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
+        let key = req.headers["Idempotency-Key"]
+        if let k = key, k.isEmpty || k.count > 200 || !k.unicodeScalars.allSatisfy({ $0.value >= 0x21 && $0.value < 0x7f }) {
+            throw ServiceError.badRequest("Idempotency-Key must be 1 to 200 visible ASCII characters")
+        }
+        let o = try jsonBody(req)
+        let spec = try JobSpec(o) { id in
+            guard let m = try models.get(project: project, id: id) else { throw ServiceError.unprocessable("model \(id) does not exist in this project") }
+            guard let cfg = try? ModelConfig(json: (parseJSON(m.configJSON) as? [String: Any]) ?? [:]) else { throw ServiceError(500, "stored model config is unreadable") }
+            return cfg.vocabSize
+        }
+        if let ids = spec.rolloutIDs {
+            let missing = try rollouts.withRoutes(project: project, ids: Array(ids.prefix(4096))).missing
+            if let m = missing.first { throw ServiceError.unprocessable("rollout_ids: rollout \(m) does not exist in this project") }
+        }
+        if let v = spec.policyVersion, try models.checkpoint(model: spec.model, version: v) == nil {
+            throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint")
+        }
+        let params = String(decoding: try JSONSerialization.data(withJSONObject: spec.json, options: [.sortedKeys]), as: UTF8.self)
+        switch try jobs.create(project: project, type: spec.type.rawValue, modelID: spec.model, paramsJSON: params, maxAttempts: spec.maxAttempts,
+                               idempotencyKey: key, requestHash: key == nil ? nil : App.fingerprint(params)) {
+        case let .created(j):
+            return .json(202, jobJSON(j), headers: [("Location", "/v1/jobs/\(j.id)")])
+        case let .existing(j):
+            return .json(202, jobJSON(j), headers: [("Location", "/v1/jobs/\(j.id)"), ("Idempotent-Replayed", "true")])
+        case .conflict:
+            throw ServiceError.unprocessable("Idempotency-Key was already used for a different request")
+        }
+    }
+
+    func getJob(_ id: String, project: Int) throws -> HTTPResponse {
+        guard let j = try jobs.get(project: project, id: id) else { throw ServiceError.notFound("job \(id)") }
+        return .json(200, jobJSON(j))
+    }
+
+    func listJobs(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
+        let q = req.query
+        let limit = try q["limit"].map { v -> Int in
+            guard let n = Int(v), (1...500).contains(n) else { throw ServiceError.badRequest("limit must be an integer in 1...500") }
+            return n
+        } ?? 50
+        let cursor = try q["cursor"].map { v -> Int in
+            guard let n = Int(v), n >= 0 else { throw ServiceError.badRequest("cursor is not one this server issued") }
+            return n
+        } ?? 0
+        if let s = q["state"], !["queued", "running", "succeeded", "failed", "cancelled"].contains(s) {
+            throw ServiceError.badRequest("state must be queued, running, succeeded, failed or cancelled")
+        }
+        if let t = q["type"], !["rollout", "sft", "train"].contains(t) { throw ServiceError.badRequest("type must be rollout, sft or train") }
+        let rows = try jobs.list(project: project, state: q["state"], type: q["type"], after: cursor, limit: limit + 1)
+        let page = rows.prefix(limit)
+        return .json(200, ["data": page.map(jobJSON), "next_cursor": rows.count > limit ? String(page.last!.seq) as Any : NSNull()])
+    }
+
+    func cancelJob(_ id: String, project: Int) throws -> HTTPResponse {
+        guard let j = try jobs.requestCancel(project: project, id: id) else { throw ServiceError.notFound("job \(id)") }
+        switch j.state {
+        case "cancelled": return .json(200, jobJSON(j))
+        case "running": return .json(202, jobJSON(j))
+        default: throw ServiceError(409, "job \(id) already ended (\(j.state))")
+        }
+    }
+
+    static let metricColumns = ["step", "policy_version", "reward_mean", "response_len_mean", "k3_kl", "extreme_frac_tau2", "extreme_frac_tau5",
+                                "router_disagreement", "token_disagreement", "routers_differing_per_token", "replay_live_agreement",
+                                "replay_fallback_tokens", "grad_norm", "entropy", "clip_frac", "loss", "rollout_seconds", "train_seconds",
+                                "checkpoint_seconds", "step_seconds"]
+
+    func jobMetrics(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
+        guard try jobs.get(project: project, id: id) != nil else { throw ServiceError.notFound("job \(id)") }
+        let rows = try jobs.metrics(job: id).map { parseJSON($0.json) as? [String: Any] ?? [:] }
+        let accept = (req.headers["Accept"] ?? "").lowercased()
+        let wantsCSV = req.query["format"] == "csv" || (req.query["format"] == nil && accept.contains("text/csv"))
+        if let f = req.query["format"], f != "csv" && f != "json" { throw ServiceError.badRequest("format must be json or csv") }
+        guard wantsCSV else { return .json(200, ["data": rows]) }
+        var cols = App.metricColumns.filter { c in rows.contains { $0[c] != nil } }
+        cols += Set(rows.flatMap(\.keys)).subtracting(cols).sorted()
+        var csv = cols.joined(separator: ",") + "\n"
+        for r in rows {
+            csv += cols.map { c -> String in
+                switch r[c] {
+                case let n as NSNumber: return Int(exactly: n.doubleValue).map(String.init) ?? "\(n.doubleValue)"
+                case let s as String: return s.contains(",") ? "\"\(s)\"" : s
+                default: return ""
+                }
+            }.joined(separator: ",") + "\n"
+        }
+        return .text(200, csv, contentType: "text/csv; charset=utf-8")
+    }
+
+    /// `text/event-stream`: every event of the job from Last-Event-ID (or ?after) on, live until the job
+    /// ends; a comment line every 15 s keeps proxies from closing an idle stream.
+    func jobEvents(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
+        guard try jobs.get(project: project, id: id) != nil else { throw ServiceError.notFound("job \(id)") }
+        let from = req.headers["Last-Event-ID"] ?? req.query["after"] ?? "0"
+        guard let after = Int(from), after >= 0 else { throw ServiceError.badRequest("Last-Event-ID must be an event id this server sent") }
+        let jobs = self.jobs
+        let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
+        return HTTPResponse(status: 200, headers: headers, stream: { w in
+            var last = after
+            var quiet = ContinuousClock.now
+            _ = w.write("retry: 2000\n\n")
+            while w.isOpen {
+                guard let events = try? jobs.events(job: id, after: last) else { Thread.sleep(forTimeInterval: 1); continue }
+                for e in events {
+                    let data = "{\"id\":\(e.id),\"type\":\"\(e.type)\",\"job_id\":\"\(id)\",\"created_at\":\"\(e.createdAt)\",\"data\":\(e.dataJSON)}"
+                    guard w.write("id: \(e.id)\nevent: \(e.type)\ndata: \(data)\n\n") else { return }
+                    last = e.id
+                    quiet = .now
+                    if ["job.succeeded", "job.failed", "job.cancelled"].contains(e.type) { return }
+                }
+                if events.isEmpty {
+                    if ContinuousClock.now - quiet > .seconds(15) { guard w.write(": keep-alive\n\n") else { return }; quiet = .now }
+                    Thread.sleep(forTimeInterval: 0.25)
+                }
+            }
+        })
+    }
+}

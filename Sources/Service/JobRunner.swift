@@ -1,0 +1,177 @@
+// JobRunner: this process's job workers. Each worker thread claims a job (woken by LISTEN/NOTIFY, or by
+// polling as a fallback), heartbeats its lease from a side thread while it runs, and ends the attempt:
+// succeeded, cancelled, queued again with backoff, or failed. Several processes on one database share
+// the queue; compute threads are split between workers so BLAS never oversubscribes the cores.
+import Foundation
+import Store
+
+public struct JobRunnerConfig: Sendable {
+    public var workers = 1
+    /// Compute threads per worker (default: the cores divided among the workers).
+    public var threadsPerWorker = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public var leaseSeconds = 30.0
+    public var pollSeconds = 2.0
+    public var backoff = Backoff()
+    public var name = "\(ProcessInfo.processInfo.hostName):\(getpid())"
+    public init() {}
+}
+
+/// Why a job stopped between steps.
+enum JobInterruption: Error {
+    case cancelled
+    case leaseLost
+    /// This process is shutting down: the job goes back to the queue and resumes elsewhere.
+    case shutdown
+}
+
+/// What a running job consults between steps.
+final class JobControl: @unchecked Sendable {
+    private let lock = NSLock()
+    private var cancel = false, lost = false
+    let stopping: () -> Bool
+    init(stopping: @escaping () -> Bool) { self.stopping = stopping }
+
+    func set(cancel c: Bool) { lock.lock(); cancel = cancel || c; lock.unlock() }
+    func setLost() { lock.lock(); lost = true; lock.unlock() }
+    var isLost: Bool { lock.lock(); defer { lock.unlock() }; return lost }
+
+    /// Throws when the job must stop before its next step.
+    func check() throws {
+        lock.lock(); let (c, l) = (cancel, lost); lock.unlock()
+        if l { throw JobInterruption.leaseLost }
+        if c { throw JobInterruption.cancelled }
+        if stopping() { throw JobInterruption.shutdown }
+    }
+}
+
+public final class JobRunner: @unchecked Sendable {
+    let app: App
+    let config: JobRunnerConfig
+    let jobs: JobRepository
+    private let cond = NSCondition()
+    private var stopping = false
+    private var wakeups = 0
+    private var threads: [Thread] = []
+    private let done = DispatchGroup()
+
+    public init(app: App, config: JobRunnerConfig) {
+        self.app = app
+        self.config = config
+        jobs = JobRepository(pool: app.pool)
+    }
+
+    public func start() {
+        let listener = Thread { [self] in listen() }
+        listener.name = "r3-jobs-listen"
+        listener.start()
+        for i in 0..<config.workers {
+            done.enter()
+            let t = Thread { [self] in work(i); done.leave() }
+            t.name = "r3-job-worker-\(i)"
+            t.stackSize = 8 << 20
+            threads.append(t)
+            t.start()
+        }
+    }
+
+    /// Stops claiming; running jobs stop at their next step boundary and go back to the queue.
+    public func stop() {
+        cond.lock(); stopping = true; cond.broadcast(); cond.unlock()
+    }
+
+    public func waitUntilStopped() { done.wait() }
+
+    var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
+
+    private func listen() {
+        while !isStopping {
+            do {
+                let conn = try PGConnection(conninfo: app.pool.conninfo)
+                try conn.listen(JobRepository.channel)
+                while !isStopping {
+                    if !(try conn.waitForNotifications(timeout: 1)).isEmpty {
+                        cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
+                    }
+                }
+            } catch {
+                Thread.sleep(forTimeInterval: 1)   // the database is away: the workers keep polling
+            }
+        }
+    }
+
+    private func work(_ index: Int) {
+        let name = "\(config.name)/\(index)"
+        while !isStopping {
+            cond.lock(); let seen = wakeups; cond.unlock()
+            var claimed: JobClaim?
+            do { claimed = try jobs.claim(worker: name, leaseSeconds: config.leaseSeconds) } catch { claimed = nil }
+            guard let claim = claimed else {
+                cond.lock()
+                if !stopping && wakeups == seen { _ = cond.wait(until: Date().addingTimeInterval(config.pollSeconds)) }
+                cond.unlock()
+                continue
+            }
+            run(claim)
+        }
+    }
+
+    private func run(_ claim: JobClaim) {
+        let control = JobControl(stopping: { [weak self] in self?.isStopping ?? true })
+        let heart = Heartbeat(every: config.leaseSeconds / 3) { [jobs, config] in
+            do { control.set(cancel: try jobs.heartbeat(claim, leaseSeconds: config.leaseSeconds)) } catch is JobRepository.LeaseLost {
+                control.setLost()
+            } catch {}   // the database is briefly away: the lease has slack for two more beats
+        }
+        defer { heart.stop() }
+
+        if claim.job.attempts > claim.job.maxAttempts {
+            // a worker died holding this job on its last attempt
+            try? jobs.fail(claim, error: "the worker running the job stopped (attempt \(claim.job.attempts - 1) of \(claim.job.maxAttempts))", retryIn: nil)
+            return
+        }
+        do {
+            _ = try jobs.fenced(claim) { c in
+                try JobRepository.addEvent(c, job: claim.job.id, type: "job.started", data: ["attempt": claim.job.attempts, "worker": config.name])
+            }
+            let result = try JobExecutor(app: app, claim: claim, control: control, threads: config.threadsPerWorker).run()
+            try jobs.finish(claim, state: "succeeded", result: result, event: ["state": "succeeded", "result": result])
+        } catch JobInterruption.cancelled {
+            try? jobs.finish(claim, state: "cancelled", result: ["cancelled": true], event: ["state": "cancelled"])
+        } catch JobInterruption.leaseLost {
+            // another worker owns the job now; write nothing
+        } catch is JobRepository.LeaseLost {
+        } catch JobInterruption.shutdown {
+            try? jobs.release(claim)
+        } catch {
+            let permanent = error is ServiceError || JobExecutor.isPermanent(error)
+            let message = JobExecutor.describe(error)
+            let retry: Double? = permanent || claim.job.attempts >= claim.job.maxAttempts ? nil
+                : config.backoff.delay(afterAttempt: claim.job.attempts, unit: Double.random(in: 0..<1))
+            try? jobs.fail(claim, error: message, retryIn: retry)
+        }
+    }
+}
+
+/// Runs `beat` every `every` seconds on its own thread until stopped.
+final class Heartbeat: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var stopped = false
+
+    init(every: Double, beat: @escaping @Sendable () -> Void) {
+        let t = Thread { [self] in
+            cond.lock()
+            while !stopped {
+                _ = cond.wait(until: Date().addingTimeInterval(every))
+                if stopped { break }
+                cond.unlock()
+                beat()
+                cond.lock()
+            }
+            cond.unlock()
+        }
+        t.name = "r3-job-heartbeat"
+        t.start()
+    }
+
+    func stop() { cond.lock(); stopped = true; cond.signal(); cond.unlock() }
+}

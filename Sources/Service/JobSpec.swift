@@ -1,0 +1,168 @@
+// JobSpec: a job request, validated once and stored normalised (every default filled in) as the job's
+// params; the worker reads the same spec back. Field errors are 422 and name the field.
+import Foundation
+import MoE
+import RL
+
+struct JobSpec {
+    enum Kind: String, CaseIterable { case rollout, sft, train }
+    var type: Kind
+    var model: String
+    /// The policy version to start from (nil: the newest checkpointed one).
+    var policyVersion: Int?
+    var maxAttempts = 3
+    var seed = 0
+    // rollout
+    var prompts: [[Int32]] = []
+    var n = 1
+    var maxTokens: Int?
+    var temperature = 1.0
+    var topP = 1.0
+    var topK = 0
+    var stopTokenIDs: [Int] = []
+    var precision = "bf16"
+    // sft / train
+    var task: String?
+    var difficulty: Int?
+    var rolloutIDs: [String]?
+    var steps = 20
+    var batchSize = 8
+    var learningRate = 1e-4
+    var algorithm = Algorithm.grpo
+    var replay = ReplayMode.R3
+    var tis = false
+    var tisCap = 2.0
+    var miniSteps = 1
+    var maxGradNorm = 1.0
+    var checkpointEvery = 5
+    var evalEvery = 10
+
+    var numerics: Numerics { precision == "fp32" ? .fp32 : precision == "deterministic" ? .deterministic : .bf16 }
+    var builtInTask: Task? { task.flatMap { Task.Kind(rawValue: $0) }.flatMap { try? Task(kind: $0, difficulty: difficulty) } }
+
+    /// Parses and validates a request body (`vocab`: the model's vocabulary, for token checks).
+    init(_ o: [String: Any], vocab: (String) throws -> Int) throws {
+        let f = Fields(o)
+        let known: Set<String> = ["type", "model", "policy_version", "max_attempts", "seed", "prompts", "n", "max_tokens", "temperature",
+                                  "top_p", "top_k", "stop_token_ids", "precision", "task", "difficulty", "rollout_ids", "steps", "batch_size",
+                                  "learning_rate", "algorithm", "replay", "tis", "tis_cap", "mini_steps", "max_grad_norm", "checkpoint_every",
+                                  "eval_every"]
+        if let unknown = o.keys.sorted().first(where: { !known.contains($0) }) { throw ServiceError.unprocessable("unknown field \(unknown)") }
+        guard let t = try f.string("type", required: true, max: 20), let kind = Kind(rawValue: t) else {
+            throw ServiceError.unprocessable("type must be rollout, sft or train")
+        }
+        type = kind
+        model = try f.string("model", required: true, max: 64)!
+        guard UUID(uuidString: model) != nil else { throw ServiceError.unprocessable("model must be a model id (a UUID)") }
+        let V = try vocab(model)
+        policyVersion = try f.int("policy_version", range: 0...1_000_000_000)
+        maxAttempts = try f.int("max_attempts", range: 1...20) ?? maxAttempts
+        seed = try f.int("seed", range: 0...Int(Int32.max)) ?? seed
+        func choice(_ k: String, _ allowed: [String]) throws -> String? {
+            guard let v = try f.string(k, max: 40) else { return nil }
+            guard allowed.contains(v) else { throw ServiceError.unprocessable("\(k) must be one of \(allowed.joined(separator: ", "))") }
+            return v
+        }
+        task = try choice("task", Task.Kind.allCases.map(\.rawValue))
+        difficulty = try f.int("difficulty", range: 1...12)
+        if let k = task.flatMap(Task.Kind.init) {
+            do { _ = try Task(kind: k, difficulty: difficulty) } catch { throw ServiceError.unprocessable("\(error)") }
+            if V < CharTokenizer.vocabSize { throw ServiceError.unprocessable("built-in tasks need a model with vocab_size >= \(CharTokenizer.vocabSize)") }
+        }
+        maxTokens = try f.int("max_tokens", range: 1...4096)
+        temperature = try f.number("temperature") ?? temperature
+        guard (0...10).contains(temperature) else { throw ServiceError.unprocessable("temperature must be in 0...10") }
+        precision = try choice("precision", ["bf16", "fp32", "deterministic"]) ?? precision
+        steps = try f.int("steps", range: 1...100_000) ?? steps
+        switch kind {
+        case .rollout:
+            n = try f.int("n", range: 1...64) ?? n
+            topP = try f.number("top_p") ?? topP
+            guard topP > 0 && topP <= 1 else { throw ServiceError.unprocessable("top_p must be in (0, 1]") }
+            topK = try f.int("top_k", range: 0...100_000) ?? topK
+            stopTokenIDs = try f.intList("stop_token_ids") ?? []
+            guard stopTokenIDs.count <= 64 else { throw ServiceError.unprocessable("stop_token_ids has more than 64 entries") }
+            if let bad = stopTokenIDs.first(where: { $0 >= V }) { throw ServiceError.unprocessable("stop_token_ids: \(bad) is outside [0, \(V))") }
+            guard let list = o["prompts"] as? [Any], !list.isEmpty, list.count <= 1024 else {
+                throw ServiceError.unprocessable("prompts must be a list of 1 to 1024 prompts")
+            }
+            guard list.count * n <= 4096 else { throw ServiceError.unprocessable("prompts × n must be at most 4096 samples") }
+            var usedText = false
+            for (i, p) in list.enumerated() {
+                guard let d = p as? [String: Any], d.count == 1 else { throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}") }
+                let pf = Fields(d)
+                if d["text"] != nil {
+                    let text = try pf.string("text", required: true, max: 8192)!
+                    guard V >= CharTokenizer.vocabSize else { throw ServiceError.unprocessable("prompts[\(i)].text needs a model with vocab_size >= \(CharTokenizer.vocabSize) (the built-in tokenizer)") }
+                    do { prompts.append(try CharTokenizer().encode(text)) } catch { throw ServiceError.unprocessable("prompts[\(i)].\(error)") }
+                    usedText = true
+                } else if d["token_ids"] != nil {
+                    let ids = try pf.intList("token_ids", required: true)!
+                    guard !ids.isEmpty, ids.count <= 8192 else { throw ServiceError.unprocessable("prompts[\(i)].token_ids must have 1 to 8192 entries") }
+                    if let bad = ids.first(where: { $0 >= V }) { throw ServiceError.unprocessable("prompts[\(i)].token_ids: \(bad) is outside [0, \(V))") }
+                    prompts.append(ids.map(Int32.init))
+                } else {
+                    throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}")
+                }
+            }
+            if usedText && o["stop_token_ids"] == nil { stopTokenIDs = [Int(CharTokenizer.eos)] }
+            if maxTokens == nil { maxTokens = 64 }
+        case .sft:
+            guard task != nil else { throw ServiceError.unprocessable("an sft job needs task (addition, sort or reverse)") }
+            batchSize = try f.int("batch_size", range: 1...512) ?? 32
+            learningRate = try f.number("learning_rate") ?? 1e-3
+            evalEvery = try f.int("eval_every", range: 1...100_000) ?? evalEvery
+        case .train:
+            if let ids = o["rollout_ids"], !(ids is NSNull) {
+                guard let l = ids as? [Any], !l.isEmpty, l.count <= 4096 else { throw ServiceError.unprocessable("rollout_ids must be a list of 1 to 4096 ids") }
+                rolloutIDs = try l.enumerated().map { i, v in
+                    guard let s = v as? String, UUID(uuidString: s) != nil else { throw ServiceError.unprocessable("rollout_ids[\(i)] must be a rollout id (a UUID)") }
+                    return s.lowercased()
+                }
+            }
+            guard (task == nil) != (rolloutIDs == nil) else { throw ServiceError.unprocessable("a train job needs exactly one of task or rollout_ids") }
+            batchSize = try f.int("batch_size", range: 1...256) ?? batchSize
+            n = try f.int("n", range: 2...64) ?? 8
+            guard batchSize * n <= 4096 else { throw ServiceError.unprocessable("batch_size × n must be at most 4096 samples") }
+            learningRate = try f.number("learning_rate") ?? learningRate
+            algorithm = try choice("algorithm", Algorithm.allCases.map(\.rawValue)).flatMap(Algorithm.init) ?? algorithm
+            replay = try choice("replay", ReplayMode.allCases.map(\.rawValue)).flatMap(ReplayMode.init) ?? replay
+            if let v = o["tis"], !(v is NSNull) {
+                guard Fields.isBool(v), let b = v as? Bool else { throw ServiceError.unprocessable("tis must be true or false") }
+                tis = b
+            }
+            tisCap = try f.number("tis_cap") ?? tisCap
+            guard tisCap >= 1 && tisCap <= 100 else { throw ServiceError.unprocessable("tis_cap must be in 1...100") }
+            miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
+            maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
+            guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
+        }
+        if kind != .rollout {
+            guard learningRate > 0 && learningRate <= 1 else { throw ServiceError.unprocessable("learning_rate must be in (0, 1]") }
+            checkpointEvery = try f.int("checkpoint_every", range: 1...100_000) ?? checkpointEvery
+        }
+    }
+
+    /// The normalised params, stored with the job (every default explicit).
+    var json: [String: Any] {
+        var o: [String: Any] = ["type": type.rawValue, "model": model, "max_attempts": maxAttempts, "seed": seed, "precision": precision,
+                                "temperature": temperature]
+        if let v = policyVersion { o["policy_version"] = v }
+        if let t = task { o["task"] = t; o["difficulty"] = difficulty ?? Task.defaultDifficulty(Task.Kind(rawValue: t)!) }
+        if let m = maxTokens { o["max_tokens"] = m }
+        switch type {
+        case .rollout:
+            o["prompts"] = prompts.map { ["token_ids": $0.map(Int.init)] }
+            o["n"] = n; o["top_p"] = topP; o["top_k"] = topK; o["stop_token_ids"] = stopTokenIDs
+        case .sft:
+            o["steps"] = steps; o["batch_size"] = batchSize; o["learning_rate"] = learningRate; o["checkpoint_every"] = checkpointEvery
+            o["eval_every"] = evalEvery
+        case .train:
+            o["steps"] = steps; o["batch_size"] = batchSize; o["n"] = n; o["learning_rate"] = learningRate
+            o["algorithm"] = algorithm.rawValue; o["replay"] = replay.rawValue; o["tis"] = tis; o["tis_cap"] = tisCap
+            o["mini_steps"] = miniSteps; o["max_grad_norm"] = maxGradNorm; o["checkpoint_every"] = checkpointEvery
+            if let ids = rolloutIDs { o["rollout_ids"] = ids }
+        }
+        return o
+    }
+}

@@ -1,0 +1,103 @@
+// ModelRepository: registered models and their policy versions (version 0: as registered; one more per
+// training step, with a checkpoint path where the weights were saved).
+import Foundation
+
+public struct ModelRecord: Sendable {
+    public var id: String
+    public var name: String
+    public var configJSON: String
+    public var source: String
+    public var createdAt: String
+    public var latestVersion: Int
+}
+
+public struct PolicyVersion: Sendable {
+    public var version: Int
+    public var jobID: String?
+    public var jobStep: Int?
+    public var checkpointPath: String?
+    public var createdAt: String
+}
+
+public struct ModelRepository: Sendable {
+    public let pool: ConnectionPool
+    public init(pool: ConnectionPool) { self.pool = pool }
+
+    static let columns = """
+        m.id, m.name, m.config, m.source, \(JobRepository.ts("m.created_at")),
+        (SELECT max(version) FROM policy_versions v WHERE v.model_id = m.id) AS latest_version
+        """
+    static func record(_ r: PGResult, _ i: Int) throws -> ModelRecord {
+        ModelRecord(id: try r.string(i, "id")!, name: try r.string(i, "name")!, configJSON: try r.string(i, "config")!,
+                    source: try r.string(i, "source")!, createdAt: try r.string(i, "created_at")!, latestVersion: try r.int(i, "latest_version") ?? 0)
+    }
+
+    /// Registers a model whose version 0 lives at `checkpointPath` (written by `prepare` before commit).
+    /// Returns nil when the project already has a model of that name.
+    public func create(project: Int, name: String, configJSON: String, source: String,
+                       checkpointPath: (String) throws -> String) throws -> ModelRecord? {
+        do {
+            return try pool.transaction { c in
+                let r = try c.query("""
+                    INSERT INTO models (project_id, name, config, source) VALUES (\(project), \(name), \(configJSON)::jsonb, \(source))
+                    RETURNING id
+                    """)
+                let id = try r.string(0, "id")!
+                let path = try checkpointPath(id)
+                try c.query("INSERT INTO policy_versions (model_id, version, checkpoint_path) VALUES (\(id)::uuid, 0, \(path))")
+                let out = try c.query("SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m WHERE m.id = \(id)::uuid")
+                return try ModelRepository.record(out, 0)
+            }
+        } catch let e as StoreError where e.isUniqueViolation { return nil }
+    }
+
+    public func get(project: Int, id: String) throws -> ModelRecord? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let r = try pool.withRetry { try $0.query("SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m WHERE m.project_id = \(project) AND m.id = \(id)::uuid") }
+        return r.count == 0 ? nil : try ModelRepository.record(r, 0)
+    }
+
+    public func list(project: Int) throws -> [ModelRecord] {
+        let r = try pool.withRetry { try $0.query("SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m WHERE m.project_id = \(project) ORDER BY m.created_at, m.id") }
+        return try (0..<r.count).map { try ModelRepository.record(r, $0) }
+    }
+
+    public func versions(model: String) throws -> [PolicyVersion] {
+        let r = try pool.withRetry { c in
+            try c.query("""
+                SELECT version, job_id, job_step, checkpoint_path, \(raw: SQL(stringLiteral: JobRepository.ts("created_at")))
+                FROM policy_versions WHERE model_id = \(model)::uuid ORDER BY version
+                """)
+        }
+        return try (0..<r.count).map {
+            PolicyVersion(version: try r.int($0, "version")!, jobID: try r.string($0, "job_id"), jobStep: try r.int($0, "job_step"),
+                          checkpointPath: try r.string($0, "checkpoint_path"), createdAt: try r.string($0, "created_at")!)
+        }
+    }
+
+    /// The checkpoint of `version`, or of the newest checkpointed version when nil.
+    public func checkpoint(model: String, version: Int?) throws -> (version: Int, path: String)? {
+        let r = try pool.withRetry { c in
+            try c.query("""
+                SELECT version, checkpoint_path FROM policy_versions WHERE model_id = \(model)::uuid AND checkpoint_path IS NOT NULL
+                  AND (\(version)::integer IS NULL OR version = \(version)) ORDER BY version DESC LIMIT 1
+                """)
+        }
+        return r.count == 0 ? nil : (try r.int(0, "version")!, try r.string(0, "checkpoint_path")!)
+    }
+
+    /// Adds the next version of `model` (inside the caller's transaction); returns its number.
+    public static func addVersion(_ c: PGConnection, model: String, job: String, step: Int, checkpointPath: String?) throws -> Int {
+        try c.query("SELECT 1 FROM models WHERE id = \(model)::uuid FOR UPDATE")
+        let r = try c.query("""
+            INSERT INTO policy_versions (model_id, version, job_id, job_step, checkpoint_path)
+            SELECT \(model)::uuid, coalesce(max(version), -1) + 1, \(job)::uuid, \(step), \(checkpointPath) FROM policy_versions WHERE model_id = \(model)::uuid
+            RETURNING version
+            """)
+        return try r.int(0, "version")!
+    }
+
+    public static func setCheckpoint(_ c: PGConnection, model: String, version: Int, path: String) throws {
+        try c.query("UPDATE policy_versions SET checkpoint_path = \(path) WHERE model_id = \(model)::uuid AND version = \(version)")
+    }
+}
