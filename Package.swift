@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
-            dependencies: ["MoE", "Routes", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MoE", "Routes", "RL", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "RoutesTests", dependencies: ["Routes"], swiftSettings: cpu),

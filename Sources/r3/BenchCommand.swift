@@ -6,7 +6,7 @@ import MoE
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Benchmarks that print JSON.", subcommands: [EngineBenchCommand.self, RoutesBenchCommand.self])
+        commandName: "bench", abstract: "Benchmarks that print JSON.", subcommands: [EngineBenchCommand.self, RoutesBenchCommand.self, RLBenchCommand.self])
 }
 
 struct EngineBenchCommand: ParsableCommand {
