@@ -41,6 +41,11 @@ extension App {
             guard let cfg = try? ModelConfig(json: (parseJSON(m.configJSON) as? [String: Any]) ?? [:]) else { throw ServiceError(500, "stored model config is unreadable") }
             return cfg.vocabSize
         }
+        // this server's limits (R3_MAX_JOB_STEPS, R3_MAX_JOB_SAMPLES, R3_MAX_NEW_TOKENS)
+        if spec.type != .rollout && spec.steps > config.maxJobSteps { throw ServiceError.unprocessable("steps: this server runs at most \(config.maxJobSteps) steps per job") }
+        let samples = spec.type == .rollout ? spec.prompts.count * spec.n : spec.type == .sft ? spec.batchSize : (spec.rolloutIDs?.count ?? spec.batchSize * spec.n)
+        if samples > config.maxJobSamples { throw ServiceError.unprocessable("this server samples or trains on at most \(config.maxJobSamples) sequences per step; the request asks for \(samples)") }
+        if let t = spec.maxTokens, t > config.maxNewTokens { throw ServiceError.unprocessable("max_tokens: this server generates at most \(config.maxNewTokens) tokens") }
         if let ids = spec.rolloutIDs {
             let missing = try rollouts.withRoutes(project: project, ids: Array(ids.prefix(4096))).missing
             if let m = missing.first { throw ServiceError.unprocessable("rollout_ids: rollout \(m) does not exist in this project") }
@@ -124,8 +129,15 @@ extension App {
     /// ends; a comment line every 15 s keeps proxies from closing an idle stream.
     func jobEvents(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
         guard try jobs.get(project: project, id: id) != nil else { throw ServiceError.notFound("job \(id)") }
-        let from = req.headers["Last-Event-ID"] ?? req.query["after"] ?? "0"
-        guard let after = Int(from), after >= 0 else { throw ServiceError.badRequest("Last-Event-ID must be an event id this server sent") }
+        func eventID(_ v: String?, _ name: String) throws -> Int? {
+            guard let v else { return nil }
+            guard (1...18).contains(v.count), v.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(v) else {
+                throw ServiceError.badRequest("\(name) must be an event id this server sent")
+            }
+            return n
+        }
+        let header = try eventID(req.headers["Last-Event-ID"], "Last-Event-ID"), query = try eventID(req.query["after"], "after")
+        let after = header ?? query ?? 0
         let jobs = self.jobs
         let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
         return HTTPResponse(status: 200, headers: headers, stream: { w in
@@ -142,6 +154,9 @@ extension App {
                     if ["job.succeeded", "job.failed", "job.cancelled"].contains(e.type) { return }
                 }
                 if events.isEmpty {
+                    // the job ended and its last event was already sent (or skipped by Last-Event-ID): the stream ends too
+                    if let j = try? jobs.get(project: project, id: id), ["succeeded", "failed", "cancelled"].contains(j.state),
+                       (try? jobs.events(job: id, after: last, limit: 1))?.isEmpty ?? false { return }
                     if ContinuousClock.now - quiet > .seconds(15) { guard w.write(": keep-alive\n\n") else { return }; quiet = .now }
                     Thread.sleep(forTimeInterval: 0.25)
                 }

@@ -21,6 +21,9 @@ public struct ServiceConfig: Sendable {
       R3_JOB_POLL_SECONDS    queue polling interval besides LISTEN/NOTIFY (default 2)
       R3_MODEL_ROOTS         colon-separated directories checkpoint_path must lie under (default: any readable path)
       R3_MAX_MODEL_PARAMS    largest model POST /v1/models will create or load, in parameters (default 200000000)
+      R3_MAX_JOB_STEPS       most steps a job may ask for (default 100000)
+      R3_MAX_JOB_SAMPLES     most sequences a job step may sample or train on (default 4096)
+      R3_MAX_NEW_TOKENS      largest max_tokens a job may ask for (default 4096)
     """
 
     public var databaseURL: String?
@@ -41,6 +44,9 @@ public struct ServiceConfig: Sendable {
     public var pollSeconds = 2.0
     public var modelRoots: [String]?
     public var maxModelParams = 200_000_000
+    public var maxJobSteps = 100_000
+    public var maxJobSamples = 4096
+    public var maxNewTokens = 4096
 
     public init() {}
 
@@ -80,6 +86,9 @@ public struct ServiceConfig: Sendable {
         c.pollSeconds = try seconds("R3_JOB_POLL_SECONDS") ?? c.pollSeconds
         if let r = env["R3_MODEL_ROOTS"], !r.isEmpty { c.modelRoots = r.split(separator: ":").map { URL(fileURLWithPath: String($0)).standardizedFileURL.path } }
         c.maxModelParams = try int("R3_MAX_MODEL_PARAMS", 1...(1 << 40)) ?? c.maxModelParams
+        c.maxJobSteps = try int("R3_MAX_JOB_STEPS", 1...100_000) ?? c.maxJobSteps
+        c.maxJobSamples = try int("R3_MAX_JOB_SAMPLES", 1...4096) ?? c.maxJobSamples
+        c.maxNewTokens = try int("R3_MAX_NEW_TOKENS", 1...4096) ?? c.maxNewTokens
         return c
     }
 }

@@ -77,7 +77,7 @@ class Server:
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("r3data")
     os.chmod(d, 0o755)
-    s = Server(d, R3_MAX_MODEL_PARAMS="2000000")   # models schemathesis creates stay small
+    s = Server(d)
     s.keys = {"a": s.key("project-a"), "b": s.key("project-b")}
     s.start()
     yield s

@@ -252,3 +252,37 @@ def test_two_worker_processes_share_the_queue_and_never_run_the_same_job(private
         workers.add(started[0]["worker"])
         assert len(all_rollouts(api, job_id=j["id"])) == 12 * 64
     assert len(workers) == 2, f"both worker processes took jobs: {workers}"
+
+
+def test_sigterm_hands_a_running_job_back_and_a_dead_workers_last_attempt_fails_it(private_server):
+    s = private_server(R3_JOB_LEASE_SECONDS="2")
+    s.start()
+    api = session(s.url, s.keys["a"])
+    m = create_model(api, "handback", config=dict(TINY, hidden_size=128, num_hidden_layers=4))
+    graceful = submit(api, {"type": "train", "model": m["id"], "task": "sort", "steps": 30, "batch_size": 8, "n": 4, "checkpoint_every": 5})
+    wait(api, graceful["id"], until=lambda x: x["progress"].get("step", 0) >= 7)
+    s.stop()                                         # SIGTERM: the current step finishes, the job goes back to the queue
+    s.start()
+    done = wait(api, graceful["id"])
+    assert done["state"] == "succeeded" and done["attempts"] == 1, done
+    kinds = [e["event"] for e in events(api, graceful["id"])]
+    assert "job.requeued" in kinds and "job.resumed" in kinds
+    assert len(all_rollouts(api, job_id=graceful["id"])) == 30 * 32
+
+    last = submit(api, {"type": "train", "model": m["id"], "task": "sort", "steps": 500, "batch_size": 8, "n": 4, "max_attempts": 1})
+    wait(api, last["id"], until=lambda x: x["progress"].get("step", 0) >= 2)
+    s.kill9()
+    s.start()
+    failed = wait(api, last["id"], timeout=60)
+    assert failed["state"] == "failed" and "stopped" in failed["error"], failed
+
+
+def test_event_stream_of_a_finished_job_ends_even_past_its_last_event(api):
+    m = create_model(api, "stream-end")
+    j = wait(api, submit(api, {"type": "sft", "model": m["id"], "task": "sort", "steps": 1})["id"])
+    t = time.time()
+    r = api.get(api.base + f"/v1/jobs/{j['id']}/events", headers={"Last-Event-ID": "999999999"}, timeout=10)
+    assert r.status_code == 200 and "event:" not in r.text and time.time() - t < 5
+    for bad in [{"after": "-1"}, {"after": "+5"}, {"after": ""}]:
+        assert api.get(api.base + f"/v1/jobs/{j['id']}/events", params=bad, timeout=10).status_code == 400, bad
+    assert api.get(api.base + f"/v1/jobs/{j['id']}/events", headers={"Last-Event-ID": "x"}, timeout=10).status_code == 400
