@@ -5,7 +5,7 @@ PY_PACKAGES := numpy safetensors pytest requests schemathesis openapi-spec-valid
 SWIFT ?= swift
 CONFIG ?= release
 
-.PHONY: deps pydeps build run test bench clean
+.PHONY: deps pydeps build run test bench bench-rl clean
 
 # Installs the system libraries the build links against, only when missing.
 deps:
@@ -36,6 +36,10 @@ run: build
 
 bench: build
 	.build/$(CONFIG)/r3 bench engine
+
+# SFT a small MoE, then RL from that checkpoint under replay none / R2 / R3 with the same seeds.
+bench-rl: build
+	.build/$(CONFIG)/r3 bench rl
 
 clean:
 	rm -rf .build
