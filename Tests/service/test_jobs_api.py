@@ -286,3 +286,18 @@ def test_event_stream_of_a_finished_job_ends_even_past_its_last_event(api):
     for bad in [{"after": "-1"}, {"after": "+5"}, {"after": ""}]:
         assert api.get(api.base + f"/v1/jobs/{j['id']}/events", params=bad, timeout=10).status_code == 400, bad
     assert api.get(api.base + f"/v1/jobs/{j['id']}/events", headers={"Last-Event-ID": "x"}, timeout=10).status_code == 400
+
+
+@pytest.mark.parametrize("algorithm,replay,tis", [("gspo", "R3", True), ("grpo", "R2", False), ("grpo", "none", True)])
+def test_online_training_runs_every_algorithm_and_replay_mode(api, algorithm, replay, tis):
+    m = create_model(api, f"modes-{algorithm}-{replay}-{tis}", seed=7, router_std=0.5)
+    done = wait(api, submit(api, {"type": "train", "model": m["id"], "task": "addition", "difficulty": 1, "steps": 2, "batch_size": 4,
+                                  "n": 4, "mini_steps": 2, "algorithm": algorithm, "replay": replay, "tis": tis, "seed": 1})["id"])
+    assert done["state"] == "succeeded", done
+    assert done["params"]["algorithm"] == algorithm and done["params"]["replay"] == replay and done["params"]["tis"] is tis
+    for r in api.get(api.base + f"/v1/jobs/{done['id']}/metrics").json()["data"]:
+        for k in REQUIRED_METRICS:
+            if k == "replay_live_agreement" and replay == "none":
+                assert r[k] is None, "no replay, no agreement to report"
+                continue
+            assert isinstance(r[k], (int, float)) and math.isfinite(r[k]), (k, r[k])
