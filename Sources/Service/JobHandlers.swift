@@ -72,14 +72,7 @@ extension App {
 
     func listJobs(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let q = req.query
-        let limit = try q["limit"].map { v -> Int in
-            guard let n = Int(v), (1...500).contains(n) else { throw ServiceError.badRequest("limit must be an integer in 1...500") }
-            return n
-        } ?? 50
-        let cursor = try q["cursor"].map { v -> Int in
-            guard let n = Int(v), n >= 0 else { throw ServiceError.badRequest("cursor is not one this server issued") }
-            return n
-        } ?? 0
+        let (limit, cursor) = try page(q)
         if let s = q["state"], !["queued", "running", "succeeded", "failed", "cancelled"].contains(s) {
             throw ServiceError.badRequest("state must be queued, running, succeeded, failed or cancelled")
         }

@@ -58,6 +58,19 @@ extension App {
         return .json(201, body, headers: [("Location", "/v1/rollouts/\(id)")])
     }
 
+    /// `limit` (1...500, default 50) and `cursor` (a seq this server issued) of a list request.
+    func page(_ q: [String: String]) throws -> (limit: Int, cursor: Int) {
+        let limit = try q["limit"].map { v -> Int in
+            guard let n = Int(v), (1...500).contains(n) else { throw ServiceError.badRequest("limit must be an integer in 1...500") }
+            return n
+        } ?? 50
+        let cursor = try q["cursor"].map { v -> Int in
+            guard let n = Int(v), n >= 0 else { throw ServiceError.badRequest("cursor is not one this server issued") }
+            return n
+        } ?? 0
+        return (limit, cursor)
+    }
+
     func rolloutJSON(_ r: RolloutRecord) -> [String: Any] {
         var o: [String: Any] = ["id": r.id, "model": r.model, "policy_version": r.policyVersion, "token_ids": r.tokenIDs,
                                 "prompt_length": r.promptLength, "created_at": r.createdAt,
@@ -78,14 +91,7 @@ extension App {
 
     func listRollouts(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let q = req.query
-        let limit = try q["limit"].map { v -> Int in
-            guard let n = Int(v), (1...500).contains(n) else { throw ServiceError.badRequest("limit must be an integer in 1...500") }
-            return n
-        } ?? 50
-        let cursor = try q["cursor"].map { v -> Int in
-            guard let n = Int(v), n >= 0 else { throw ServiceError.badRequest("cursor is not one this server issued") }
-            return n
-        } ?? 0
+        let (limit, cursor) = try page(q)
         let pv = try q["policy_version"].map { v -> Int in
             guard let n = Int(v), n >= 0, n <= Int(Int64.max / 2) else { throw ServiceError.badRequest("policy_version must be an integer in 0...\(Int64.max / 2)") }
             return n

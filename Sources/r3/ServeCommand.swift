@@ -41,18 +41,28 @@ func migrationsDirectory() throws -> URL {
 /// Write end of the self-pipe the signal handler uses.
 nonisolated(unsafe) var signalPipe: Int32 = -1
 
+/// SIGTERM / SIGINT: an async-signal-safe handler writes to a pipe (any thread may take the signal);
+/// returns the read end, for a thread that starts the graceful shutdown.
+func installStopSignals() throws -> Int32 {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw ValidationError("cannot create the signal pipe") }
+    signalPipe = fds[1]
+    signal(SIGPIPE, SIG_IGN)
+    for sig in [SIGTERM, SIGINT] { signal(sig) { _ in var b: UInt8 = 1; _ = write(signalPipe, &b, 1) } }
+    return fds[0]
+}
+
+func waitForStopSignal(_ fd: Int32) {
+    var b: UInt8 = 0
+    while read(fd, &b, 1) < 0 && errno == EINTR {}
+}
+
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve", abstract: "Run the R3 HTTP service.", discussion: ServiceConfig.documentation)
 
     func run() throws {
-        // SIGTERM / SIGINT: an async-signal-safe handler writes to a pipe; a thread reading it starts
-        // the graceful shutdown (any thread may take the signal).
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ValidationError("cannot create the signal pipe") }
-        signalPipe = fds[1]
-        signal(SIGPIPE, SIG_IGN)
-        for sig in [SIGTERM, SIGINT] { signal(sig) { _ in var b: UInt8 = 1; _ = write(signalPipe, &b, 1) } }
+        let readEnd = try installStopSignals()
         let config = try ServiceConfig.fromEnvironment()
         let (pool, embedded, label) = try openDatabase(config)
         let app = App(config: config, pool: pool)
@@ -65,10 +75,8 @@ struct ServeCommand: ParsableCommand {
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)
         runner.start()
-        let readEnd = fds[0]
         let waiter = Thread {
-            var b: UInt8 = 0
-            while read(readEnd, &b, 1) < 0 && errno == EINTR {}
+            waitForStopSignal(readEnd)
             FileHandle.standardError.write(Data("r3: finishing in-flight requests and job steps, then stopping\n".utf8))
             server.shutdown()
             runner.stop()
@@ -118,20 +126,14 @@ struct WorkerCommand: ParsableCommand {
         discussion: ServiceConfig.documentation)
 
     func run() throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw ValidationError("cannot create the signal pipe") }
-        signalPipe = fds[1]
-        signal(SIGPIPE, SIG_IGN)
-        for sig in [SIGTERM, SIGINT] { signal(sig) { _ in var b: UInt8 = 1; _ = write(signalPipe, &b, 1) } }
+        let readEnd = try installStopSignals()
         var config = try ServiceConfig.fromEnvironment()
         if config.workers == 0 { config.workers = 1 }
         let (pool, embedded, label) = try openDatabase(config)
         let runner = JobRunner(app: App(config: config, pool: pool), config: config.jobRunner)
         runner.start()
-        let readEnd = fds[0]
         let waiter = Thread {
-            var b: UInt8 = 0
-            while read(readEnd, &b, 1) < 0 && errno == EINTR {}
+            waitForStopSignal(readEnd)
             FileHandle.standardError.write(Data("r3: finishing the current job steps, then stopping\n".utf8))
             runner.stop()
         }
