@@ -37,5 +37,6 @@ let package = Package(
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE"], swiftSettings: cpu),
+        .testTarget(name: "ServiceTests", dependencies: ["Service"], swiftSettings: cpu),
     ]
 )

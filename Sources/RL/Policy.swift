@@ -108,15 +108,18 @@ public final class Policy {
                 old = f.logprobs
                 let lp = Mismatch.logprobs(train: old, infer: inferLP, rows: segments)
                 let rt = Mismatch.routers(f.liveRoutes, recorded, rows: recordedRows)
-                m["k3_kl"] = lp.tokens > 0 ? lp.k3KL : .nan
-                m["extreme_frac_tau2"] = lp.tokens > 0 ? lp.extremeFracTau2 : .nan
-                m["extreme_frac_tau5"] = lp.tokens > 0 ? lp.extremeFracTau5 : .nan
-                m["router_disagreement"] = rt.pairs > 0 ? rt.routerDisagreement : .nan
-                m["token_disagreement"] = rt.tokens > 0 ? rt.tokenDisagreement : .nan
-                m["routers_differing_per_token"] = rt.tokens > 0 ? rt.routersDifferingPerToken : .nan
+                // metrics that do not apply (no inference log-probs or routes) are left out, never NaN:
+                // a NaN in the metrics is a real one, which the collapse detector acts on
+                if lp.tokens > 0 {
+                    m["k3_kl"] = lp.k3KL; m["extreme_frac_tau2"] = lp.extremeFracTau2; m["extreme_frac_tau5"] = lp.extremeFracTau5
+                }
+                if rt.pairs > 0 {
+                    m["router_disagreement"] = rt.routerDisagreement; m["token_disagreement"] = rt.tokenDisagreement
+                    m["routers_differing_per_token"] = rt.routersDifferingPerToken
+                }
                 var ent = 0.0, n = 0
-                for r in segments { for t in r where f.entropy[t].isFinite { ent += Double(f.entropy[t]); n += 1 } }
-                m["entropy"] = n > 0 ? ent / Double(n) : .nan
+                for r in segments { for t in r { ent += Double(f.entropy[t]); n += 1 } }   // a NaN stays visible
+                m["entropy"] = ent / Double(max(1, n))
                 if c.replay == .R2 { r2 = (0..<samples.count).map { f.routes.slice(f.rows(ofSequence: $0)) } }
                 if c.replay == .R3 {
                     for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }
@@ -138,7 +141,7 @@ public final class Policy {
         m["grad_norm"] = mean(gradNorms)
         m["clip_frac"] = mean(clipFracs)
         m["loss"] = mean(losses)
-        m["replay_live_agreement"] = mean(agreements)
+        if !agreements.isEmpty { m["replay_live_agreement"] = mean(agreements) }
         m["replay_fallback_tokens"] = Double(fallbackTokens)
         m["reward_mean"] = samples.reduce(0) { $0 + $1.reward } / Double(samples.count)
         m["response_len_mean"] = Double(samples.reduce(0) { $0 + $1.responseLength }) / Double(samples.count)

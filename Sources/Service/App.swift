@@ -52,6 +52,15 @@ public final class App: @unchecked Sendable {
             r("POST", "/v1/jobs/{id}/cancel") { app, _, v, p in try app.cancelJob(v["id"]!, project: p) },
             r("GET", "/v1/jobs/{id}/events") { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
             r("GET", "/v1/jobs/{id}/metrics") { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
+            r("POST", "/v1/jobs/{id}/resume") { app, _, v, p in try app.resumeJob(v["id"]!, project: p) },
+            r("POST", "/v1/webhooks") { app, req, _, p in try app.createWebhook(req, project: p) },
+            r("GET", "/v1/webhooks") { app, req, _, p in try app.listWebhooks(req, project: p) },
+            r("GET", "/v1/webhooks/{id}") { app, _, v, p in try app.getWebhook(v["id"]!, project: p) },
+            r("PATCH", "/v1/webhooks/{id}") { app, req, v, p in try app.updateWebhook(req, id: v["id"]!, project: p) },
+            r("DELETE", "/v1/webhooks/{id}") { app, _, v, p in try app.deleteWebhook(v["id"]!, project: p) },
+            r("POST", "/v1/webhooks/{id}/rotate-secret") { app, req, v, p in try app.rotateWebhookSecret(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/webhooks/{id}/deliveries") { app, req, v, p in try app.webhookDeliveries(req, id: v["id"]!, project: p) },
+            r("POST", "/v1/webhooks/{id}/deliveries/{did}/redeliver") { app, _, v, p in try app.redeliver(v["id"]!, delivery: v["did"]!, project: p) },
         ]
     }
 

@@ -64,6 +64,14 @@ struct JobExecutor {
         return (metadata(o), o)
     }
 
+    static func jsonNumber(_ v: Double) -> Any { v.isFinite ? v : NSNull() }
+
+    /// A stored metrics object as numbers (null and non-numbers dropped).
+    static func numbers(_ text: String) -> [String: Double] {
+        guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else { return [:] }
+        return o.compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    }
+
     static func seconds(since t: ContinuousClock.Instant) -> Double {
         let d = ContinuousClock.now - t
         return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
@@ -157,6 +165,11 @@ struct JobExecutor {
         rc.temperature = opt.temperature; rc.seed = UInt64(spec.seed)
         var last: [String: Any] = [:]
         var lastEval: Double?
+        var detector = CollapseDetector(rules: spec.collapse)
+        let startVersion = version
+        if spec.type == .train && first > 0 {   // the medians and latches of the steps before the resume, silently
+            for (s, text) in try jobs.metrics(job: job.id) where s < first { _ = detector.observe(step: s, JobExecutor.numbers(text)) }
+        }
         for step in first..<spec.steps {
             try control.check()
             let t0 = ContinuousClock.now
@@ -184,8 +197,11 @@ struct JobExecutor {
                 extra["train_seconds"] = JobExecutor.seconds(since: t1)
             }
             if task == nil { samples = [] }   // offline: the rollouts are already stored
+            let alarms = spec.type == .train ? detector.observe(step: step, metrics) : []
+            let action = alarms.isEmpty ? "continue" : spec.onCollapse
             let done = step + 1
-            let save = done % spec.checkpointEvery == 0 || done == spec.steps
+            // stop: this step's update is not kept (the last checkpoint is the last good policy); pause: it is, to resume from
+            let save = action == "pause" || (action != "stop" && (done % spec.checkpointEvery == 0 || done == spec.steps))
             var path: String?
             let t2 = ContinuousClock.now
             if save {
@@ -196,6 +212,7 @@ struct JobExecutor {
             }
             extra["checkpoint_seconds"] = JobExecutor.seconds(since: t2)
             extra["step_seconds"] = JobExecutor.seconds(since: t0)
+            if spec.type == .train { for k in App.metricColumns where metrics[k] == nil && extra[k] == nil { extra[k] = NSNull() } }
             let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
             let generatingVersion = version
             let ((newVersion), cancel) = try jobs.fenced(claim) { conn -> Int in
@@ -207,13 +224,30 @@ struct JobExecutor {
                                        routes: try s.routes.map { try JobExecutor.packed($0, experts: c.numExperts) })
                     _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i))
                 }
-                let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: path)
+                for a in alarms {
+                    try JobRepository.addEvent(conn, job: job.id, type: "training.collapse_detected", data: [
+                        "job_id": job.id, "step": a.step, "rule": a.rule, "metric": a.metric, "value": JobExecutor.jsonNumber(a.value),
+                        "threshold": a.threshold, "action": spec.onCollapse, "history": a.history.map { $0.mapValues(JobExecutor.jsonNumber) },
+                        "job_url": "/v1/jobs/\(job.id)", "metrics_url": "/v1/jobs/\(job.id)/metrics"])
+                }
                 try JobRepository.putMetrics(conn, job: job.id, step: step, metricsJSON: text)
+                if action == "stop" {
+                    // the last good policy: the job's last checkpoint, or the version it started from
+                    let good: Any = try JobRepository.checkpoint(conn, job: job.id).map { ["policy_version": $0.version, "step": $0.step] }
+                        ?? ["policy_version": startVersion, "step": 0]
+                    try JobRepository.end(conn, job: job.id, state: "collapsed", result: [
+                        "collapsed_at_step": step, "rules": alarms.map(\.rule), "last_good_checkpoint": good], event: [
+                        "state": "collapsed", "job_id": job.id, "step": step, "rules": alarms.map(\.rule)])
+                    return generatingVersion
+                }
+                let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: path)
                 try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
                 try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": object])
                 if let path { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
+                if action == "pause" { try JobRepository.pause(conn, job: job.id, step: done) }
                 return v
             }
+            if action != "continue" { throw JobInterruption.ended }
             version = newVersion
             control.set(cancel: cancel)
             last = object

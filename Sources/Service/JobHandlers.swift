@@ -73,8 +73,8 @@ extension App {
     func listJobs(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let q = req.query
         let (limit, cursor) = try page(q)
-        if let s = q["state"], !["queued", "running", "succeeded", "failed", "cancelled"].contains(s) {
-            throw ServiceError.badRequest("state must be queued, running, succeeded, failed or cancelled")
+        if let s = q["state"], !["queued", "running", "paused", "succeeded", "failed", "cancelled", "collapsed"].contains(s) {
+            throw ServiceError.badRequest("state must be queued, running, paused, succeeded, failed, cancelled or collapsed")
         }
         if let t = q["type"], !["rollout", "sft", "train"].contains(t) { throw ServiceError.badRequest("type must be rollout, sft or train") }
         let rows = try jobs.list(project: project, state: q["state"], type: q["type"], after: cursor, limit: limit + 1)
@@ -144,11 +144,11 @@ extension App {
                     guard w.write("id: \(e.id)\nevent: \(e.type)\ndata: \(data)\n\n") else { return }
                     last = e.id
                     quiet = .now
-                    if ["job.succeeded", "job.failed", "job.cancelled"].contains(e.type) { return }
+                    if ["job.succeeded", "job.failed", "job.cancelled", "job.collapsed"].contains(e.type) { return }
                 }
                 if events.isEmpty {
                     // the job ended and its last event was already sent (or skipped by Last-Event-ID): the stream ends too
-                    if let j = try? jobs.get(project: project, id: id), ["succeeded", "failed", "cancelled"].contains(j.state),
+                    if let j = try? jobs.get(project: project, id: id), ["succeeded", "failed", "cancelled", "collapsed"].contains(j.state),
                        (try? jobs.events(job: id, after: last, limit: 1))?.isEmpty ?? false { return }
                     if ContinuousClock.now - quiet > .seconds(15) { guard w.write(": keep-alive\n\n") else { return }; quiet = .now }
                     Thread.sleep(forTimeInterval: 0.25)

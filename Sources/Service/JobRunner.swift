@@ -22,6 +22,8 @@ enum JobInterruption: Error {
     case leaseLost
     /// This process is shutting down: the job goes back to the queue and resumes elsewhere.
     case shutdown
+    /// The executor already wrote the job's end (collapsed, or paused) in its last step's transaction.
+    case ended
 }
 
 /// What a running job consults between steps.
@@ -142,6 +144,7 @@ public final class JobRunner: @unchecked Sendable {
         } catch is JobRepository.LeaseLost {
         } catch JobInterruption.shutdown {
             try? jobs.release(claim)
+        } catch JobInterruption.ended {
         } catch {
             let permanent = error is ServiceError || JobExecutor.isPermanent(error)
             let message = JobExecutor.describe(error)

@@ -36,6 +36,9 @@ struct JobSpec {
     var maxGradNorm = 1.0
     var checkpointEvery = 5
     var evalEvery = 10
+    /// What a collapse alarm does to a train job: continue (alert only), pause, or stop (state collapsed).
+    var onCollapse = "continue"
+    var collapse = CollapseRules()
 
     var numerics: Numerics { precision == "fp32" ? .fp32 : precision == "deterministic" ? .deterministic : .bf16 }
     var builtInTask: Task? { task.flatMap { Task.Kind(rawValue: $0) }.flatMap { try? Task(kind: $0, difficulty: difficulty) } }
@@ -46,7 +49,7 @@ struct JobSpec {
         let known: Set<String> = ["type", "model", "policy_version", "max_attempts", "seed", "prompts", "n", "max_tokens", "temperature",
                                   "top_p", "top_k", "stop_token_ids", "precision", "task", "difficulty", "rollout_ids", "steps", "batch_size",
                                   "learning_rate", "algorithm", "replay", "tis", "tis_cap", "mini_steps", "max_grad_norm", "checkpoint_every",
-                                  "eval_every"]
+                                  "eval_every", "on_collapse", "collapse"]
         if let unknown = o.keys.sorted().first(where: { !known.contains($0) }) { throw ServiceError.unprocessable("unknown field \(unknown)") }
         guard let t = try f.string("type", required: true, max: 20), let kind = Kind(rawValue: t) else {
             throw ServiceError.unprocessable("type must be rollout, sft or train")
@@ -136,6 +139,14 @@ struct JobSpec {
             miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
             maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
             guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
+            onCollapse = try choice("on_collapse", ["continue", "pause", "stop"]) ?? onCollapse
+            if let c = o["collapse"], !(c is NSNull) {
+                guard let d = c as? [String: Any] else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
+                do { collapse = try CollapseRules(json: d) } catch { throw ServiceError.unprocessable("\(error)") }
+            }
+        }
+        if kind != .train && (o["on_collapse"] != nil || o["collapse"] != nil) {
+            throw ServiceError.unprocessable("on_collapse and collapse apply to train jobs")
         }
         if kind != .rollout {
             guard learningRate > 0 && learningRate <= 1 else { throw ServiceError.unprocessable("learning_rate must be in (0, 1]") }
@@ -161,6 +172,7 @@ struct JobSpec {
             o["steps"] = steps; o["batch_size"] = batchSize; o["n"] = n; o["learning_rate"] = learningRate
             o["algorithm"] = algorithm.rawValue; o["replay"] = replay.rawValue; o["tis"] = tis; o["tis_cap"] = tisCap
             o["mini_steps"] = miniSteps; o["max_grad_norm"] = maxGradNorm; o["checkpoint_every"] = checkpointEvery
+            o["on_collapse"] = onCollapse; o["collapse"] = collapse.json
             if let ids = rolloutIDs { o["rollout_ids"] = ids }
         }
         return o

@@ -24,6 +24,9 @@ public struct ServiceConfig: Sendable {
       R3_MAX_JOB_STEPS       most steps a job may ask for (default 100000)
       R3_MAX_JOB_SAMPLES     most sequences a job step may sample or train on (default 4096)
       R3_MAX_NEW_TOKENS      largest max_tokens a job may ask for (default 4096)
+      R3_WEBHOOK_WORKERS     webhook delivery threads of `r3 serve` (default 2)
+      R3_WEBHOOK_TIMEOUT     seconds a webhook receiver has to answer (default 15)
+      R3_WEBHOOK_ALLOW_PRIVATE  1: webhook URLs may resolve to loopback / private / link-local addresses (default 0)
     """
 
     public var databaseURL: String?
@@ -47,6 +50,9 @@ public struct ServiceConfig: Sendable {
     public var maxJobSteps = 100_000
     public var maxJobSamples = 4096
     public var maxNewTokens = 4096
+    public var webhookWorkers = 2
+    public var webhookTimeout = 15.0
+    public var webhookAllowPrivate = false
 
     public init() {}
 
@@ -89,6 +95,12 @@ public struct ServiceConfig: Sendable {
         c.maxJobSteps = try int("R3_MAX_JOB_STEPS", 1...100_000) ?? c.maxJobSteps
         c.maxJobSamples = try int("R3_MAX_JOB_SAMPLES", 1...4096) ?? c.maxJobSamples
         c.maxNewTokens = try int("R3_MAX_NEW_TOKENS", 1...4096) ?? c.maxNewTokens
+        c.webhookWorkers = try int("R3_WEBHOOK_WORKERS", 0...64) ?? c.webhookWorkers
+        c.webhookTimeout = try seconds("R3_WEBHOOK_TIMEOUT") ?? c.webhookTimeout
+        if let v = env["R3_WEBHOOK_ALLOW_PRIVATE"] {
+            guard v == "0" || v == "1" else { throw ServiceError(400, "R3_WEBHOOK_ALLOW_PRIVATE='\(v)' must be 0 or 1") }
+            c.webhookAllowPrivate = v == "1"
+        }
         return c
     }
 }

@@ -61,9 +61,10 @@ public struct JobRepository: Sendable {
                   updatedAt: try r.string(i, "updated_at")!, runAfter: try r.string(i, "run_after")!)
     }
 
+    /// A job event; the ones webhooks carry also go to the outbox, in the same transaction.
     static func event(_ c: PGConnection, job: String, type: String, data: Any) throws {
         try c.query("INSERT INTO job_events (job_id, type, data) VALUES (\(job)::uuid, \(type), \(json: data)::jsonb)")
-        try c.query("SELECT pg_notify(\(JobRepository.channel + "_events"), \(job))")
+        if WebhookRepository.eventTypes.contains(type) { try WebhookRepository.enqueue(c, job: job, type: type, data: data) }
     }
 
     public enum Created: Sendable { case created(JobRecord), existing(JobRecord), conflict }
@@ -120,7 +121,7 @@ public struct JobRepository: Sendable {
             let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             guard r.count == 1 else { return nil }
             switch try r.string(0, "state") {
-            case "queued":
+            case "queued", "paused":
                 try c.query("""
                     UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = now(), updated_at = now() WHERE id = \(id)::uuid
                     """)
@@ -275,6 +276,51 @@ extension JobRepository {
                 """)
             try JobRepository.event(c, job: claim.job.id, type: "job.requeued", data: ["reason": "worker shutdown"])
             try c.query("SELECT pg_notify(\(JobRepository.channel), \(claim.job.id))")
+        }
+    }
+}
+
+extension JobRepository {
+    /// Ends a running job from inside its fenced step transaction (collapsed).
+    public static func end(_ c: PGConnection, job: String, state: String, result: Any, event data: Any) throws {
+        try c.query("""
+            UPDATE jobs SET state = \(state), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
+                lease_token = NULL, lease_expires_at = NULL WHERE id = \(job)::uuid
+            """)
+        try event(c, job: job, type: "job.\(state)", data: data)
+    }
+
+    /// Pauses a running job after `step` (from inside its fenced step transaction); `resume` queues it again.
+    public static func pause(_ c: PGConnection, job: String, step: Int) throws {
+        try c.query("UPDATE jobs SET state = 'paused', lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = \(job)::uuid")
+        try event(c, job: job, type: "job.paused", data: ["step": step])
+    }
+
+    /// The job's last checkpoint (step, policy version), if it has one.
+    public static func checkpoint(_ c: PGConnection, job: String) throws -> (step: Int, version: Int)? {
+        let r = try c.query("SELECT (checkpoint->>'step')::int AS step, (checkpoint->>'version')::int AS version FROM jobs WHERE id = \(job)::uuid")
+        guard r.count == 1, let s = try r.int(0, "step"), let v = try r.int(0, "version") else { return nil }
+        return (s, v)
+    }
+
+    /// Queues a paused job again (its pause does not count as an attempt). nil: no such job; the record
+    /// otherwise (the caller checks that it was paused).
+    public func resume(project: Int, id: String) throws -> (JobRecord, resumed: Bool)? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        return try pool.transaction { c in
+            let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
+            guard r.count == 1 else { return nil }
+            let paused = try r.string(0, "state") == "paused"
+            if paused {
+                try c.query("""
+                    UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0), run_after = now(), updated_at = now()
+                    WHERE id = \(id)::uuid
+                    """)
+                try JobRepository.event(c, job: id, type: "job.queued", data: ["state": "queued", "reason": "resumed after a pause"])
+                try c.query("SELECT pg_notify(\(JobRepository.channel), \(id))")
+            }
+            let out = try c.query("SELECT \(raw: SQL(stringLiteral: JobRepository.columns)) FROM jobs j WHERE j.id = \(id)::uuid")
+            return (try JobRepository.record(out, 0), paused)
         }
     }
 }

@@ -29,6 +29,7 @@ public struct SQL: ExpressibleByStringInterpolation, Sendable {
         public mutating func appendInterpolation(_ v: Double) { bind(.text(v.isFinite ? String(v) : (v.isNaN ? "NaN" : v > 0 ? "Infinity" : "-Infinity"))) }
         public mutating func appendInterpolation(_ v: Double?) { if let v { appendInterpolation(v) } else { bind(.null) } }
         public mutating func appendInterpolation(_ v: Bool) { bind(.text(v ? "true" : "false")) }
+        public mutating func appendInterpolation(_ v: Bool?) { if let v { appendInterpolation(v) } else { bind(.null) } }
         public mutating func appendInterpolation(_ v: Data) { bind(.bytes(v)) }
         public mutating func appendInterpolation(_ v: SQLValue) { bind(v) }
         /// JSON text for a jsonb column.

@@ -75,16 +75,21 @@ struct ServeCommand: ParsableCommand {
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)
         runner.start()
+        let webhooks = WebhookDispatcher(pool: pool, workers: config.webhookWorkers, timeout: config.webhookTimeout,
+                                         allowPrivate: config.webhookAllowPrivate)
+        webhooks.start()
         let waiter = Thread {
             waitForStopSignal(readEnd)
             FileHandle.standardError.write(Data("r3: finishing in-flight requests and job steps, then stopping\n".utf8))
             server.shutdown()
             runner.stop()
+            webhooks.stop()
         }
         waiter.start()
         FileHandle.standardError.write(Data("r3: listening on http://\(config.host):\(port) (database: \(label); \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads)\n".utf8))
         server.waitUntilStopped()
         runner.waitUntilStopped()
+        webhooks.waitUntilStopped()
         if embedded?.startedHere == true { embedded?.stop() }
         FileHandle.standardError.write(Data("r3: stopped\n".utf8))
     }

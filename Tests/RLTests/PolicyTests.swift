@@ -28,7 +28,7 @@ final class PolicyTests: XCTestCase {
                       "replay_fallback_tokens"] {
                 XCTAssertTrue(m[k]?.isFinite ?? false, "\(mode): \(k) = \(String(describing: m[k]))")
             }
-            XCTAssertEqual(m["replay_live_agreement"]!.isFinite, mode != .none, "\(mode)")
+            XCTAssertEqual(m["replay_live_agreement"]?.isFinite ?? false, mode != .none, "\(mode): no replay, no agreement")
             XCTAssertGreaterThan(m["k3_kl"]!, 0, "bf16 inference against fp32 training must differ")
             if mode == .R3 {
                 XCTAssertEqual(m["replay_live_agreement"]!, 1 - m["router_disagreement"]!, accuracy: 1e-12)

@@ -37,7 +37,7 @@ def job(api, jid):
     return r.json()
 
 
-def wait(api, jid, states=("succeeded", "failed", "cancelled"), timeout=300, until=None):
+def wait(api, jid, states=("succeeded", "failed", "cancelled", "collapsed", "paused"), timeout=300, until=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         j = job(api, jid)

@@ -1,0 +1,161 @@
+// WebhookDispatcher: the delivery workers. Each claims a due delivery from the outbox (SKIP LOCKED, with
+// an in-flight lease), checks the URL again, signs it per Standard Webhooks, POSTs it through
+// URLSession (FoundationNetworking: libcurl) with a 15 s timeout and no redirects, and records the
+// attempt and its outcome (WebhookSchedule). Woken by LISTEN/NOTIFY, polling each second as a fallback.
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Store
+
+/// One HTTP POST, synchronously; redirects are answered, never followed.
+final class WebhookSender: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
+    let timeout: Double
+    private var session: URLSession!
+
+    init(timeout: Double) {
+        self.timeout = timeout
+        super.init()
+        let cfg = URLSessionConfiguration.ephemeral
+        cfg.timeoutIntervalForRequest = timeout
+        cfg.timeoutIntervalForResource = timeout
+        cfg.httpShouldSetCookies = false
+        cfg.urlCache = nil
+        session = URLSession(configuration: cfg, delegate: self, delegateQueue: nil)
+    }
+
+    func urlSession(_ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
+                    newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void) {
+        completionHandler(nil)
+    }
+
+    struct Result { var status: Int?; var retryAfter: Double?; var error: String?; var milliseconds: Double }
+
+    func post(_ url: URL, headers: [String: String], body: Data) -> Result {
+        var req = URLRequest(url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: timeout)
+        req.httpMethod = "POST"
+        for (k, v) in headers { req.setValue(v, forHTTPHeaderField: k) }
+        req.httpBody = body
+        final class Box: @unchecked Sendable { var result = Result(status: nil, retryAfter: nil, error: "no response", milliseconds: 0) }
+        let box = Box(), done = DispatchSemaphore(value: 0)
+        let start = ContinuousClock.now
+        let task = session.dataTask(with: req) { _, response, error in
+            let d = ContinuousClock.now - start
+            box.result.milliseconds = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) * 1e-15
+            if let http = response as? HTTPURLResponse {
+                box.result.status = http.statusCode
+                box.result.error = (200..<300).contains(http.statusCode) ? nil : "HTTP \(http.statusCode)"
+                box.result.retryAfter = (http.value(forHTTPHeaderField: "Retry-After")).flatMap(WebhookSender.retryAfter)
+            } else {
+                box.result.error = error.map { WebhookSender.describe($0) } ?? "no response"
+            }
+            done.signal()
+        }
+        task.resume()
+        if done.wait(timeout: .now() + timeout + 5) == .timedOut {
+            task.cancel()
+            return Result(status: nil, retryAfter: nil, error: "timed out after \(Int(timeout)) s", milliseconds: timeout * 1000)
+        }
+        return box.result
+    }
+
+    /// Retry-After as seconds: an integer, or an HTTP date.
+    static func retryAfter(_ v: String) -> Double? {
+        if let n = Int(v.trimmingCharacters(in: .whitespaces)), n >= 0 { return Double(n) }
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX"); f.timeZone = TimeZone(identifier: "GMT")
+        f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
+        return f.date(from: v).map { max(0, $0.timeIntervalSinceNow) }
+    }
+
+    static func describe(_ e: Error) -> String {
+        let n = e as NSError
+        switch n.code {
+        case NSURLErrorTimedOut: return "timed out"
+        case NSURLErrorCannotConnectToHost: return "connection refused"
+        case NSURLErrorCannotFindHost: return "host not found"
+        case NSURLErrorNetworkConnectionLost: return "connection lost"
+        default: return "network error \(n.code)"
+        }
+    }
+}
+
+public final class WebhookDispatcher: @unchecked Sendable {
+    let repo: WebhookRepository
+    let conninfo: String
+    let workers: Int
+    let allowPrivate: Bool
+    let sender: WebhookSender
+    private let cond = NSCondition()
+    private var stopping = false
+    private var wakeups = 0
+    private let done = DispatchGroup()
+
+    public init(pool: ConnectionPool, workers: Int, timeout: Double, allowPrivate: Bool) {
+        repo = WebhookRepository(pool: pool)
+        conninfo = pool.conninfo
+        self.workers = workers
+        self.allowPrivate = allowPrivate
+        sender = WebhookSender(timeout: timeout)
+    }
+
+    public func start() {
+        guard workers > 0 else { return }
+        let l = Thread { [self] in listen() }
+        l.name = "r3-webhooks-listen"
+        l.start()
+        for i in 0..<workers {
+            done.enter()
+            let t = Thread { [self] in work(); done.leave() }
+            t.name = "r3-webhooks-\(i)"
+            t.start()
+        }
+    }
+
+    public func stop() { cond.lock(); stopping = true; cond.broadcast(); cond.unlock() }
+    public func waitUntilStopped() { done.wait() }
+    var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
+
+    private func listen() {
+        while !isStopping {
+            do {
+                let conn = try PGConnection(conninfo: conninfo)
+                try conn.listen(WebhookRepository.channel)
+                while !isStopping {
+                    if !(try conn.waitForNotifications(timeout: 1)).isEmpty { cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock() }
+                }
+            } catch { Thread.sleep(forTimeInterval: 1) }
+        }
+    }
+
+    private func work() {
+        while !isStopping {
+            cond.lock(); let seen = wakeups; cond.unlock()
+            guard let d = try? repo.claimDue(leaseSeconds: sender.timeout + 45) else {
+                cond.lock()
+                if !stopping && wakeups == seen { _ = cond.wait(until: Date().addingTimeInterval(1)) }
+                cond.unlock()
+                continue
+            }
+            deliver(d)
+        }
+    }
+
+    func deliver(_ d: DueDelivery) {
+        let result: WebhookSender.Result
+        do {
+            let url = try URLGuard.check(d.url, allowPrivate: allowPrivate)
+            let ts = Int(Date().timeIntervalSince1970)
+            result = sender.post(url, headers: [
+                "Content-Type": "application/json", "User-Agent": "r3-webhooks/1",
+                "webhook-id": d.messageID, "webhook-timestamp": String(ts),
+                "webhook-signature": WebhookSigner.signature(id: d.messageID, timestamp: ts, body: d.body, secrets: d.secrets),
+            ], body: Data(d.body.utf8))
+        } catch {
+            result = WebhookSender.Result(status: nil, retryAfter: nil, error: "\(error)", milliseconds: 0)
+        }
+        let outcome = WebhookSchedule.outcome(attempt: d.scheduleAttempt, status: result.status, retryAfter: result.retryAfter,
+                                              unit: Double.random(in: 0..<1))
+        try? repo.record(d, statusCode: result.status, latencyMs: result.milliseconds, error: result.error, outcome: outcome)
+    }
+}
