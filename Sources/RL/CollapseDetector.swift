@@ -44,9 +44,15 @@ public struct CollapseRules: Sendable, Equatable {
         if let v = try num("grad_norm_factor", 1...1e6) { gradNormFactor = v }
         if let v = try num("entropy_fraction", 0...1) { entropyFraction = v }
         if let v = try num("reward_drop", 0...1) { rewardDrop = v }
-        if let v = try num("grad_norm_patience", 1...100) { gradNormPatience = Int(v ?? 2) }
-        if let v = try num("window", 2...10_000) { window = Int(v ?? 20) }
-        if let v = try num("warmup", 1...10_000) { warmup = Int(v ?? 5) }
+        func int(_ k: String, _ range: ClosedRange<Double>, _ d: Int) throws -> Int? {
+            guard let v = try num(k, range) else { return nil }
+            guard let x = v else { return d }
+            guard x == x.rounded() else { throw RLError.invalid("collapse.\(k) must be an integer") }
+            return Int(x)
+        }
+        gradNormPatience = try int("grad_norm_patience", 1...100, 2) ?? gradNormPatience
+        window = try int("window", 2...10_000, 20) ?? window
+        warmup = try int("warmup", 1...10_000, 5) ?? warmup
     }
 
     public var json: [String: Any] {

@@ -77,7 +77,7 @@ class Server:
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("r3data")
     os.chmod(d, 0o755)
-    s = Server(d)
+    s = Server(d, R3_WEBHOOK_ALLOW_PRIVATE="1")   # test receivers listen on loopback
     s.keys = {"a": s.key("project-a"), "b": s.key("project-b")}
     s.start()
     yield s
