@@ -1,7 +1,7 @@
 # R3 — make targets. `make test` installs what is missing (apt), builds and runs the whole suite.
 SHELL := /bin/bash
-APT_PACKAGES := libopenblas-dev libpq-dev postgresql
-PY_PACKAGES := numpy safetensors pytest requests schemathesis openapi-spec-validator standardwebhooks
+APT_PACKAGES := libopenblas-dev libpq-dev postgresql chromium
+PY_PACKAGES := numpy safetensors pytest requests schemathesis openapi-spec-validator standardwebhooks pillow
 SWIFT ?= swift
 CONFIG ?= release
 
@@ -18,7 +18,7 @@ deps:
 
 # Python clients the tests drive the CLI with (numpy writes .npy routes, safetensors reads outputs).
 pydeps:
-	@python3 -c "import numpy, safetensors, pytest, requests, schemathesis, openapi_spec_validator, standardwebhooks" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+	@python3 -c "import numpy, safetensors, pytest, requests, schemathesis, openapi_spec_validator, standardwebhooks, PIL" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)

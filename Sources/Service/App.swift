@@ -15,6 +15,8 @@ public final class App: @unchecked Sendable {
     let metrics = Metrics()
     /// Absolute data directory: model checkpoints live under models/.
     let dataDirectory: URL
+    let pageKeyLock = NSLock()
+    var pageKeyCache: [UInt8]?
 
     typealias Handler = (App, HTTPRequest, [String: String], Int) throws -> HTTPResponse
     struct Route { let method: String; let pattern: [String]; let name: String; let auth: Bool; let handler: Handler }
@@ -35,6 +37,8 @@ public final class App: @unchecked Sendable {
             r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
             r("GET", "/readyz", auth: false) { app, _, _, _ in try app.ready() },
             r("GET", "/metrics", auth: false) { app, _, _, _ in try app.renderMetrics() },
+            r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
+            r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
             r("POST", "/v1/rollouts") { app, req, _, p in try app.createRollout(req, project: p) },
             r("GET", "/v1/rollouts") { app, req, _, p in try app.listRollouts(req, project: p) },
             r("GET", "/v1/rollouts/{id}") { app, _, v, p in try app.getRollout(v["id"]!, project: p) },

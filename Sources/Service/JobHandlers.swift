@@ -20,7 +20,8 @@ extension App {
                 "error": j.error ?? NSNull(), "result": parseJSON(j.resultJSON), "params": params,
                 "created_at": j.createdAt, "started_at": j.startedAt ?? NSNull(), "finished_at": j.finishedAt ?? NSNull(),
                 "updated_at": j.updatedAt, "run_after": j.runAfter,
-                "links": ["self": "/v1/jobs/\(j.id)", "events": "/v1/jobs/\(j.id)/events", "metrics": "/v1/jobs/\(j.id)/metrics"]]
+                "links": ["self": "/v1/jobs/\(j.id)", "events": "/v1/jobs/\(j.id)/events", "metrics": "/v1/jobs/\(j.id)/metrics",
+                          "page": pageURL(job: j.id) as Any? ?? NSNull()] as [String: Any]]
     }
 
     /// FNV-1a of the normalised request: what an Idempotency-Key is bound to.
@@ -79,7 +80,8 @@ extension App {
         if let t = q["type"], !["rollout", "sft", "train"].contains(t) { throw ServiceError.badRequest("type must be rollout, sft or train") }
         let rows = try jobs.list(project: project, state: q["state"], type: q["type"], after: cursor, limit: limit + 1)
         let page = rows.prefix(limit)
-        return .json(200, ["data": page.map(jobJSON), "next_cursor": rows.count > limit ? String(page.last!.seq) as Any : NSNull()])
+        return .json(200, ["data": page.map(jobJSON), "next_cursor": rows.count > limit ? String(page.last!.seq) as Any : NSNull(),
+                           "page_url": pageURL(project: project) as Any? ?? NSNull()])
     }
 
     func cancelJob(_ id: String, project: Int) throws -> HTTPResponse {

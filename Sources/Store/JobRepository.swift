@@ -102,6 +102,13 @@ public struct JobRepository: Sendable {
         return r.count == 0 ? nil : try JobRepository.record(r, 0)
     }
 
+    /// A job by id whatever its project (for signed page links, which name the job).
+    public func getAny(id: String) throws -> JobRecord? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let r = try pool.withRetry { try $0.query("SELECT \(raw: SQL(stringLiteral: JobRepository.columns)) FROM jobs j WHERE j.id = \(id)::uuid") }
+        return r.count == 0 ? nil : try JobRepository.record(r, 0)
+    }
+
     public func list(project: Int, state: String?, type: String?, after cursor: Int, limit: Int) throws -> [JobRecord] {
         let r = try pool.withRetry { c in
             try c.query("""
