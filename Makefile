@@ -5,7 +5,7 @@ PY_PACKAGES := numpy safetensors pytest requests schemathesis openapi-spec-valid
 SWIFT ?= swift
 CONFIG ?= release
 
-.PHONY: deps pydeps build run test bench bench-rl clean
+.PHONY: deps pydeps build run test bench bench-rl demo clean
 
 # Installs the system libraries the build links against, only when missing.
 deps:
@@ -36,6 +36,10 @@ run: build
 
 bench: build
 	.build/$(CONFIG)/r3 bench engine
+
+# The R3 result end to end through the API: plots and report.json in ./r3-demo (README's table and plot).
+demo: build
+	.build/$(CONFIG)/r3 demo --out r3-demo --readme README.md
 
 # SFT a small MoE, then RL from that checkpoint under replay none / R2 / R3 with the same seeds.
 bench-rl: build

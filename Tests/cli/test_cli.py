@@ -108,3 +108,28 @@ def test_bad_config_names_the_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     p = r3("init-model", "--config", tmp_path / "config.json", "--out", tmp_path / "m", ok=False)
     assert p.returncode != 0 and "num_experts_per_tok" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
+    """`r3 demo --quick --json`: the whole flow through the API of a service it starts itself."""
+    out = tmp_path / "demo"
+    os.chmod(tmp_path, 0o755)
+    p = subprocess.run([R3, "demo", "--quick", "--json", "--seed", "3", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(p.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["none", "R2", "R3", "TIS", "GSPO+R3"]
+    assert report["sft"]["eval_reward"] > 0
+    for r in report["runs"]:
+        assert r["state"] == "succeeded" and r["steps"] == 6
+        for k in ["k3_kl_mean", "k3_kl_max", "extreme_frac_tau2_mean", "router_disagreement_mean", "token_disagreement_mean",
+                  "reward_first", "reward_last", "step_seconds_mean", "k3_kl_step0"]:
+            assert isinstance(r[k], (int, float)), (r["name"], k)
+        assert r["collapse_step"] is None or isinstance(r["collapse_step"], int)
+    assert {(r["replay"], r["algorithm"], r["tis"]) for r in report["runs"]} == {
+        ("none", "grpo", False), ("R2", "grpo", False), ("R3", "grpo", False), ("none", "grpo", True), ("R3", "gspo", False)}
+    for path in report["plots"]:
+        svg = open(path).read()
+        assert svg.startswith("<svg") and svg.count("<path") >= 5 and "R3" in svg
+    # not a terminal: plain progress lines, no carriage-return redraws
+    assert "\r" not in p.stderr and "step 6/6" in p.stderr
