@@ -79,7 +79,7 @@ struct DemoCommand: ParsableCommand {
         var sftReward = 0.0, sftVersion = 0, sftSteps = 0
         for round in 0..<4 {
             let n = quick ? 60 : 150
-            let job = try api.submitAndWait(["type": "sft", "model": modelID, "steps": n, "learning_rate": 3e-3, "seed": seed + round,
+            let job = try api.submitAndWait(["type": "sft", "model": modelID, "steps": n, "learning_rate": 3e-3, "seed": seed + round, "checkpoint_every": n,
                                              "eval_every": n] .merging(task) { $1 }, label: "sft", log: log)
             sftSteps += n
             let result = job["result"] as? [String: Any] ?? [:]
