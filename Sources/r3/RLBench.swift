@@ -25,7 +25,7 @@ struct RLBenchCommand: ParsableCommand {
     @Option(help: "Comma-separated replay modes.") var modes = "none,R2,R3"
     @Option var seed: UInt64 = 1
     @Option(name: .customLong("init-std"), help: "Init std of the weight matrices (larger: experts differ more).") var initStd: Float = 0.02
-    @Option(name: .customLong("router-std"), help: "Init std of the routers.") var routerStd: Float = 0.5
+    @Option(name: .customLong("router-std"), help: "Init std of the routers (HF's 0.02; much larger makes the gates degenerate after SFT).") var routerStd: Float = 0.02
     @Option(help: "Worker threads (default: all cores).") var workers = ProcessInfo.processInfo.activeProcessorCount
 
     func run() throws {
@@ -67,6 +67,7 @@ struct RLBenchCommand: ParsableCommand {
             let third = max(1, steps / 3)
             try printJSON(["case": "rl", "replay": mode, "steps": steps, "samples_per_step": batch * n, "mini_steps": miniSteps,
                            "k3_kl_mean": mean("k3_kl"), "k3_kl_max": maxOf("k3_kl"),
+                           "k3_kl_step0": rows.first?["k3_kl"] ?? NSNull(),   // the same policy and samples in every mode
                            "extreme_frac_tau2_mean": mean("extreme_frac_tau2"), "extreme_frac_tau5_mean": mean("extreme_frac_tau5"),
                            "router_disagreement_mean": mean("router_disagreement"), "token_disagreement_mean": mean("token_disagreement"),
                            "replay_live_agreement_mean": mean("replay_live_agreement"), "grad_norm_mean": mean("grad_norm"),
