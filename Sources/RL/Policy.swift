@@ -120,6 +120,16 @@ public final class Policy {
                 var ent = 0.0, n = 0
                 for r in segments { for t in r { ent += Double(f.entropy[t]); n += 1 } }   // a NaN stays visible
                 m["entropy"] = ent / Double(max(1, n))
+                // how spread the used gate weights are (nats, of the K weights normalised): near 0 means one
+                // expert carries the token, and a flipped lower expert barely matters (replay cannot help)
+                var ge = 0.0
+                for g in stride(from: 0, to: f.gates.count, by: K) {
+                    var sum = 0.0
+                    for j in 0..<K { sum += Double(f.gates[g + j]) }
+                    guard sum > 0 else { continue }
+                    for j in 0..<K { let p = Double(f.gates[g + j]) / sum; if p > 0 { ge -= p * log(p) } }
+                }
+                if !f.gates.isEmpty { m["router_gate_entropy"] = ge / Double(f.gates.count / K) }
                 if c.replay == .R2 { r2 = (0..<samples.count).map { f.routes.slice(f.rows(ofSequence: $0)) } }
                 if c.replay == .R3 {
                     for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }

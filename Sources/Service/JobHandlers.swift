@@ -95,7 +95,7 @@ extension App {
 
     static let metricColumns = ["step", "policy_version", "reward_mean", "response_len_mean", "k3_kl", "extreme_frac_tau2", "extreme_frac_tau5",
                                 "router_disagreement", "token_disagreement", "routers_differing_per_token", "replay_live_agreement",
-                                "replay_fallback_tokens", "grad_norm", "entropy", "clip_frac", "loss", "rollout_seconds", "train_seconds",
+                                "replay_fallback_tokens", "router_gate_entropy", "grad_norm", "entropy", "clip_frac", "loss", "rollout_seconds", "train_seconds",
                                 "checkpoint_seconds", "step_seconds"]
 
     func jobMetrics(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {

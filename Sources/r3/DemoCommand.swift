@@ -156,6 +156,7 @@ struct DemoCommand: ParsableCommand {
         return ["name": r.name, "replay": r.replay, "algorithm": r.algorithm, "tis": r.tis, "job_id": job["id"] ?? NSNull(),
                 "k3_kl_step0": first["k3_kl"] ?? NSNull(), "extreme_frac_tau2_step0": first["extreme_frac_tau2"] ?? NSNull(),
                 "router_disagreement_step0": first["router_disagreement"] ?? NSNull(),
+                "router_gate_entropy_step0": first["router_gate_entropy"] ?? NSNull(), "router_gate_entropy_mean": mean("router_gate_entropy"),
                 "state": job["state"] ?? NSNull(), "steps": rows.count,
                 "k3_kl_mean": mean("k3_kl"), "k3_kl_max": maxv("k3_kl"),
                 "extreme_frac_tau2_mean": mean("extreme_frac_tau2"), "extreme_frac_tau2_max": maxv("extreme_frac_tau2"),

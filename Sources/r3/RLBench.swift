@@ -70,7 +70,7 @@ struct RLBenchCommand: ParsableCommand {
                            "k3_kl_step0": rows.first?["k3_kl"] ?? NSNull(),   // the same policy and samples in every mode
                            "extreme_frac_tau2_mean": mean("extreme_frac_tau2"), "extreme_frac_tau5_mean": mean("extreme_frac_tau5"),
                            "router_disagreement_mean": mean("router_disagreement"), "token_disagreement_mean": mean("token_disagreement"),
-                           "replay_live_agreement_mean": mean("replay_live_agreement"), "grad_norm_mean": mean("grad_norm"),
+                           "replay_live_agreement_mean": mean("replay_live_agreement"), "router_gate_entropy_mean": mean("router_gate_entropy"), "grad_norm_mean": mean("grad_norm"),
                            "reward_first_third": rewards.prefix(third).reduce(0, +) / Double(third),
                            "reward_last_third": rewards.suffix(third).reduce(0, +) / Double(third),
                            "reward_curve": rewards.map { ($0 * 1000).rounded() / 1000 },

@@ -25,11 +25,12 @@ final class PolicyTests: XCTestCase {
             let m = try p.optimise(samples, c)
             for k in ["k3_kl", "extreme_frac_tau2", "extreme_frac_tau5", "router_disagreement", "token_disagreement",
                       "routers_differing_per_token", "grad_norm", "entropy", "reward_mean", "response_len_mean", "clip_frac",
-                      "replay_fallback_tokens"] {
+                      "replay_fallback_tokens", "router_gate_entropy"] {
                 XCTAssertTrue(m[k]?.isFinite ?? false, "\(mode): \(k) = \(String(describing: m[k]))")
             }
             XCTAssertEqual(m["replay_live_agreement"]?.isFinite ?? false, mode != .none, "\(mode): no replay, no agreement")
             XCTAssertGreaterThan(m["k3_kl"]!, 0, "bf16 inference against fp32 training must differ")
+            XCTAssertTrue((0...log(2.0) + 1e-9).contains(m["router_gate_entropy"]!), "top-2 gate entropy is within [0, ln 2]")
             if mode == .R3 {
                 XCTAssertEqual(m["replay_live_agreement"]!, 1 - m["router_disagreement"]!, accuracy: 1e-12)
             }
