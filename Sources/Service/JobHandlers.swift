@@ -48,7 +48,7 @@ extension App {
         if samples > config.maxJobSamples { throw ServiceError.unprocessable("this server samples or trains on at most \(config.maxJobSamples) sequences per step; the request asks for \(samples)") }
         if let t = spec.maxTokens, t > config.maxNewTokens { throw ServiceError.unprocessable("max_tokens: this server generates at most \(config.maxNewTokens) tokens") }
         if let ids = spec.rolloutIDs {
-            let missing = try rollouts.withRoutes(project: project, ids: Array(ids.prefix(4096))).missing
+            let missing = try rollouts.missing(project: project, ids: ids)
             if let m = missing.first { throw ServiceError.unprocessable("rollout_ids: rollout \(m) does not exist in this project") }
         }
         if let v = spec.policyVersion, try models.checkpoint(model: spec.model, version: v) == nil {

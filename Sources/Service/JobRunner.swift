@@ -35,7 +35,6 @@ final class JobControl: @unchecked Sendable {
 
     func set(cancel c: Bool) { lock.lock(); cancel = cancel || c; lock.unlock() }
     func setLost() { lock.lock(); lost = true; lock.unlock() }
-    var isLost: Bool { lock.lock(); defer { lock.unlock() }; return lost }
 
     /// Throws when the job must stop before its next step.
     func check() throws {
@@ -86,18 +85,8 @@ public final class JobRunner: @unchecked Sendable {
     var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
 
     private func listen() {
-        while !isStopping {
-            do {
-                let conn = try PGConnection(conninfo: app.pool.conninfo)
-                try conn.listen(JobRepository.channel)
-                while !isStopping {
-                    if !(try conn.waitForNotifications(timeout: 1)).isEmpty {
-                        cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
-                    }
-                }
-            } catch {
-                Thread.sleep(forTimeInterval: 1)   // the database is away: the workers keep polling
-            }
+        PGConnection.listenLoop(conninfo: app.pool.conninfo, channel: JobRepository.channel, stopping: { isStopping }) {
+            cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
         }
     }
 

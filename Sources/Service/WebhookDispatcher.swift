@@ -117,14 +117,8 @@ public final class WebhookDispatcher: @unchecked Sendable {
     var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
 
     private func listen() {
-        while !isStopping {
-            do {
-                let conn = try PGConnection(conninfo: conninfo)
-                try conn.listen(WebhookRepository.channel)
-                while !isStopping {
-                    if !(try conn.waitForNotifications(timeout: 1)).isEmpty { cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock() }
-                }
-            } catch { Thread.sleep(forTimeInterval: 1) }
+        PGConnection.listenLoop(conninfo: conninfo, channel: WebhookRepository.channel, stopping: { isStopping }) {
+            cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
         }
     }
 

@@ -62,7 +62,7 @@ public struct JobRepository: Sendable {
     }
 
     /// A job event; the ones webhooks carry also go to the outbox, in the same transaction.
-    static func event(_ c: PGConnection, job: String, type: String, data: Any) throws {
+    public static func addEvent(_ c: PGConnection, job: String, type: String, data: Any) throws {
         try c.query("INSERT INTO job_events (job_id, type, data) VALUES (\(job)::uuid, \(type), \(json: data)::jsonb)")
         if WebhookRepository.eventTypes.contains(type) { try WebhookRepository.enqueue(c, job: job, type: type, data: data) }
     }
@@ -82,7 +82,7 @@ public struct JobRepository: Sendable {
                 """)
             if res.count == 1 {
                 let job = try JobRepository.record(res, 0)
-                try JobRepository.event(c, job: job.id, type: "job.queued", data: ["state": "queued"])
+                try JobRepository.addEvent(c, job: job.id, type: "job.queued", data: ["state": "queued"])
                 try c.query("SELECT pg_notify(\(JobRepository.channel), \(job.id))")
                 return .created(job)
             }
@@ -132,10 +132,10 @@ public struct JobRepository: Sendable {
                 try c.query("""
                     UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = now(), updated_at = now() WHERE id = \(id)::uuid
                     """)
-                try JobRepository.event(c, job: id, type: "job.cancelled", data: ["state": "cancelled"])
+                try JobRepository.addEvent(c, job: id, type: "job.cancelled", data: ["state": "cancelled"])
             case "running":
                 try c.query("UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = \(id)::uuid")
-                try JobRepository.event(c, job: id, type: "job.cancel_requested", data: ["state": "running"])
+                try JobRepository.addEvent(c, job: id, type: "job.cancel_requested", data: ["state": "running"])
             default: break
             }
             let out = try c.query("SELECT \(raw: SQL(stringLiteral: JobRepository.columns)) FROM jobs j WHERE j.id = \(id)::uuid")
@@ -195,10 +195,6 @@ public struct JobRepository: Sendable {
         try c.query("UPDATE jobs SET progress = \(json: progress)::jsonb, updated_at = now() WHERE id = \(job)::uuid")
     }
 
-    public static func addEvent(_ c: PGConnection, job: String, type: String, data: Any) throws {
-        try event(c, job: job, type: type, data: data)
-    }
-
     public static func setCheckpoint(_ c: PGConnection, job: String, checkpoint: Any) throws {
         try c.query("UPDATE jobs SET checkpoint = \(json: checkpoint)::jsonb WHERE id = \(job)::uuid")
     }
@@ -224,7 +220,7 @@ public struct JobRepository: Sendable {
                 UPDATE jobs SET state = \(state), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
                     lease_token = NULL, lease_expires_at = NULL WHERE id = \(claim.job.id)::uuid
                 """)
-            try JobRepository.event(c, job: claim.job.id, type: "job.\(state)", data: data)
+            try JobRepository.addEvent(c, job: claim.job.id, type: "job.\(state)", data: data)
         }
     }
 
@@ -236,13 +232,13 @@ public struct JobRepository: Sendable {
                     UPDATE jobs SET state = 'queued', error = \(error), run_after = now() + make_interval(secs => \(d)),
                         lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = \(claim.job.id)::uuid
                     """)
-                try JobRepository.event(c, job: claim.job.id, type: "job.retrying", data: ["error": error, "retry_in_seconds": d, "attempt": claim.job.attempts])
+                try JobRepository.addEvent(c, job: claim.job.id, type: "job.retrying", data: ["error": error, "retry_in_seconds": d, "attempt": claim.job.attempts])
             } else {
                 try c.query("""
                     UPDATE jobs SET state = 'failed', error = \(error), finished_at = now(), updated_at = now(),
                         lease_token = NULL, lease_expires_at = NULL WHERE id = \(claim.job.id)::uuid
                     """)
-                try JobRepository.event(c, job: claim.job.id, type: "job.failed", data: ["error": error, "attempts": claim.job.attempts])
+                try JobRepository.addEvent(c, job: claim.job.id, type: "job.failed", data: ["error": error, "attempts": claim.job.attempts])
             }
         }
     }
@@ -281,7 +277,7 @@ extension JobRepository {
                 UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0), lease_token = NULL, lease_expires_at = NULL,
                     run_after = now(), updated_at = now() WHERE id = \(claim.job.id)::uuid
                 """)
-            try JobRepository.event(c, job: claim.job.id, type: "job.requeued", data: ["reason": "worker shutdown"])
+            try JobRepository.addEvent(c, job: claim.job.id, type: "job.requeued", data: ["reason": "worker shutdown"])
             try c.query("SELECT pg_notify(\(JobRepository.channel), \(claim.job.id))")
         }
     }
@@ -294,13 +290,13 @@ extension JobRepository {
             UPDATE jobs SET state = \(state), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
                 lease_token = NULL, lease_expires_at = NULL WHERE id = \(job)::uuid
             """)
-        try event(c, job: job, type: "job.\(state)", data: data)
+        try addEvent(c, job: job, type: "job.\(state)", data: data)
     }
 
     /// Pauses a running job after `step` (from inside its fenced step transaction); `resume` queues it again.
     public static func pause(_ c: PGConnection, job: String, step: Int) throws {
         try c.query("UPDATE jobs SET state = 'paused', lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = \(job)::uuid")
-        try event(c, job: job, type: "job.paused", data: ["step": step])
+        try addEvent(c, job: job, type: "job.paused", data: ["step": step])
     }
 
     /// The job's last checkpoint (step, policy version), if it has one.
@@ -323,7 +319,7 @@ extension JobRepository {
                     UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0), run_after = now(), updated_at = now()
                     WHERE id = \(id)::uuid
                     """)
-                try JobRepository.event(c, job: id, type: "job.queued", data: ["state": "queued", "reason": "resumed after a pause"])
+                try JobRepository.addEvent(c, job: id, type: "job.queued", data: ["state": "queued", "reason": "resumed after a pause"])
                 try c.query("SELECT pg_notify(\(JobRepository.channel), \(id))")
             }
             let out = try c.query("SELECT \(raw: SQL(stringLiteral: JobRepository.columns)) FROM jobs j WHERE j.id = \(id)::uuid")

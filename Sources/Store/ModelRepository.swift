@@ -96,8 +96,4 @@ public struct ModelRepository: Sendable {
             """)
         return try r.int(0, "version")!
     }
-
-    public static func setCheckpoint(_ c: PGConnection, model: String, version: Int, path: String) throws {
-        try c.query("UPDATE policy_versions SET checkpoint_path = \(path) WHERE model_id = \(model)::uuid AND version = \(version)")
-    }
 }

@@ -96,6 +96,20 @@ public final class PGConnection {
         return out
     }
 
+    /// Listens on `channel` from a connection of its own until `stopping()`, calling `notified()` for each
+    /// batch of notifications; reconnects after a second while the database is away.
+    public static func listenLoop(conninfo: String, channel: String, stopping: () -> Bool, notified: () -> Void) {
+        while !stopping() {
+            do {
+                let conn = try PGConnection(conninfo: conninfo)
+                try conn.listen(channel)
+                while !stopping() { if !(try conn.waitForNotifications(timeout: 1)).isEmpty { notified() } }
+            } catch {
+                Thread.sleep(forTimeInterval: 1)   // callers poll meanwhile
+            }
+        }
+    }
+
     private func check(_ res: OpaquePointer?) throws -> PGResult {
         guard let r = res else {
             throw StoreError.unavailable(PGConnection.firstLine(conn.map { String(cString: PQerrorMessage($0)) } ?? "no connection"))

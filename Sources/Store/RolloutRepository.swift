@@ -167,6 +167,16 @@ public struct RolloutRepository: Sendable {
 }
 
 extension RolloutRepository {
+    /// The ids among `ids` that are not rollouts of this project, in one query.
+    public func missing(project: Int, ids: [String]) throws -> [String] {
+        let valid = ids.filter { UUID(uuidString: $0) != nil }
+        let r = try pool.withRetry { c in
+            try c.query("SELECT id FROM rollouts WHERE project_id = \(project) AND id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])")
+        }
+        let found = Set(try (0..<r.count).map { try r.string($0, "id")!.lowercased() })
+        return ids.filter { !found.contains($0.lowercased()) }
+    }
+
     /// Rollouts of this project by id, in the order given, each with its packed routes (nil when none).
     /// Ids not found are returned in `missing`.
     public func withRoutes(project: Int, ids: [String]) throws -> (found: [(RolloutRecord, PackedRoutes?)], missing: [String]) {

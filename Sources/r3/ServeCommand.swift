@@ -52,9 +52,14 @@ func installStopSignals() throws -> Int32 {
     return fds[0]
 }
 
-func waitForStopSignal(_ fd: Int32) {
-    var b: UInt8 = 0
-    while read(fd, &b, 1) < 0 && errno == EINTR {}
+/// On a thread of its own: waits for the stop signal, says what it is finishing, then runs `stop`.
+func onStopSignal(_ fd: Int32, _ finishing: String, _ stop: @escaping @Sendable () -> Void) {
+    Thread {
+        var b: UInt8 = 0
+        while read(fd, &b, 1) < 0 && errno == EINTR {}
+        FileHandle.standardError.write(Data("r3: \(finishing), then stopping\n".utf8))
+        stop()
+    }.start()
 }
 
 struct ServeCommand: ParsableCommand {
@@ -78,14 +83,7 @@ struct ServeCommand: ParsableCommand {
         let webhooks = WebhookDispatcher(pool: pool, workers: config.webhookWorkers, timeout: config.webhookTimeout,
                                          allowPrivate: config.webhookAllowPrivate)
         webhooks.start()
-        let waiter = Thread {
-            waitForStopSignal(readEnd)
-            FileHandle.standardError.write(Data("r3: finishing in-flight requests and job steps, then stopping\n".utf8))
-            server.shutdown()
-            runner.stop()
-            webhooks.stop()
-        }
-        waiter.start()
+        onStopSignal(readEnd, "finishing in-flight requests and job steps") { server.shutdown(); runner.stop(); webhooks.stop() }
         FileHandle.standardError.write(Data("r3: listening on http://\(config.host):\(port) (database: \(label); \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads)\n".utf8))
         server.waitUntilStopped()
         runner.waitUntilStopped()
@@ -137,12 +135,7 @@ struct WorkerCommand: ParsableCommand {
         let (pool, embedded, label) = try openDatabase(config)
         let runner = JobRunner(app: App(config: config, pool: pool), config: config.jobRunner)
         runner.start()
-        let waiter = Thread {
-            waitForStopSignal(readEnd)
-            FileHandle.standardError.write(Data("r3: finishing the current job steps, then stopping\n".utf8))
-            runner.stop()
-        }
-        waiter.start()
+        onStopSignal(readEnd, "finishing the current job steps") { runner.stop() }
         FileHandle.standardError.write(Data("r3: \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads (database: \(label))\n".utf8))
         runner.waitUntilStopped()
         if embedded?.startedHere == true { embedded?.stop() }
