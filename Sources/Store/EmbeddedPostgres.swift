@@ -40,9 +40,20 @@ public final class EmbeddedPostgres: @unchecked Sendable {
     /// libpq connection string for the cluster's unix socket.
     public var conninfo: String { "host=\(socketDir.path) port=5432 dbname=\(database) user=r3 connect_timeout=5" }
 
+    /// Held while a process initialises or starts the cluster: `r3 serve` and several `r3 worker`s started
+    /// together on one data directory must not run initdb, chown or pg_ctl start at the same time.
+    var lockFile: URL { directory.deletingLastPathComponent().appendingPathComponent("pg.lock") }
+
     /// Initialises the cluster if needed, starts it if not running, and creates the database.
     public func start() throws {
         let fm = FileManager.default
+        try fm.createDirectory(at: directory.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let lock = open(lockFile.path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard lock >= 0 else { throw StoreError.embedded("cannot open \(lockFile.path): \(String(cString: strerror(errno)))") }
+        defer { close(lock) }   // closing releases the lock
+        while flock(lock, LOCK_EX) != 0 {
+            if errno != EINTR { throw StoreError.embedded("cannot lock \(lockFile.path): \(String(cString: strerror(errno)))") }
+        }
         try fm.createDirectory(at: socketDir, withIntermediateDirectories: true)
         if let u = asUser {
             // the server user must own its directories and be able to reach them
@@ -85,8 +96,9 @@ public final class EmbeddedPostgres: @unchecked Sendable {
     func run(_ path: String, _ args: [String], asServer: Bool) throws -> String {
         var argv = [path] + args
         if asServer, let u = asUser { argv = ["/usr/sbin/runuser", "-u", u, "--"] + argv }
-        // Output goes to a file, not a pipe: the server pg_ctl starts would hold a pipe open forever.
-        let outURL = directory.appendingPathComponent("ctl-\(UUID().uuidString).out")
+        // Output goes to a file, not a pipe: the server pg_ctl starts would hold a pipe open forever. The file
+        // is outside the cluster directory, which another process may be chown -R'ing at this moment.
+        let outURL = FileManager.default.temporaryDirectory.appendingPathComponent("r3-pg-ctl-\(getpid())-\(UUID().uuidString).out")
         defer { try? FileManager.default.removeItem(at: outURL) }
         let status = try spawnAndWait(argv, output: outURL.path)
         let text = (try? String(contentsOf: outURL, encoding: .utf8)) ?? ""
