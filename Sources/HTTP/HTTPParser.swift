@@ -1,38 +1,44 @@
 // HTTPParser: a strict HTTP/1.1 request parser (RFC 9112) as a pure state machine over bytes. The
-// connection feeds it its unread bytes; it says how many it consumed and what happened. No I/O.
+// connection feeds it its unread bytes; it says how many it consumed and what happened: a head, a piece
+// of body (framing removed), the end of a message, or an error. It never buffers a body itself, so the
+// server decides when (and whether) body bytes are read at all. No I/O.
 
 public struct HTTPParser {
     public enum Event: Equatable {
         case needMore
-        /// The head asked for `Expect: 100-continue` and the body has not started: send 100 now.
-        case sendContinue
-        case request(HTTPRequestHead, body: [UInt8])
+        /// A complete head. With a body (`framing` not `.none`), `.body` pieces and `.end` follow.
+        case head(HTTPRequestHead)
+        /// Body bytes at this range of the buffer given to `next` (already counted as consumed).
+        case body(Range<Int>)
+        /// The body (and any trailer section) is complete.
+        case end
         case error(HTTPParseError)
     }
 
-    enum State {
+    enum State: Equatable {
         case head(scanned: Int)
-        case fixed(HTTPRequestHead, remaining: Int)
-        case chunkSize(HTTPRequestHead)
-        case chunkData(HTTPRequestHead, remaining: Int)
-        case chunkDataEnd(HTTPRequestHead)
-        case trailers(HTTPRequestHead, scanned: Int)
+        case fixed(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers(scanned: Int)
         case failed
     }
 
     public let limits: HTTPLimits
     var state: State = .head(scanned: 0)
-    var body: [UInt8] = []
-    var continueSent = false
+    /// Body bytes of the current message so far (chunked bodies are checked against the limit).
+    public private(set) var bodyBytes = 0
 
     public init(limits: HTTPLimits = HTTPLimits()) { self.limits = limits }
 
-    /// True while a request's head is complete and its body is still arriving.
+    /// True while a message's head has been parsed and its body is not finished.
     public var inBody: Bool { if case .head = state { return false }; if case .failed = state { return false }; return true }
 
     /// Parses from the front of `buf`; returns the bytes consumed and the event. Call again while the
-    /// event is not `.needMore` (a pipelined request may follow).
-    public mutating func next(_ buf: UnsafeRawBufferPointer) -> (consumed: Int, event: Event) {
+    /// event is not `.needMore` (a pipelined request may follow). At most `bodyAllowance` body bytes are
+    /// handed out per call; with 0 nothing of a body is consumed.
+    public mutating func next(_ buf: UnsafeRawBufferPointer, bodyAllowance: Int = .max) -> (consumed: Int, event: Event) {
         var used = 0
         while true {
             let rest = UnsafeRawBufferPointer(rebasing: buf[used...])
@@ -55,30 +61,26 @@ public struct HTTPParser {
                     return fail(used, e.status, e.message)
                 } catch { return fail(used, 400, "malformed request head") }
                 used += end + 4
-                body = []
-                continueSent = false
+                bodyBytes = 0
                 switch head.framing {
-                case .none:
-                    state = .head(scanned: 0)
-                    return (used, .request(head, body: []))
+                case .none: state = .head(scanned: 0)
                 case let .length(n):
                     if n > limits.maxBodyBytes { return fail(used, 413, "body of \(n) bytes exceeds the limit of \(limits.maxBodyBytes)") }
-                    body.reserveCapacity(n)
-                    state = .fixed(head, remaining: n)
-                case .chunked:
-                    state = .chunkSize(head)
+                    state = .fixed(remaining: n)
+                case .chunked: state = .chunkSize
                 }
-                if head.expectContinue && used == buf.count { continueSent = true; return (used, .sendContinue) }
-            case let .fixed(head, remaining):
-                let take = min(remaining, rest.count)
-                body.append(contentsOf: rest[..<take])
-                used += take
-                if take < remaining { state = .fixed(head, remaining: remaining - take); return (used, .needMore) }
-                state = .head(scanned: 0)
-                return (used, .request(head, body: finish()))
-            case let .chunkSize(head):
+                return (used, .head(head))
+            case let .fixed(remaining):
+                if remaining == 0 { state = .head(scanned: 0); return (used, .end) }
+                let take = min(remaining, rest.count, bodyAllowance)
+                if take == 0 { return (used, .needMore) }
+                state = .fixed(remaining: remaining - take)
+                bodyBytes += take
+                return (used + take, .body(used..<(used + take)))
+            case .chunkSize:
                 guard let eol = find(rest, crlf, from: 0) else {
                     if rest.count > limits.maxChunkLine { return fail(used, 400, "chunk-size line too long") }
+                    if let lf = rest.firstIndex(of: 0x0A) { _ = lf; return fail(used, 400, "bare LF in a chunk-size line") }
                     return (used, .needMore)
                 }
                 if eol > limits.maxChunkLine { return fail(used, 400, "chunk-size line too long") }
@@ -88,48 +90,94 @@ public struct HTTPParser {
                     size = size << 4 | d; i += 1
                 }
                 if i == 0 { return fail(used, 400, "invalid chunk size") }
-                // optional chunk extensions: ;name[=value], bounded by maxChunkLine and otherwise ignored
-                if i < eol && rest[i] != UInt8(ascii: ";") && rest[i] != UInt8(ascii: " ") && rest[i] != UInt8(ascii: "\t") {
-                    return fail(used, 400, "invalid chunk size")
-                }
-                for j in i..<eol where rest[j] == 0x0D || rest[j] == 0x0A || rest[j] == 0 { return fail(used, 400, "invalid chunk extension") }
+                if let problem = chunkExtensions(UnsafeRawBufferPointer(rebasing: rest[i..<eol])) { return fail(used, 400, problem) }
                 used += eol + 2
-                if size == 0 { state = .trailers(head, scanned: 0); continue }
-                if body.count + size > limits.maxBodyBytes { return fail(used, 413, "chunked body exceeds the limit of \(limits.maxBodyBytes) bytes") }
-                state = .chunkData(head, remaining: size)
-            case let .chunkData(head, remaining):
-                let take = min(remaining, rest.count)
-                body.append(contentsOf: rest[..<take])
-                used += take
-                if take < remaining { state = .chunkData(head, remaining: remaining - take); return (used, .needMore) }
-                state = .chunkDataEnd(head)
-            case let .chunkDataEnd(head):
+                if size == 0 { state = .trailers(scanned: 0); continue }
+                if bodyBytes + size > limits.maxBodyBytes { return fail(used, 413, "chunked body exceeds the limit of \(limits.maxBodyBytes) bytes") }
+                state = .chunkData(remaining: size)
+            case let .chunkData(remaining):
+                let take = min(remaining, rest.count, bodyAllowance)
+                if take == 0 { return (used, .needMore) }
+                state = take < remaining ? .chunkData(remaining: remaining - take) : .chunkDataEnd
+                bodyBytes += take
+                return (used + take, .body(used..<(used + take)))
+            case .chunkDataEnd:
                 if rest.count < 2 { return (used, .needMore) }
                 guard rest[0] == 0x0D, rest[1] == 0x0A else { return fail(used, 400, "chunk data not followed by CRLF") }
                 used += 2
-                state = .chunkSize(head)
-            case let .trailers(head, scanned):
+                state = .chunkSize
+            case let .trailers(scanned):
                 if rest.count >= 2 && rest[0] == 0x0D && rest[1] == 0x0A {   // no trailer fields
                     used += 2
                     state = .head(scanned: 0)
-                    return (used, .request(head, body: finish()))
+                    return (used, .end)
                 }
+                if rest.count >= 1 && rest[0] == 0x0A { return fail(used, 400, "bare LF in the trailer section") }
                 guard let end = find(rest, crlfcrlf, from: max(0, scanned - 3)) else {
                     if rest.count > limits.maxHeaderBytes { return fail(used, 431, "trailer section too large") }
-                    state = .trailers(head, scanned: rest.count)
+                    if let problem = trailerProblem(UnsafeRawBufferPointer(rebasing: rest[..<rest.count]), complete: false) { return fail(used, 400, problem) }
+                    state = .trailers(scanned: rest.count)
                     return (used, .needMore)
                 }
-                for j in 0..<end where rest[j] == 0 { return fail(used, 400, "NUL in trailer section") }
+                if let problem = trailerProblem(UnsafeRawBufferPointer(rebasing: rest[..<(end + 2)]), complete: true) { return fail(used, 400, problem) }
                 used += end + 4
                 state = .head(scanned: 0)
-                return (used, .request(head, body: finish()))
+                return (used, .end)
             }
         }
     }
 
-    private mutating func finish() -> [UInt8] {
-        defer { body = [] }
-        return body
+    /// chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), names tokens, values
+    /// tokens or quoted strings (RFC 9112 §7.1.1). Returns what is wrong, or nil.
+    func chunkExtensions(_ b: UnsafeRawBufferPointer) -> String? {
+        var i = 0
+        func bws() { while i < b.count && (b[i] == 0x20 || b[i] == 0x09) { i += 1 } }
+        func token() -> Bool { let s = i; while i < b.count && HTTPRequestHead.isTChar(b[i]) { i += 1 }; return i > s }
+        while true {
+            bws()
+            if i == b.count { return nil }
+            guard b[i] == UInt8(ascii: ";") else { return "invalid chunk size line: unexpected bytes after the size" }
+            i += 1; bws()
+            guard token() else { return "invalid chunk extension name" }
+            bws()
+            if i < b.count && b[i] == UInt8(ascii: "=") {
+                i += 1; bws()
+                if i < b.count && b[i] == UInt8(ascii: "\"") {
+                    i += 1
+                    var closed = false
+                    while i < b.count {
+                        let c = b[i]
+                        if c == UInt8(ascii: "\"") { i += 1; closed = true; break }
+                        if c == UInt8(ascii: "\\") { i += 2; continue }
+                        if (c < 0x20 && c != 0x09) || c == 0x7F { return "control character in a chunk extension" }
+                        i += 1
+                    }
+                    if !closed { return "unterminated quoted chunk extension value" }
+                } else if !token() { return "invalid chunk extension value" }
+            }
+        }
+    }
+
+    /// The trailer section's lines (each `name: value` CRLF): a bare CR or LF, NUL, or a line without a
+    /// field name is refused. `complete`: `b` ends with the last line's CRLF.
+    func trailerProblem(_ b: UnsafeRawBufferPointer, complete: Bool) -> String? {
+        var lineStart = 0, i = 0
+        while i < b.count {
+            let c = b[i]
+            if c == 0 { return "NUL in the trailer section" }
+            if c == 0x0A { return "bare LF in the trailer section" }
+            if c == 0x0D {
+                guard i + 1 < b.count else { return complete ? "bare CR in the trailer section" : nil }
+                guard b[i + 1] == 0x0A else { return "bare CR in the trailer section" }
+                let line = UnsafeRawBufferPointer(rebasing: b[lineStart..<i])
+                guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0, line[..<colon].allSatisfy(HTTPRequestHead.isTChar) else {
+                    return "malformed trailer field"
+                }
+                i += 2; lineStart = i; continue
+            }
+            i += 1
+        }
+        return nil
     }
 
     private mutating func fail(_ used: Int, _ status: Int, _ message: String) -> (Int, Event) {

@@ -78,6 +78,7 @@ public struct HTTPRequestHead: Sendable, Equatable {
             if !http11 { throw bad("Transfer-Encoding in an HTTP/1.0 request") }
             let codings = te.flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
             guard codings.last == "chunked" else { throw bad("the final transfer coding must be chunked") }
+            guard codings.filter({ $0 == "chunked" }).count == 1 else { throw bad("chunked is applied more than once") }
             guard codings.count == 1 else { throw bad("transfer codings other than chunked are not implemented", 501) }
             framing = .chunked
         } else if !cl.isEmpty {

@@ -1,8 +1,12 @@
 // HTTPServer: HTTP/1.1 on POSIX sockets with one epoll event loop. Slow or idle clients cost a file
-// descriptor and a buffer, never a thread: requests are parsed on the loop and handed to a bounded
-// worker pool; responses go back out in one writev with TCP_NODELAY. Deadlines answer 408, idle
-// keep-alive connections are closed, a connection cap answers 503, and shutdown stops accepting and
-// lets in-flight requests finish.
+// descriptor and bounded buffers, never a thread. A request's head goes to the worker pool first: the
+// responder authenticates and routes it, and only then says whether the body is read at all (no
+// `100 Continue` and no body bytes for a request that will be refused), buffered on the loop, or streamed
+// to the handler through a bounded queue. Memory per connection is bounded both ways: the socket is not
+// read while a body queue is full or a response is still going out, and responses go out from the
+// handler's own buffer (one writev with TCP_NODELAY, no copy). Deadlines answer 408, idle keep-alive
+// connections are closed, a connection cap answers 503, a server-wide cap on buffered bodies answers 503,
+// and shutdown stops accepting and lets in-flight requests finish.
 import CPosix
 import Foundation
 #if canImport(Glibc)
@@ -11,44 +15,79 @@ import Glibc
 
 private let EPOLLIN = UInt32(R3_EPOLLIN), EPOLLOUT = UInt32(R3_EPOLLOUT), EPOLLERR = UInt32(R3_EPOLLERR)
 private let EPOLLHUP = UInt32(R3_EPOLLHUP), EPOLLRDHUP = UInt32(R3_EPOLLRDHUP)
+private enum EpollOp: Int32 { case add = 0, modify = 1, delete = 2 }
 
 public struct HTTPServerConfig: Sendable {
     public var host = "127.0.0.1"
     public var port: UInt16 = 8080
     public var limits = HTTPLimits()
     public var headerTimeout: Double = 10      // first byte → end of head
-    public var bodyTimeout: Double = 120       // end of head → end of body
-    public var idleTimeout: Double = 60        // keep-alive connection with no request
+    public var bodyTimeout: Double = 120       // longest stall while a body is being received
+    public var idleTimeout: Double = 60        // keep-alive connection with no request; a client not reading its response
     public var maxConnections = 1024
     public var handlerThreads = 8
     public var shutdownGrace: Double = 30
     /// Streamed responses (SSE) open at once; more get 503.
     public var maxStreams = 64
+    /// Bodies buffered on the loop, all connections together; a request that would pass it gets 503.
+    public var maxBufferedBodyBytes = 1 << 30
+    /// A streamed body's queue between the loop and its handler.
+    public var streamQueueBytes = 4 << 20
+    /// Unparsed input a connection may hold (beyond it the socket is not read).
+    public var inputBufferBytes = 1 << 20
     public init() {}
 }
 
+/// What the responder decides from a request's head (its `body` is empty).
+public enum HTTPHeadDecision: Sendable {
+    /// Answer now; the body, if any, is never read.
+    case respond(HTTPResponse)
+    /// Buffer the body on the loop (at most `maxBytes`, else 413), then run `then` on a worker.
+    case collect(maxBytes: Int, then: @Sendable (Data) -> HTTPResponse)
+    /// Run the handler on a worker now, reading the body as it arrives.
+    case stream(@Sendable (HTTPBodyStream) -> HTTPResponse)
+}
+
+public typealias HTTPResponder = @Sendable (HTTPRequest) -> HTTPHeadDecision
 public typealias HTTPHandler = @Sendable (HTTPRequest) -> HTTPResponse
 
 public final class HTTPServer: @unchecked Sendable {
     public let config: HTTPServerConfig
-    let handler: HTTPHandler
+    let responder: HTTPResponder
     let pool: WorkerPool
     private var listenFD: Int32 = -1
     private var epfd: Int32 = -1
     private var wakeFD: Int32 = -1
     private var conns: [Int32: Connection] = [:]
     private let lock = NSLock()
-    private var completions: [(Connection, HTTPResponse)] = []
+    private var completions: [Completion] = []
     private var stopRequested = false
     private var streams = 0
+    /// Body bytes buffered by `.collect` on all connections (loop thread only).
+    private var bufferedBodyBytes = 0
     private var loopThread: Thread?
     private let stopped = DispatchSemaphore(value: 0)
     public private(set) var boundPort: UInt16 = 0
 
-    public init(config: HTTPServerConfig, handler: @escaping HTTPHandler) {
+    enum Completion {
+        case decided(Connection, HTTPHeadDecision)
+        case responded(Connection, HTTPResponse)
+        case drained(Connection)
+    }
+
+    public init(config: HTTPServerConfig, responder: @escaping HTTPResponder) {
         self.config = config
-        self.handler = handler
+        self.responder = responder
         pool = WorkerPool(threads: config.handlerThreads, name: "r3-http")
+    }
+
+    /// A handler that takes whole requests: bodies are buffered up to the configured limit.
+    public convenience init(config: HTTPServerConfig, handler: @escaping HTTPHandler) {
+        let max = config.limits.maxBodyBytes
+        self.init(config: config) { req in
+            guard req.hasBody else { return .respond(handler(req)) }
+            return .collect(maxBytes: max) { body in var r = req; r.body = body; return handler(r) }
+        }
     }
 
     /// Binds and starts the event loop on its own thread; returns the bound port (useful with port 0).
@@ -74,8 +113,8 @@ public final class HTTPServer: @unchecked Sendable {
         boundPort = UInt16(bigEndian: bound.sin_port)
         epfd = try sys("epoll_create1") { r3_epoll_create() }
         wakeFD = try sys("eventfd") { r3_eventfd() }
-        try watch(listenFD, events: EPOLLIN, add: true)
-        try watch(wakeFD, events: EPOLLIN, add: true)
+        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, listenFD, EPOLLIN) }
+        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, wakeFD, EPOLLIN) }
         let t = Thread { [self] in self.loop() }
         t.name = "r3-http-loop"
         loopThread = t
@@ -98,6 +137,7 @@ public final class HTTPServer: @unchecked Sendable {
 
     private func loop() {
         var fds = [Int32](repeating: 0, count: 256), evs = [UInt32](repeating: 0, count: 256)
+        var chunk = [UInt8](repeating: 0, count: 256 * 1024)
         var shutdownStarted: ContinuousClock.Instant?
         while true {
             let n = (try? sys("epoll_wait") { r3_epoll_wait(epfd, &fds, &evs, 256, 200) }) ?? 0
@@ -108,7 +148,8 @@ public final class HTTPServer: @unchecked Sendable {
                 guard let c = conns[fd] else { continue }
                 if ev & (EPOLLERR | EPOLLHUP) != 0 && ev & EPOLLIN == 0 { close(c); continue }
                 if ev & EPOLLOUT != 0 { flush(c) }
-                if ev & EPOLLIN != 0 && !c.closed { readable(c) }
+                if ev & (EPOLLIN | EPOLLRDHUP) != 0 && !c.closed { readable(c, &chunk) }
+                if !c.closed { settle(c) }
             }
             drainCompletions()
             expireDeadlines()
@@ -116,9 +157,9 @@ public final class HTTPServer: @unchecked Sendable {
             if stop {
                 if shutdownStarted == nil {
                     shutdownStarted = .now
-                    if listenFD >= 0 { _ = r3_epoll_ctl(epfd, 2, listenFD, 0); Glibc.close(listenFD); listenFD = -1 }
+                    if listenFD >= 0 { _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, listenFD, 0); Glibc.close(listenFD); listenFD = -1 }
                 }
-                for c in Array(conns.values) where !c.handling && c.out.isEmpty && !c.parser.inBody && c.buffered == 0 { close(c) }
+                for c in Array(conns.values) where c.phase.isIdle && c.out.isEmpty && c.buffered == 0 { close(c) }
                 let grace = ContinuousClock.now - shutdownStarted! > .milliseconds(Int(config.shutdownGrace * 1000))
                 if conns.isEmpty || grace { break }
             }
@@ -135,30 +176,28 @@ public final class HTTPServer: @unchecked Sendable {
             if fd < 0 { if errno == EINTR { continue }; return }
             _ = r3_set_nodelay(fd)
             let c = Connection(fd: fd, limits: config.limits)
-            if conns.count >= config.maxConnections {
-                let r = HTTPResponse.problem(503, detail: "the server is at its connection limit (\(config.maxConnections))", close: true)
-                c.out = [UInt8](r.head(keepAlive: false, date: httpDate()) + r.body)
-                c.closeAfterWrite = true
-                conns[fd] = c
-                try? watch(fd, events: EPOLLIN, add: true)
-                flush(c)
+            lock.lock(); let full = conns.count >= config.maxConnections; conns[fd] = c; lock.unlock()
+            _ = r3_epoll_ctl(epfd, EpollOp.add.rawValue, fd, EPOLLIN | EPOLLRDHUP)
+            c.interest = EPOLLIN | EPOLLRDHUP
+            if full {
+                c.keepAlive = false
+                respond(c, HTTPResponse.problem(503, detail: "the server is at its connection limit (\(config.maxConnections))", close: true))
                 continue
             }
-            lock.lock(); conns[fd] = c; lock.unlock()
             c.deadline = .now + .milliseconds(Int(config.idleTimeout * 1000))
-            try? watch(fd, events: EPOLLIN | EPOLLRDHUP, add: true)
         }
     }
 
-    private func readable(_ c: Connection) {
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+    /// Reads what the connection may take now, then moves its request along.
+    private func readable(_ c: Connection, _ chunk: inout [UInt8]) {
+        while c.buffered < config.inputBufferBytes && wantsInput(c) {
+            let room = min(chunk.count, config.inputBufferBytes - c.buffered)
+            let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, room, 0) }
             if n > 0 {
-                if c.buffered == 0 && !c.parser.inBody { c.requestStart = .now }
+                if c.buffered == 0 && c.phase.isIdle && !c.parser.inBody { c.requestStart = .now }
                 c.append(chunk[0..<n])
-                if c.buffered > config.limits.maxHeaderBytes + 256 * 1024 && !c.parser.inBody && !c.handling { break }
-                if n < chunk.count { break }
+                c.lastInput = .now
+                if n < room { break }
                 continue
             }
             if n == 0 { c.peerClosed = true; break }
@@ -166,68 +205,244 @@ public final class HTTPServer: @unchecked Sendable {
             if errno == EAGAIN || errno == EWOULDBLOCK { break }
             close(c); return
         }
+        if !wantsInput(c) && c.buffered < config.inputBufferBytes {
+            // not reading on purpose (a decision or handler pending): still notice a client that hung up
+            var probe: UInt8 = 0
+            if recv(c.fd, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 0 { c.peerClosed = true }
+        }
         process(c)
-        if c.peerClosed && !c.handling && c.out.isEmpty { close(c) }
+        if c.closed { return }
+        if c.peerClosed {
+            switch c.phase {
+            case let .streaming(_, body, done) where !done: body.fail(.aborted("the client closed the connection")); c.phase = .streaming(c.phase.head!, body, true)
+            case .collecting: close(c); return
+            default: break
+            }
+            if c.phase.isIdle && c.out.isEmpty { close(c) }
+        }
     }
 
-    /// Parses buffered bytes while the connection is free to take a request.
+    /// Whether the loop should read this connection's socket now.
+    private func wantsInput(_ c: Connection) -> Bool {
+        if c.closed || c.closeAfterWrite || c.peerClosed { return false }
+        switch c.phase {
+        case .idle: return c.out.isEmpty
+        case .collecting: return true
+        case let .streaming(_, body, done): return !done && body.room > 0
+        case .deciding, .handling: return false
+        }
+    }
+
+    /// Drives the parser as far as the connection's phase allows.
     private func process(_ c: Connection) {
-        while !c.handling && !c.closed && !c.closeAfterWrite && c.buffered > 0 {
-            let (used, ev) = c.withUnread { c.parser.next($0) }
-            c.consume(used)
-            switch ev {
-            case .needMore:
-                setReadDeadline(c)
-                return
-            case .sendContinue:
-                queue(c, Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
-            case let .request(head, body):
-                c.handling = true
-                c.deadline = nil
-                c.keepAlive = head.keepAlive
-                let req = HTTPRequest(method: head.method, target: head.target, version: head.version, headers: head.headers,
-                                      body: Data(body), keepAlive: head.keepAlive)
-                let handler = self.handler
-                pool.submit { [weak self] in
-                    let resp = handler(req)
-                    self?.complete(c, resp)
+        while !c.closed {
+            switch c.phase {
+            case .idle:
+                guard c.out.isEmpty, !c.closeAfterWrite, c.buffered > 0 else { setReadDeadline(c); return }
+                let (used, ev) = c.withUnread { c.parser.next($0, bodyAllowance: 0) }
+                c.consume(used)
+                switch ev {
+                case .needMore: setReadDeadline(c); return
+                case let .head(head):
+                    c.keepAlive = head.keepAlive
+                    c.deadline = nil
+                    let req = HTTPRequest(head: head)
+                    c.phase = .deciding(head)
+                    let responder = self.responder
+                    pool.submit { [weak self] in self?.complete(.decided(c, responder(req))) }
+                    return
+                case let .error(e):
+                    respond(c, HTTPResponse.problem(e.status, detail: e.message, close: true)); return
+                case .body, .end: return   // not in the idle phase
                 }
-            case let .error(e):
-                respond(c, HTTPResponse.problem(e.status, detail: e.message, close: true))
+            case let .collecting(head, limit, then):
+                var ended = false
+                var failure: HTTPResponse?
+                let (used, _) = c.withUnread { buf -> (Int, Void) in
+                    var used = 0
+                    while !ended && failure == nil {
+                        let (u, ev) = c.parser.next(UnsafeRawBufferPointer(rebasing: buf[used...]))
+                        switch ev {
+                        case let .body(r):
+                            let piece = UnsafeRawBufferPointer(rebasing: buf[(used + r.lowerBound)..<(used + r.upperBound)])
+                            if c.body.count + piece.count > limit {
+                                failure = .problem(413, detail: "the body exceeds the limit of \(limit) bytes for this request", close: true)
+                            } else if bufferedBodyBytes + piece.count > config.maxBufferedBodyBytes {
+                                failure = .problem(503, detail: "the server is buffering too many request bodies; retry later", close: true)
+                            } else {
+                                c.body.append(contentsOf: piece); bufferedBodyBytes += piece.count
+                            }
+                        case .end: ended = true
+                        case let .error(e): failure = .problem(e.status, detail: e.message, close: true)
+                        case .needMore: return (used + u, ())
+                        case .head: break
+                        }
+                        used += u
+                    }
+                    return (used, ())
+                }
+                c.consume(used)
+                if let f = failure { releaseBody(c); c.phase = .idle; respond(c, f); return }
+                if !ended { setBodyDeadline(c); return }
+                let body = Data(c.body)
+                releaseBody(c)
+                c.phase = .handling(head)
+                c.deadline = nil
+                pool.submit { [weak self] in self?.complete(.responded(c, then(body))) }
+                return
+            case let .streaming(head, body, done):
+                if done { c.deadline = nil; return }
+                var ended = false
+                var failure: HTTPParseError?
+                let room = body.room
+                if room == 0 { body.pause(); c.deadline = nil; return }
+                let (used, _) = c.withUnread { buf -> (Int, Void) in
+                    var used = 0, left = room
+                    while !ended && failure == nil && left > 0 {
+                        let (u, ev) = c.parser.next(UnsafeRawBufferPointer(rebasing: buf[used...]), bodyAllowance: left)
+                        switch ev {
+                        case let .body(r):
+                            body.offer(UnsafeRawBufferPointer(rebasing: buf[(used + r.lowerBound)..<(used + r.upperBound)]))
+                            left -= r.count
+                        case .end: ended = true
+                        case let .error(e): failure = e
+                        case .needMore: return (used + u, ())
+                        case .head: break
+                        }
+                        used += u
+                    }
+                    return (used, ())
+                }
+                c.consume(used)
+                if let e = failure {
+                    body.fail(.aborted(e.message))
+                    c.phase = .streaming(head, body, true)
+                    c.closeAfterWrite = true
+                    return
+                }
+                if ended { body.finish(); c.phase = .streaming(head, body, true); c.deadline = nil; return }
+                if body.room == 0 { body.pause(); c.deadline = nil } else { setBodyDeadline(c) }
+                return
+            case .deciding, .handling:
                 return
             }
         }
-        if !c.handling { setReadDeadline(c) }
+    }
+
+    private func releaseBody(_ c: Connection) {
+        bufferedBodyBytes -= c.body.count
+        c.body = []
+    }
+
+    /// Sets the connection's epoll interest from what it is waiting for.
+    private func settle(_ c: Connection) {
+        if c.closed { return }
+        var want = c.peerClosed ? 0 : EPOLLRDHUP
+        if wantsInput(c) && c.buffered < config.inputBufferBytes { want |= EPOLLIN }
+        if !c.out.isEmpty { want |= EPOLLOUT }
+        if want != c.interest {
+            _ = r3_epoll_ctl(epfd, EpollOp.modify.rawValue, c.fd, want)
+            c.interest = want
+        }
     }
 
     private func setReadDeadline(_ c: Connection) {
-        if c.buffered == 0 && !c.parser.inBody {
+        guard c.phase.isIdle else { return }
+        if !c.out.isEmpty { return }
+        if c.buffered == 0 {
             c.deadline = .now + .milliseconds(Int(config.idleTimeout * 1000)); c.deadlineStatus = nil
-        } else if c.parser.inBody {
-            if c.deadlineStatus != 408 || c.bodyPhase == false {
-                c.deadline = .now + .milliseconds(Int(config.bodyTimeout * 1000)); c.deadlineStatus = 408; c.bodyPhase = true
-            }
-        } else if c.deadlineStatus == nil || c.bodyPhase {
-            c.deadline = c.requestStart + .milliseconds(Int(config.headerTimeout * 1000)); c.deadlineStatus = 408; c.bodyPhase = false
+        } else if c.deadlineStatus != 408 {
+            c.deadline = c.requestStart + .milliseconds(Int(config.headerTimeout * 1000)); c.deadlineStatus = 408
         }
     }
 
-    private func complete(_ c: Connection, _ r: HTTPResponse) {
-        lock.lock(); completions.append((c, r)); lock.unlock()
+    /// While waiting for body bytes: a stall longer than bodyTimeout ends the request.
+    private func setBodyDeadline(_ c: Connection) {
+        c.deadline = c.lastInput + .milliseconds(Int(config.bodyTimeout * 1000)); c.deadlineStatus = 408
+    }
+
+    private func complete(_ done: Completion) {
+        lock.lock(); completions.append(done); lock.unlock()
         wake()
     }
 
     private func drainCompletions() {
         lock.lock(); let done = completions; completions.removeAll(); lock.unlock()
-        for (c, r) in done where !c.closed {
-            c.handling = false
-            respond(c, r)
-            if !c.closed && !c.closeAfterWrite {
-                try? watch(c.fd, events: EPOLLIN | EPOLLRDHUP | (c.out.isEmpty ? 0 : EPOLLOUT), add: false)
+        for d in done {
+            switch d {
+            case let .decided(c, decision):
+                guard !c.closed, case let .deciding(head) = c.phase else { continue }
+                decided(c, head, decision)
+                if !c.closed { settle(c) }
+            case let .responded(c, r):
+                guard !c.closed else { continue }
+                if case let .streaming(_, body, done) = c.phase, !done || !body.isComplete {
+                    c.closeAfterWrite = true   // the handler did not read the whole body: the rest cannot be skipped safely
+                    body.fail(.aborted("the handler answered before the body ended"))
+                }
+                c.phase = .idle
+                respond(c, r)
+                if !c.closed { process(c); settle(c) }
+            case let .drained(c):
+                guard !c.closed else { continue }
                 process(c)
-                if c.peerClosed && !c.handling && c.out.isEmpty { close(c) }
+                if !c.closed { settle(c) }
             }
         }
+    }
+
+    private func decided(_ c: Connection, _ head: HTTPRequestHead, _ decision: HTTPHeadDecision) {
+        switch decision {
+        case let .respond(r):
+            c.phase = .idle
+            if head.framing != .none {
+                // the body is never read: skip it when it is already here, else close after the answer
+                if case let .length(n) = head.framing, c.buffered >= n, n <= config.inputBufferBytes {
+                    var left = n
+                    while left > 0 {
+                        let (u, ev) = c.withUnread { c.parser.next($0, bodyAllowance: left) }
+                        c.consume(u)
+                        if case let .body(rg) = ev { left -= rg.count } else { break }
+                    }
+                    if case .end = c.withUnread({ c.parser.next($0) }).event {} else { c.closeAfterWrite = true }
+                } else {
+                    c.closeAfterWrite = true
+                }
+            }
+            respond(c, r)
+            if !c.closed { process(c) }
+        case let .collect(limit, then):
+            if case let .length(n) = head.framing, n > limit {
+                c.phase = .idle; c.closeAfterWrite = true
+                respond(c, .problem(413, detail: "the body of \(n) bytes exceeds the limit of \(limit) bytes for this request", close: true))
+                return
+            }
+            if head.framing == .none {
+                c.phase = .handling(head)
+                pool.submit { [weak self] in self?.complete(.responded(c, then(Data()))) }
+                return
+            }
+            if head.expectContinue && c.buffered == 0 { sendContinue(c) }
+            c.phase = .collecting(head, limit, then)
+            c.lastInput = .now
+            process(c)
+        case let .stream(handler):
+            let declared: Int? = { if case let .length(n) = head.framing { return n }; return head.framing == .none ? 0 : nil }()
+            let body = HTTPBodyStream(declaredLength: declared, highWater: config.streamQueueBytes, stallTimeout: config.bodyTimeout + 5) { [weak self] in
+                self?.complete(.drained(c))
+            }
+            if head.framing == .none { body.finish() }
+            if head.expectContinue && c.buffered == 0 { sendContinue(c) }
+            c.phase = .streaming(head, body, head.framing == .none)
+            c.lastInput = .now
+            pool.submit { [weak self] in self?.complete(.responded(c, handler(body))) }
+            process(c)
+        }
+    }
+
+    private func sendContinue(_ c: Connection) {
+        c.out.append(Data("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        flush(c)
     }
 
     private func respond(_ c: Connection, _ r: HTTPResponse) {
@@ -239,8 +454,9 @@ public final class HTTPServer: @unchecked Sendable {
             }
             // The stream owns the socket from here: off the event loop, blocking, with a send timeout.
             let fd = c.fd
+            let pending = c.out.take()
             c.closed = true
-            _ = r3_epoll_ctl(epfd, 2, fd, 0)
+            _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, fd, 0)
             lock.lock(); conns[fd] = nil; lock.unlock()
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
             var tv = timeval(tv_sec: 10, tv_usec: 0)
@@ -248,7 +464,7 @@ public final class HTTPServer: @unchecked Sendable {
             let writer = HTTPStreamWriter(fd: fd, server: self)
             let head = r.head(keepAlive: false, date: httpDate())
             let t = Thread { [self] in
-                if writer.write(head) { body(writer) }
+                if pending.allSatisfy({ writer.write($0) }) && writer.write(head) { body(writer) }
                 Glibc.close(fd)
                 lock.lock(); streams -= 1; lock.unlock()
             }
@@ -256,66 +472,52 @@ public final class HTTPServer: @unchecked Sendable {
             t.start()
             return
         }
-        let keep = c.keepAlive && !r.close && !c.peerClosed && !stopping
+        let keep = c.keepAlive && !r.close && !c.peerClosed && !stopping && !c.closeAfterWrite
         if !keep { c.closeAfterWrite = true }
-        let head = [UInt8](r.head(keepAlive: keep, date: httpDate()))
-        if c.out.isEmpty {
-            // one writev for head and body: no Nagle / delayed-ACK stall between them
-            var iov = [iovec](repeating: iovec(), count: 2)
-            let written: Int = head.withUnsafeBytes { h in
-                r.body.withUnsafeBytes { b in
-                    iov[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: h.baseAddress), iov_len: h.count)
-                    iov[1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count)
-                    var n = -1
-                    repeat { n = writev(c.fd, &iov, b.count > 0 ? 2 : 1) } while n < 0 && errno == EINTR
-                    return n
-                }
-            }
-            if written < 0 && errno != EAGAIN && errno != EWOULDBLOCK { close(c); return }
-            let w = max(0, written)
-            if w < head.count { c.out = Array(head[w...]) + [UInt8](r.body) } else if w < head.count + r.body.count {
-                c.out = [UInt8](r.body[(r.body.startIndex + w - head.count)...])
-            }
-        } else {
-            c.out += head + [UInt8](r.body)
-        }
-        if c.out.isEmpty {
-            if c.closeAfterWrite { close(c) }
-        } else {
-            try? watch(c.fd, events: EPOLLIN | EPOLLOUT | EPOLLRDHUP, add: false)
-        }
-    }
-
-    private func queue(_ c: Connection, _ bytes: [UInt8]) {
-        c.out += bytes
+        c.out.append(r.head(keepAlive: keep, date: httpDate()))
+        if !r.body.isEmpty { c.out.append(r.body) }
+        c.lastOutput = .now
         flush(c)
     }
 
+    /// Writes what the socket takes now (one writev over the queued pieces, from their own buffers).
     private func flush(_ c: Connection) {
         while !c.out.isEmpty && !c.closed {
-            let n = c.out.withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n > 0 { c.out.removeFirst(n); continue }
+            let n = c.out.writev(c.fd)
+            if n > 0 { c.out.consume(n); c.lastOutput = .now; continue }
             if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
-                try? watch(c.fd, events: EPOLLIN | EPOLLOUT | EPOLLRDHUP, add: false)
-                return
-            }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { settle(c); return }
             close(c); return
         }
         if c.closed { return }
-        if c.closeAfterWrite { close(c); return }
-        try? watch(c.fd, events: (c.handling ? 0 : EPOLLIN) | EPOLLRDHUP, add: false)
+        if c.closeAfterWrite && c.phase.isIdle { close(c); return }
+        settle(c)
+        if c.out.isEmpty && c.phase.isIdle && c.buffered > 0 { process(c); settle(c) }   // a pipelined request waiting here
     }
 
     private func expireDeadlines() {
         let now = ContinuousClock.now
-        for c in Array(conns.values) where !c.handling && !c.closed {
+        for c in Array(conns.values) where !c.closed {
+            if !c.out.isEmpty {   // a client that does not read its response
+                if now - c.lastOutput > .milliseconds(Int(config.idleTimeout * 1000)) { close(c) }
+                continue
+            }
             guard let d = c.deadline, now >= d else { continue }
-            if let status = c.deadlineStatus, c.out.isEmpty {
-                c.deadline = nil
-                respond(c, HTTPResponse.problem(status, detail: c.bodyPhase ? "request body not received in time" : "request head not received in time", close: true))
-            } else {
-                close(c)
+            c.deadline = nil
+            switch c.phase {
+            case .idle:
+                if c.deadlineStatus != nil {
+                    respond(c, HTTPResponse.problem(408, detail: "request head not received in time", close: true))
+                } else { close(c) }
+            case .collecting:
+                releaseBody(c)
+                c.phase = .idle
+                respond(c, HTTPResponse.problem(408, detail: "the request body stalled for \(Int(config.bodyTimeout)) s", close: true))
+            case let .streaming(head, body, _):
+                body.fail(.timeout(config.bodyTimeout))
+                c.phase = .streaming(head, body, true)
+                c.closeAfterWrite = true
+            case .deciding, .handling: break
             }
         }
     }
@@ -323,13 +525,11 @@ public final class HTTPServer: @unchecked Sendable {
     private func close(_ c: Connection) {
         if c.closed { return }
         c.closed = true
-        _ = r3_epoll_ctl(epfd, 2, c.fd, 0)
+        if case let .streaming(_, body, _) = c.phase { body.fail(.aborted("the connection closed")) }
+        if case .collecting = c.phase { releaseBody(c) }
+        _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, c.fd, 0)
         Glibc.close(c.fd)
         lock.lock(); conns[c.fd] = nil; lock.unlock()
-    }
-
-    private func watch(_ fd: Int32, events: UInt32, add: Bool) throws {
-        try sys("epoll_ctl") { r3_epoll_ctl(epfd, add ? 0 : 1, fd, events) }
     }
 
     private func wake() { var one: UInt64 = 1; _ = write(wakeFD, &one, 8) }
@@ -347,22 +547,48 @@ public final class HTTPServer: @unchecked Sendable {
     }
 }
 
+/// Where a connection's current request is.
+enum ConnectionPhase {
+    /// Reading a head (or between requests).
+    case idle
+    /// The head is with the responder on a worker; no body byte is read meanwhile.
+    case deciding(HTTPRequestHead)
+    /// The body is being buffered on the loop for `then`.
+    case collecting(HTTPRequestHead, Int, @Sendable (Data) -> HTTPResponse)
+    /// A handler runs and reads the body from `stream`; `done` once the body ended (or failed).
+    case streaming(HTTPRequestHead, HTTPBodyStream, Bool)
+    /// A handler runs on a complete body.
+    case handling(HTTPRequestHead)
+
+    var isIdle: Bool { if case .idle = self { return true }; return false }
+    var head: HTTPRequestHead? {
+        switch self {
+        case .idle: return nil
+        case let .deciding(h), let .collecting(h, _, _), let .streaming(h, _, _), let .handling(h): return h
+        }
+    }
+}
+
 /// One client connection's state, owned by the event loop thread.
 final class Connection: @unchecked Sendable {
     let fd: Int32
     var parser: HTTPParser
     private var buf: [UInt8] = []
     private var start = 0
-    var out: [UInt8] = []
-    var handling = false
+    var out = OutputQueue()
+    var phase = ConnectionPhase.idle
+    /// A `.collect` body so far (grows as bytes arrive, never from the claimed length).
+    var body: [UInt8] = []
+    var interest: UInt32 = 0
     var closed = false
     var closeAfterWrite = false
     var peerClosed = false
     var keepAlive = true
     var requestStart = ContinuousClock.now
+    var lastInput = ContinuousClock.now
+    var lastOutput = ContinuousClock.now
     var deadline: ContinuousClock.Instant?
     var deadlineStatus: Int?
-    var bodyPhase = false
 
     init(fd: Int32, limits: HTTPLimits) { self.fd = fd; parser = HTTPParser(limits: limits) }
 
@@ -373,11 +599,49 @@ final class Connection: @unchecked Sendable {
     }
     func consume(_ n: Int) {
         start += n
-        if start > 1 << 20 && start * 2 > buf.count { buf.removeFirst(start); start = 0 }
-        if start == buf.count { buf.removeAll(keepingCapacity: true); start = 0 }
+        if start == buf.count { buf.removeAll(keepingCapacity: buf.capacity <= 1 << 20); start = 0 }
+        else if start > 1 << 18 && start * 2 > buf.count { buf.removeFirst(start); start = 0 }
     }
     func withUnread<T>(_ body: (UnsafeRawBufferPointer) -> T) -> T {
         buf.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[start...])) }
+    }
+}
+
+/// Bytes waiting to go out: whole pieces (a response's head and its body) and how much of the first
+/// is sent. Nothing is copied to queue a response.
+struct OutputQueue {
+    private var pieces: [Data] = []
+    private var sent = 0
+    var isEmpty: Bool { pieces.isEmpty }
+    var count: Int { pieces.reduce(0) { $0 + $1.count } - sent }
+    mutating func append(_ d: Data) { if !d.isEmpty { pieces.append(d) } }
+    mutating func take() -> [Data] {
+        defer { pieces = []; sent = 0 }
+        guard let f = pieces.first else { return [] }
+        return [f.subdata(in: (f.startIndex + sent)..<f.endIndex)] + pieces.dropFirst()
+    }
+    mutating func consume(_ n: Int) {
+        var left = n
+        while left > 0, let f = pieces.first {
+            let rest = f.count - sent
+            if left >= rest { left -= rest; pieces.removeFirst(); sent = 0 } else { sent += left; left = 0 }
+        }
+    }
+    /// One writev of up to 8 pieces; returns what writev returned.
+    func writev(_ fd: Int32) -> Int {
+        let n = min(8, pieces.count)
+        var iov = [iovec](repeating: iovec(), count: n)
+        func go(_ i: Int) -> Int {
+            if i == n {
+                return iov.withUnsafeMutableBufferPointer { Glibc.writev(fd, $0.baseAddress, Int32(n)) }
+            }
+            return pieces[i].withUnsafeBytes { b -> Int in
+                let skip = i == 0 ? sent : 0
+                iov[i] = iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress! + skip), iov_len: b.count - skip)
+                return go(i + 1)
+            }
+        }
+        return go(0)
     }
 }
 

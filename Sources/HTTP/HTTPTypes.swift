@@ -36,6 +36,25 @@ public struct HTTPRequest: Sendable {
     public var headers: HTTPHeaders
     public var body: Data
     public var keepAlive: Bool
+    /// How the body is framed: none, Content-Length or chunked (the responder sees the head before any body).
+    public var framing: HTTPRequestHead.Framing
+
+    public init(method: String, target: String, version: String, headers: HTTPHeaders, body: Data, keepAlive: Bool,
+                framing: HTTPRequestHead.Framing? = nil) {
+        self.method = method; self.target = target; self.version = version; self.headers = headers; self.body = body
+        self.keepAlive = keepAlive; self.framing = framing ?? (body.isEmpty ? .none : .length(body.count))
+    }
+
+    /// The head of a request whose body has not been read.
+    public init(head: HTTPRequestHead) {
+        self.init(method: head.method, target: head.target, version: head.version, headers: head.headers, body: Data(),
+                  keepAlive: head.keepAlive, framing: head.framing)
+    }
+
+    /// Whether a body follows the head.
+    public var hasBody: Bool { framing != .none }
+    /// The Content-Length, when the body has one.
+    public var declaredLength: Int? { if case let .length(n) = framing { return n }; return framing == .none ? 0 : nil }
 
     /// The path without the query, percent-decoded segments left as sent.
     public var path: String { String(target.prefix { $0 != "?" }) }

@@ -5,13 +5,16 @@ import Testing
 
 /// Feeds `wire` in pieces of `step` bytes, as a connection would, collecting events.
 func parse(_ wire: String, step: Int = Int.max, limits: HTTPLimits = HTTPLimits()) -> [HTTPParser.Event] {
-    parseBytes(Array(wire.utf8), step: step, limits: limits)
+    parseBytes(Array(wire.utf8), step: step, limits: limits).events
 }
 
-func parseBytes(_ bytes: [UInt8], step: Int = Int.max, limits: HTTPLimits = HTTPLimits()) -> [HTTPParser.Event] {
+/// Feeds `bytes` in pieces of `step` bytes, as a connection would; body events are rebased to the
+/// concatenated body bytes, which come back beside them.
+func parseBytes(_ bytes: [UInt8], step: Int = Int.max, limits: HTTPLimits = HTTPLimits()) -> (events: [HTTPParser.Event], bodies: [UInt8]) {
     var p = HTTPParser(limits: limits)
     var buffer: [UInt8] = []
     var events: [HTTPParser.Event] = []
+    var bodies: [UInt8] = []
     var offset = 0
     while offset < bytes.count {
         let n = min(step, bytes.count - offset)
@@ -19,13 +22,19 @@ func parseBytes(_ bytes: [UInt8], step: Int = Int.max, limits: HTTPLimits = HTTP
         offset += n
         while true {
             let (used, ev) = buffer.withUnsafeBytes { p.next($0) }
+            if case let .body(r) = ev {
+                events.append(.body(bodies.count..<(bodies.count + r.count)))
+                bodies += buffer[r]
+                buffer.removeFirst(used)
+                continue
+            }
             buffer.removeFirst(used)
             if ev == .needMore { break }
             events.append(ev)
-            if case .error = ev { return events }
+            if case .error = ev { return (events, bodies) }
         }
     }
-    return events
+    return (events, bodies)
 }
 
 func status(_ events: [HTTPParser.Event]) -> Int? {
@@ -33,8 +42,24 @@ func status(_ events: [HTTPParser.Event]) -> Int? {
     return nil
 }
 
-func requests(_ events: [HTTPParser.Event]) -> [(HTTPRequestHead, String)] {
-    events.compactMap { if case let .request(h, b) = $0 { return (h, String(decoding: b, as: UTF8.self)) } else { return nil } }
+/// Whole requests: each head with its body (the pieces up to its `.end`; none without a body).
+func requests(_ wire: String, step: Int = Int.max, limits: HTTPLimits = HTTPLimits()) -> [(HTTPRequestHead, String)] {
+    let (events, bodies) = parseBytes(Array(wire.utf8), step: step, limits: limits)
+    var out: [(HTTPRequestHead, String)] = []
+    var open: HTTPRequestHead?
+    var from = 0, to = 0
+    for e in events {
+        switch e {
+        case let .head(h):
+            if h.framing == .none { out.append((h, "")) } else { open = h; from = to }
+        case let .body(r): to = r.upperBound
+        case .end:
+            out.append((open!, String(decoding: bodies[from..<to], as: UTF8.self)))
+            open = nil; from = to
+        default: break
+        }
+    }
+    return out
 }
 
 struct HTTPParserTests {
@@ -42,7 +67,7 @@ struct HTTPParserTests {
     func parsesGetAndPipelinedPostInAnyPieces(step: Int) {
         let wire = "GET /v1/rollouts?model=a&x=1%202 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n" +
                    "POST /v1/rollouts HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nhello"
-        let rs = requests(parse(wire, step: step))
+        let rs = requests(wire, step: step)
         #expect(rs.count == 2)
         #expect(rs[0].0.method == "GET" && rs[0].0.target == "/v1/rollouts?model=a&x=1%202" && rs[0].0.keepAlive)
         #expect(rs[1].0.method == "POST" && rs[1].1 == "hello" && rs[1].0.headers["content-type"] == "application/json")
@@ -53,24 +78,39 @@ struct HTTPParserTests {
         let wire = "POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" +
                    "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n" +
                    "POST /v HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        let rs = requests(parse(wire, step: step))
+        let rs = requests(wire, step: step)
         #expect(rs.count == 2)
         #expect(rs[0].1 == "helloabcdefghijklmnopqrstuvwxyz")
         #expect(rs[1].1 == "")
     }
 
-    @Test func expectContinueIsSignalledBeforeTheBody() {
+    @Test func bodyIsHandedOutOnlyAsAllowed() {
+        var p = HTTPParser()
+        let wire = Array("PUT /r HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\n\r\nabcdef".utf8)
+        var buf = wire[...]
+        let (u1, e1) = buf.withUnsafeBytes { p.next($0, bodyAllowance: 0) }
+        guard case let .head(h) = e1 else { Issue.record("expected the head, got \(e1)"); return }
+        #expect(h.expectContinue == false && h.framing == .length(6))
+        buf = buf.dropFirst(u1)
+        #expect(buf.withUnsafeBytes { p.next($0, bodyAllowance: 0) } == (0, .needMore), "no body byte without an allowance")
+        let (u2, e2) = buf.withUnsafeBytes { p.next($0, bodyAllowance: 4) }
+        #expect(u2 == 4 && e2 == .body(0..<4))
+        buf = buf.dropFirst(u2)
+        let (u3, e3) = buf.withUnsafeBytes { p.next($0) }
+        #expect(u3 == 2 && e3 == .body(0..<2))
+        #expect(buf.dropFirst(u3).withUnsafeBytes { p.next($0) } == (0, .end))
+    }
+
+    @Test func expectContinueIsInTheHead() {
         let head = "PUT /r HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
-        #expect(parse(head) == [.sendContinue])
-        let all = parse(head + "abc", step: head.utf8.count)
-        #expect(all.first == .sendContinue && requests(all).first?.1 == "abc")
-        #expect(parse(head + "abc").contains(.sendContinue) == false, "no 100 when the body is already here")
+        guard case let .head(h) = parse(head).first else { Issue.record("no head"); return }
+        #expect(h.expectContinue)
     }
 
     @Test func keepAliveFollowsVersionAndConnection() {
-        #expect(requests(parse("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))[0].0.keepAlive == false)
-        #expect(requests(parse("GET / HTTP/1.0\r\n\r\n"))[0].0.keepAlive == false)
-        #expect(requests(parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"))[0].0.keepAlive == true)
+        #expect(requests("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")[0].0.keepAlive == false)
+        #expect(requests("GET / HTTP/1.0\r\n\r\n")[0].0.keepAlive == false)
+        #expect(requests("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[0].0.keepAlive == true)
     }
 
     @Test(arguments: [
@@ -93,9 +133,28 @@ struct HTTPParserTests {
         ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n", 400),
         ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\n", 417),
+        // RFC 9112 strictness (issue 16): junk after a chunk size, bare LF in chunk lines and trailers,
+        // chunked applied twice, malformed chunk extensions and trailer fields
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2 junk\r\nab\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nX: 1\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nno colon\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;\r\nab\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=\"x\r\nab\r\n0\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b c\r\nab\r\n0\r\n\r\n", 400),
     ])
     func malformedRequestsGetTheirStatus(wire: String, expected: Int) {
         #expect(status(parse(wire)) == expected, "\(wire.debugDescription)")
+    }
+
+    @Test func chunkExtensionsPerRFC9112AreAccepted() {
+        let wire = "POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                   "2 ; a=1;b ;c = \"q \\\" v\"\r\nab\r\n0;last\r\nT: 1\r\n\r\n"
+        let rs = requests(wire, step: 3)
+        #expect(rs.count == 1 && rs.first?.1 == "ab")
     }
 
     @Test func limitsGiveTheirStatus() {
@@ -139,7 +198,7 @@ struct HTTPParserTests {
                 }
             }
             var limits = HTTPLimits(); limits.maxBodyBytes = 64; limits.maxHeaderBytes = 512
-            let events = parseBytes(b, step: 1 + Int(rng.next() % 16), limits: limits)
+            let events = parseBytes(b, step: 1 + Int(rng.next() % 16), limits: limits).events
             if !events.isEmpty { decided += 1 }
         }
         #expect(decided > 10_000)
