@@ -4,10 +4,11 @@
 import Foundation
 
 public enum IntDType: String, Sendable, CaseIterable {
-    case int32, int16, int8, uint8, uint16
+    case int32, int16, int8, uint8, uint16, int64
 
     public var size: Int {
         switch self {
+        case .int64: return 8
         case .int32: return 4
         case .int16, .uint16: return 2
         case .int8, .uint8: return 1
@@ -21,6 +22,7 @@ public enum IntDType: String, Sendable, CaseIterable {
         case .int8: return .int8
         case .uint8: return .uint8
         case .uint16: return .uint16
+        case .int64: return .int64
         }
     }
 
@@ -31,7 +33,8 @@ public enum IntDType: String, Sendable, CaseIterable {
         case .int8: self = .int8
         case .uint8: self = .uint8
         case .uint16: self = .uint16
-        case .int64, .float32: return nil
+        case .int64: self = .int64
+        case .float32: return nil
         }
     }
 
@@ -44,6 +47,8 @@ public enum IntDType: String, Sendable, CaseIterable {
             var out = [Int32](repeating: 0, count: count)
             switch self {
             case .int32: for i in 0..<count { out[i] = Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+            case .int64:
+                for i in 0..<count { out[i] = Int32(clamping: Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))) }
             case .int16: for i in 0..<count { out[i] = Int32(Int16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * i, as: Int16.self))) }
             case .int8: for i in 0..<count { out[i] = Int32(Int8(bitPattern: raw[i])) }
             case .uint8:
@@ -64,6 +69,7 @@ public enum IntDType: String, Sendable, CaseIterable {
         try out.withUnsafeMutableBytes { raw in
             switch self {
             case .int32: for (i, v) in ids.enumerated() { raw.storeBytes(of: v.littleEndian, toByteOffset: 4 * i, as: Int32.self) }
+            case .int64: for (i, v) in ids.enumerated() { raw.storeBytes(of: Int64(v).littleEndian, toByteOffset: 8 * i, as: Int64.self) }
             case .int16:
                 for (i, v) in ids.enumerated() {
                     guard let w = Int16(exactly: v) else { throw RoutesError.invalid("expert id \(v) does not fit int16") }

@@ -78,17 +78,18 @@ public enum NPY {
         return out
     }
 
-    public static func decode(_ data: Data) throws -> NPYArray {
-        let d = [UInt8](data.prefix(12))
+    /// The header of a .npy file: its dtype, shape and the offset where the data starts. `bytes` must hold
+    /// at least the whole header.
+    public static func header(_ bytes: [UInt8]) throws -> (dtype: NPYDType, shape: [Int], dataOffset: Int) {
+        let d = Array(bytes.prefix(12))
         guard d.count >= 10, Array(d[0..<6]) == magic else { throw RoutesError.malformed(".npy: missing the \\x93NUMPY magic") }
         let major = d[6]
         guard [1, 2, 3].contains(major) else { throw RoutesError.malformed(".npy: unsupported format version \(major)") }
         let prefix = major == 1 ? 10 : 12
         guard d.count >= prefix else { throw RoutesError.malformed(".npy: truncated header") }
         let hl = major == 1 ? Int(d[8]) | Int(d[9]) << 8 : Int(d[8]) | Int(d[9]) << 8 | Int(d[10]) << 16 | Int(d[11]) << 24
-        guard hl <= 1 << 20, data.count >= prefix + hl else { throw RoutesError.malformed(".npy: truncated header") }
-        let start = data.startIndex
-        guard let header = String(data: data[(start + prefix)..<(start + prefix + hl)], encoding: major == 3 ? .utf8 : .isoLatin1) else {
+        guard hl <= 1 << 20, bytes.count >= prefix + hl else { throw RoutesError.malformed(".npy: truncated header") }
+        guard let header = String(bytes: bytes[prefix..<(prefix + hl)], encoding: major == 3 ? .utf8 : .isoLatin1) else {
             throw RoutesError.malformed(".npy: header is not text")
         }
         guard let descr = field(header, "descr").map({ $0.trimmingCharacters(in: CharacterSet(charactersIn: "'\"")) }) else {
@@ -112,12 +113,16 @@ public enum NPY {
             guard let n = Int(p), n >= 0, n < 1 << 40 else { throw RoutesError.malformed(".npy: bad dimension '\(p)' in shape") }
             shape.append(n)
         }
-        let count = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
-        let bodyStart = prefix + hl
-        guard count != Int.max, data.count - bodyStart == count * dtype.size else {
-            throw RoutesError.malformed(".npy: \(data.count - bodyStart) data bytes, shape \(shape) of \(descr) needs \(count == Int.max ? -1 : count * dtype.size)")
+        return (dtype, shape, prefix + hl)
+    }
+
+    public static func decode(_ data: Data) throws -> NPYArray {
+        let h = try header([UInt8](data.prefix(min(data.count, 12 + (1 << 20)))))
+        let count = h.shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
+        guard count != Int.max, data.count - h.dataOffset == count * h.dtype.size else {
+            throw RoutesError.malformed(".npy: \(data.count - h.dataOffset) data bytes, shape \(h.shape) of \(h.dtype.descr) needs \(count == Int.max ? -1 : count * h.dtype.size)")
         }
-        return NPYArray(dtype: dtype, shape: shape, bytes: Data(data[(start + bodyStart)...]))
+        return NPYArray(dtype: h.dtype, shape: h.shape, bytes: Data(data[(data.startIndex + h.dataOffset)...]))
     }
 
     /// The text after `'key':` up to the next top-level comma (or the closing tuple).

@@ -19,7 +19,21 @@ public final class App: @unchecked Sendable {
     var pageKeyCache: [UInt8]?
 
     typealias Handler = (App, HTTPRequest, [String: String], Int) throws -> HTTPResponse
-    struct Route { let method: String; let pattern: [String]; let name: String; let auth: Bool; let handler: Handler }
+    typealias StreamHandler = (App, HTTPRequest, HTTPBodyStream, [String: String], Int) throws -> HTTPResponse
+    /// What a route does with a request body, decided from the head before any body byte is read.
+    enum BodyMode {
+        /// No body is read (GET, DELETE, …).
+        case none
+        /// Buffered up to this many bytes, of one of these media types, then the handler runs.
+        case buffered(Int, [String])
+        /// The handler runs at once and reads the body as it streams in (JSON ingest of any size).
+        case streamed([String])
+    }
+    /// Immutable after init; its closures only call into the App.
+    struct Route: @unchecked Sendable {
+        let method: String; let pattern: [String]; let name: String; let auth: Bool; let body: BodyMode
+        let handler: Handler?; let stream: StreamHandler?
+    }
     let routes: [Route]
 
     public init(config: ServiceConfig, pool: ConnectionPool) {
@@ -30,8 +44,13 @@ public final class App: @unchecked Sendable {
         models = ModelRepository(pool: pool)
         jobs = JobRepository(pool: pool)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
-        func r(_ m: String, _ p: String, auth: Bool = true, _ h: @escaping Handler) -> Route {
-            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, handler: h)
+        let json = ["application/json"]
+        let small = 1 << 20
+        func r(_ m: String, _ p: String, auth: Bool = true, body: BodyMode = .none, _ h: @escaping Handler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, body: body, handler: h, stream: nil)
+        }
+        func s(_ m: String, _ p: String, _ h: @escaping StreamHandler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json), handler: nil, stream: h)
         }
         routes = [
             r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
@@ -39,28 +58,33 @@ public final class App: @unchecked Sendable {
             r("GET", "/metrics", auth: false) { app, _, _, _ in try app.renderMetrics() },
             r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
             r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
-            r("POST", "/v1/rollouts") { app, req, _, p in try app.createRollout(req, project: p) },
+            s("POST", "/v1/rollouts") { app, req, body, _, p in try app.createRollout(req, body, project: p) },
+            s("POST", "/v1/rollouts:sglang") { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
+            s("POST", "/v1/rollouts:vllm") { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
             r("GET", "/v1/rollouts") { app, req, _, p in try app.listRollouts(req, project: p) },
             r("GET", "/v1/rollouts/{id}") { app, _, v, p in try app.getRollout(v["id"]!, project: p) },
             r("DELETE", "/v1/rollouts/{id}") { app, _, v, p in try app.deleteRollout(v["id"]!, project: p) },
+            s("POST", "/v1/rollouts/{id}/turns") { app, req, body, v, p in try app.appendTurn(req, body, id: v["id"]!, project: p) },
             r("GET", "/v1/rollouts/{id}/routes") { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
-            r("PUT", "/v1/rollouts/{id}/routes") { app, req, v, p in try app.putRoutes(req, id: v["id"]!, project: p) },
-            r("POST", "/v1/routes:batchGet") { app, req, _, p in try app.batchGet(req, project: p) },
-            r("POST", "/v1/models") { app, req, _, p in try app.createModel(req, project: p) },
+            r("PUT", "/v1/rollouts/{id}/routes", body: .buffered(config.maxBodyBytes, ["application/x-npy", "application/octet-stream"])) { app, req, v, p in
+                try app.putRoutes(req, id: v["id"]!, project: p)
+            },
+            r("POST", "/v1/routes:batchGet", body: .buffered(small, json)) { app, req, _, p in try app.batchGet(req, project: p) },
+            r("POST", "/v1/models", body: .buffered(small, json)) { app, req, _, p in try app.createModel(req, project: p) },
             r("GET", "/v1/models") { app, _, _, p in try app.listModels(project: p) },
             r("GET", "/v1/models/{id}") { app, _, v, p in try app.getModel(v["id"]!, project: p) },
             r("GET", "/v1/models/{id}/versions") { app, _, v, p in try app.modelVersions(v["id"]!, project: p) },
-            r("POST", "/v1/jobs") { app, req, _, p in try app.createJob(req, project: p) },
+            r("POST", "/v1/jobs", body: .buffered(config.maxBodyBytes, json)) { app, req, _, p in try app.createJob(req, project: p) },
             r("GET", "/v1/jobs") { app, req, _, p in try app.listJobs(req, project: p) },
             r("GET", "/v1/jobs/{id}") { app, _, v, p in try app.getJob(v["id"]!, project: p) },
             r("POST", "/v1/jobs/{id}/cancel") { app, _, v, p in try app.cancelJob(v["id"]!, project: p) },
             r("GET", "/v1/jobs/{id}/events") { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
             r("GET", "/v1/jobs/{id}/metrics") { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
             r("POST", "/v1/jobs/{id}/resume") { app, _, v, p in try app.resumeJob(v["id"]!, project: p) },
-            r("POST", "/v1/webhooks") { app, req, _, p in try app.createWebhook(req, project: p) },
+            r("POST", "/v1/webhooks", body: .buffered(small, json)) { app, req, _, p in try app.createWebhook(req, project: p) },
             r("GET", "/v1/webhooks") { app, req, _, p in try app.listWebhooks(req, project: p) },
             r("GET", "/v1/webhooks/{id}") { app, _, v, p in try app.getWebhook(v["id"]!, project: p) },
-            r("PATCH", "/v1/webhooks/{id}") { app, req, v, p in try app.updateWebhook(req, id: v["id"]!, project: p) },
+            r("PATCH", "/v1/webhooks/{id}", body: .buffered(small, json)) { app, req, v, p in try app.updateWebhook(req, id: v["id"]!, project: p) },
             r("DELETE", "/v1/webhooks/{id}") { app, _, v, p in try app.deleteWebhook(v["id"]!, project: p) },
             r("POST", "/v1/webhooks/{id}/rotate-secret") { app, req, v, p in try app.rotateWebhookSecret(req, id: v["id"]!, project: p) },
             r("GET", "/v1/webhooks/{id}/deliveries") { app, req, v, p in try app.webhookDeliveries(req, id: v["id"]!, project: p) },
@@ -68,40 +92,76 @@ public final class App: @unchecked Sendable {
         ]
     }
 
-    /// The HTTP entry point.
-    public func handle(_ req: HTTPRequest) -> HTTPResponse {
+    /// The HTTP entry point: routes and authenticates a request from its head, then says how its body is
+    /// read (if at all). 404, 405, 401, 415 and a declared length over the route's limit (413) are
+    /// answered before any body byte is read.
+    public func decide(_ req: HTTPRequest) -> HTTPHeadDecision {
         let start = ContinuousClock.now
-        var routeName = "unmatched"
-        var resp: HTTPResponse
+        var name = "unmatched"
         do {
-            resp = try dispatch(req, &routeName)
+            let (route, vars) = try match(req)
+            name = route.name
+            let name = route.name
+            let project = route.auth ? try authenticate(req) : 0
+            switch route.body {
+            case .none:
+                return .respond(finish(name, req, start) { try self.run(route, req, vars, project) })
+            case let .buffered(limit, types):
+                guard req.hasBody else {
+                    return .respond(finish(name, req, start) { _ = try requireContentType(req, types); return try self.run(route, req, vars, project) })
+                }
+                _ = try requireContentType(req, types)
+                if let n = req.declaredLength, n > limit { throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(limit) bytes for this request") }
+                return .collect(maxBytes: limit) { body in
+                    var r = req; r.body = body
+                    return self.finish(name, req, start) { try self.run(route, r, vars, project) }
+                }
+            case let .streamed(types):
+                _ = try requireContentType(req, types)
+                if let n = req.declaredLength, n > config.maxImportBytes {
+                    throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(config.maxImportBytes) bytes (R3_MAX_IMPORT_BYTES)")
+                }
+                return .stream { body in self.finish(name, req, start) { try route.stream!(self, req, body, vars, project) } }
+            }
         } catch {
-            resp = ServiceError.response(for: error)
+            return .respond(finish(name, req, start) { throw error })
         }
+    }
+
+    /// In-process: the whole request at once (its body already read).
+    public func handle(_ req: HTTPRequest) -> HTTPResponse {
+        switch decide(req) {
+        case let .respond(r): return r
+        case let .collect(_, then): return then(req.body)
+        case let .stream(handler): return handler(HTTPBodyStream(data: req.body))
+        }
+    }
+
+    private func run(_ route: Route, _ req: HTTPRequest, _ vars: [String: String], _ project: Int) throws -> HTTPResponse {
+        var resp = try route.handler!(self, req, vars, project)
+        if req.method == "HEAD" { resp.headers.set("Content-Length", String(resp.body.count)); resp.body = Data() }
+        return resp
+    }
+
+    /// Runs a handler, turns any error into its problem+json, and records the request's metrics.
+    private func finish(_ name: String, _ req: HTTPRequest, _ start: ContinuousClock.Instant, _ body: () throws -> HTTPResponse) -> HTTPResponse {
+        var resp: HTTPResponse
+        do { resp = try body() } catch { resp = ServiceError.response(for: error) }
         let d = ContinuousClock.now - start
-        metrics.observe(route: routeName, method: req.method, status: resp.status,
+        metrics.observe(route: name, method: req.method, status: resp.status,
                         seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
         return resp
     }
 
-    private func dispatch(_ req: HTTPRequest, _ routeName: inout String) throws -> HTTPResponse {
+    private func match(_ req: HTTPRequest) throws -> (Route, [String: String]) {
         let segs = req.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         var allowed: [String] = []
         for route in routes {
             guard let vars = match(route.pattern, segs) else { continue }
             guard route.method == req.method || (route.method == "GET" && req.method == "HEAD") else { allowed.append(route.method); continue }
-            routeName = route.name
-            var project = 0
-            if route.auth { project = try authenticate(req) }
-            var resp = try route.handler(self, req, vars, project)
-            if req.method == "HEAD" { resp.headers.set("Content-Length", String(resp.body.count)); resp.body = Data() }
-            return resp
+            return (route, vars)
         }
-        if !allowed.isEmpty {
-            var r = HTTPResponse.problem(405, detail: "\(req.method) is not allowed here")
-            r.headers.set("Allow", allowed.joined(separator: ", "))
-            return r
-        }
+        if !allowed.isEmpty { throw ServiceError(405, "\(req.method) is not allowed here", headers: [("Allow", allowed.joined(separator: ", "))]) }
         throw ServiceError.notFound("\(req.path)")
     }
 

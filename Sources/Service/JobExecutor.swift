@@ -3,6 +3,7 @@
 // checkpoint) are written in one transaction fenced on the claim; a resumed attempt starts at the last
 // checkpoint and rewrites the steps after it, so no rollout is lost or duplicated.
 import Foundation
+import JSON
 import MoE
 import RL
 import Routes
@@ -17,7 +18,7 @@ struct JobExecutor {
     var job: JobRecord { claim.job }
 
     func run() throws -> [String: Any] {
-        guard let params = try? JSONSerialization.jsonObject(with: Data(job.paramsJSON.utf8)) as? [String: Any] else {
+        guard let params = (try? JSONReader.parse(Array(job.paramsJSON.utf8)))?.objectValue else {
             throw RLError.invalid("the job's params are not a JSON object")
         }
         guard let model = try app.models.get(project: job.projectID, id: job.modelID) else { throw RLError.invalid("model \(job.modelID) no longer exists") }

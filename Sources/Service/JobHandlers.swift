@@ -39,6 +39,9 @@ extension App {
         let o = try jsonBody(req)
         let spec = try JobSpec(o) { id in
             guard let m = try models.get(project: project, id: id) else { throw ServiceError.unprocessable("model \(id) does not exist in this project") }
+            if m.source == "config" {
+                throw ServiceError.unprocessable("model \(id) was registered from its config.json alone (hf_config): it has no weights to run a job on")
+            }
             guard let cfg = try? ModelConfig(json: (parseJSON(m.configJSON) as? [String: Any]) ?? [:]) else { throw ServiceError(500, "stored model config is unreadable") }
             return cfg.vocabSize
         }

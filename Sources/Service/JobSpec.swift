@@ -1,6 +1,7 @@
 // JobSpec: a job request, validated once and stored normalised (every default filled in) as the job's
 // params; the worker reads the same spec back. Field errors are 422 and name the field.
 import Foundation
+import JSON
 import MoE
 import RL
 
@@ -44,13 +45,12 @@ struct JobSpec {
     var builtInTask: Task? { task.flatMap { Task.Kind(rawValue: $0) }.flatMap { try? Task(kind: $0, difficulty: difficulty) } }
 
     /// Parses and validates a request body (`vocab`: the model's vocabulary, for token checks).
-    init(_ o: [String: Any], vocab: (String) throws -> Int) throws {
-        let f = Fields(o)
+    init(_ o: JSONObject, vocab: (String) throws -> Int) throws {
         let known: Set<String> = ["type", "model", "policy_version", "max_attempts", "seed", "prompts", "n", "max_tokens", "temperature",
                                   "top_p", "top_k", "stop_token_ids", "precision", "task", "difficulty", "rollout_ids", "steps", "batch_size",
                                   "learning_rate", "algorithm", "replay", "tis", "tis_cap", "mini_steps", "max_grad_norm", "checkpoint_every",
                                   "eval_every", "on_collapse", "collapse"]
-        if let unknown = o.keys.sorted().first(where: { !known.contains($0) }) { throw ServiceError.unprocessable("unknown field \(unknown)") }
+        let f = try Fields(o, allowed: known)
         guard let t = try f.string("type", required: true, max: 20), let kind = Kind(rawValue: t) else {
             throw ServiceError.unprocessable("type must be rollout, sft or train")
         }
@@ -86,14 +86,14 @@ struct JobSpec {
             stopTokenIDs = try f.intList("stop_token_ids") ?? []
             guard stopTokenIDs.count <= 64 else { throw ServiceError.unprocessable("stop_token_ids has more than 64 entries") }
             if let bad = stopTokenIDs.first(where: { $0 >= V }) { throw ServiceError.unprocessable("stop_token_ids: \(bad) is outside [0, \(V))") }
-            guard let list = o["prompts"] as? [Any], !list.isEmpty, list.count <= 1024 else {
+            guard let list = try? f.list("prompts"), !list.isEmpty, list.count <= 1024 else {
                 throw ServiceError.unprocessable("prompts must be a list of 1 to 1024 prompts")
             }
             guard list.count * n <= 4096 else { throw ServiceError.unprocessable("prompts × n must be at most 4096 samples") }
             var usedText = false
             for (i, p) in list.enumerated() {
-                guard let d = p as? [String: Any], d.count == 1 else { throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}") }
-                let pf = Fields(d)
+                guard let d = p.objectValue, d.count == 1 else { throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}") }
+                let pf = Fields(d, path: "prompts[\(i)]")
                 if d["text"] != nil {
                     let text = try pf.string("text", required: true, max: 8192)!
                     guard V >= CharTokenizer.vocabSize else { throw ServiceError.unprocessable("prompts[\(i)].text needs a model with vocab_size >= \(CharTokenizer.vocabSize) (the built-in tokenizer)") }
@@ -116,10 +116,10 @@ struct JobSpec {
             learningRate = try f.number("learning_rate") ?? 1e-3
             evalEvery = try f.int("eval_every", range: 1...100_000) ?? evalEvery
         case .train:
-            if let ids = o["rollout_ids"], !(ids is NSNull) {
-                guard let l = ids as? [Any], !l.isEmpty, l.count <= 4096 else { throw ServiceError.unprocessable("rollout_ids must be a list of 1 to 4096 ids") }
+            if f.has("rollout_ids") {
+                guard let l = try? f.list("rollout_ids"), !l.isEmpty, l.count <= 4096 else { throw ServiceError.unprocessable("rollout_ids must be a list of 1 to 4096 ids") }
                 rolloutIDs = try l.enumerated().map { i, v in
-                    guard let s = v as? String, UUID(uuidString: s) != nil else { throw ServiceError.unprocessable("rollout_ids[\(i)] must be a rollout id (a UUID)") }
+                    guard let s = v.stringValue, UUID(uuidString: s) != nil else { throw ServiceError.unprocessable("rollout_ids[\(i)] must be a rollout id (a UUID)") }
                     return s.lowercased()
                 }
             }
@@ -130,19 +130,16 @@ struct JobSpec {
             learningRate = try f.number("learning_rate") ?? learningRate
             algorithm = try choice("algorithm", Algorithm.allCases.map(\.rawValue)).flatMap(Algorithm.init) ?? algorithm
             replay = try choice("replay", ReplayMode.allCases.map(\.rawValue)).flatMap(ReplayMode.init) ?? replay
-            if let v = o["tis"], !(v is NSNull) {
-                guard Fields.isBool(v), let b = v as? Bool else { throw ServiceError.unprocessable("tis must be true or false") }
-                tis = b
-            }
+            tis = try f.bool("tis") ?? tis
             tisCap = try f.number("tis_cap") ?? tisCap
             guard tisCap >= 1 && tisCap <= 100 else { throw ServiceError.unprocessable("tis_cap must be in 1...100") }
             miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
             maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
             guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
             onCollapse = try choice("on_collapse", ["continue", "pause", "stop"]) ?? onCollapse
-            if let c = o["collapse"], !(c is NSNull) {
-                guard let d = c as? [String: Any] else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
-                do { collapse = try CollapseRules(json: d) } catch { throw ServiceError.unprocessable("\(error)") }
+            if f.has("collapse") {
+                guard let d = try? f.object("collapse") else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
+                do { collapse = try CollapseRules(json: JSONValue.object(d).foundation as? [String: Any] ?? [:]) } catch { throw ServiceError.unprocessable("\(error)") }
             }
         }
         if kind != .train && (o["on_collapse"] != nil || o["collapse"] != nil) {

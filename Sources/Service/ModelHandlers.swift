@@ -1,27 +1,44 @@
-// ModelHandlers: register a checkpoint directory or create a random model; list models and their
-// policy versions. A model's version 0 is written under the data directory before the row commits.
+// ModelHandlers: register a checkpoint directory, create a random model, or register a Hugging Face
+// config.json alone (any MoE family) for its route layout; list models and their policy versions. A
+// model's version 0 is written under the data directory before the row commits.
 import Foundation
 import HTTP
+import JSON
 import MoE
+import Routes
 import Store
 
 extension App {
     func modelJSON(_ m: ModelRecord) -> [String: Any] {
-        ["id": m.id, "name": m.name, "source": m.source, "latest_version": m.latestVersion, "created_at": m.createdAt,
-         "config": (try? JSONSerialization.jsonObject(with: Data(m.configJSON.utf8))) ?? [:],
-         "versions_url": "/v1/models/\(m.id)/versions"]
+        let config = (try? JSONReader.parse(Array(m.configJSON.utf8))) ?? .object(JSONObject())
+        var o: [String: Any] = ["id": m.id, "name": m.name, "source": m.source, "latest_version": m.latestVersion, "created_at": m.createdAt,
+                                "config": config.foundation, "versions_url": "/v1/models/\(m.id)/versions", "has_weights": m.source != "config"]
+        if let l = try? RouteLayout(hfConfig: config.objectValue ?? JSONObject()) { o["route_layout"] = l.json.foundation } else { o["route_layout"] = NSNull() }
+        return o
     }
 
     func createModel(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let o = try jsonBody(req)
-        let f = Fields(o)
-        if let unknown = o.keys.sorted().first(where: { !["name", "checkpoint_path", "config", "seed", "init_std", "router_std"].contains($0) }) {
-            throw ServiceError.unprocessable("unknown field \(unknown)")
-        }
+        let f = try Fields(o, allowed: ["name", "checkpoint_path", "config", "hf_config", "seed", "init_std", "router_std"])
         let name = try f.string("name", required: true, max: 200)!
         let path = try f.string("checkpoint_path", max: 4096)
-        let cfgObject = o["config"].flatMap { $0 is NSNull ? nil : $0 }
-        guard (path == nil) != (cfgObject == nil) else { throw ServiceError.unprocessable("give exactly one of checkpoint_path or config") }
+        let cfgObject = try f.object("config")
+        let hf = try f.object("hf_config")
+        guard [path != nil, cfgObject != nil, hf != nil].filter({ $0 }).count == 1 else {
+            throw ServiceError.unprocessable("give exactly one of checkpoint_path, config (a random Qwen3-MoE) or hf_config (a config.json, for its route layout)")
+        }
+        if let hf {
+            for k in ["seed", "init_std", "router_std"] where f.has(k) { throw ServiceError.unprocessable("\(k) applies to a random model (config), not to hf_config") }
+            let layout: RouteLayout
+            do { layout = try RouteLayout(hfConfig: hf) } catch { throw ServiceError.unprocessable("hf_config: \(error)") }
+            _ = layout
+            let text = JSONValue.object(hf).jsonText
+            guard text.utf8.count <= 256 * 1024 else { throw ServiceError.unprocessable("hf_config is larger than 256 KiB") }
+            guard let m = try models.create(project: project, name: name, configJSON: text, source: "config", checkpointPath: { _ in nil }) else {
+                throw ServiceError(409, "this project already has a model named '\(name)'")
+            }
+            return .json(201, modelJSON(m), headers: [("Location", "/v1/models/\(m.id)")])
+        }
         let model: Model
         let source: String
         if let path {
@@ -42,9 +59,8 @@ extension App {
             do { model = try Model.load(directory: dir) } catch { throw ServiceError.unprocessable("checkpoint_path: \(error)") }
             source = "checkpoint"
         } else {
-            guard let c = cfgObject as? [String: Any] else { throw ServiceError.unprocessable("config must be an object of Qwen3-MoE config.json fields") }
             let cfg: ModelConfig
-            do { cfg = try ModelConfig(json: c) } catch { throw ServiceError.unprocessable("config: \(error)") }
+            do { cfg = try ModelConfig(json: JSONValue.object(cfgObject!).foundation as! [String: Any]) } catch { throw ServiceError.unprocessable("config: \(error)") }
             guard ParameterLayout(cfg).total <= config.maxModelParams else {
                 throw ServiceError.unprocessable("the model has more than \(config.maxModelParams) parameters (R3_MAX_MODEL_PARAMS)")
             }

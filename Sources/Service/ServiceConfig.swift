@@ -1,18 +1,31 @@
 // ServiceConfig: every setting, from environment variables with documented defaults.
 import Foundation
+import HTTP
 
 public struct ServiceConfig: Sendable {
+    /// The HTTP server's settings from this config (its parser admits the largest body any route takes).
+    public var http: HTTPServerConfig {
+        var h = HTTPServerConfig()
+        h.host = host; h.port = port
+        h.limits.maxBodyBytes = max(maxBodyBytes, maxImportBytes)
+        h.maxConnections = maxConnections; h.handlerThreads = httpThreads
+        h.headerTimeout = headerTimeout; h.bodyTimeout = bodyTimeout; h.idleTimeout = idleTimeout
+        return h
+    }
+
     public static let documentation = """
     Environment:
       DATABASE_URL           libpq connection string; unset: a private PostgreSQL cluster under R3_DATA_DIR/pg
       R3_LISTEN              host:port to listen on (default 127.0.0.1:8080)
       R3_DATA_DIR            data directory (default ./.r3)
-      R3_MAX_BODY_BYTES      largest request body (default 536870912 = 512 MiB)
+      R3_MAX_BODY_BYTES      largest buffered request body: jobs, route uploads (default 536870912 = 512 MiB)
+      R3_MAX_IMPORT_BYTES    largest streamed rollout body: POST /v1/rollouts, :sglang, :vllm, turns (default 17179869184 = 16 GiB)
+      R3_MAX_IMPORT_ROLLOUTS most rollouts one import request may store (default 4096)
       R3_MAX_CONNECTIONS     open connections before 503 (default 1024)
       R3_HTTP_THREADS        request handler threads (default 8)
       R3_DB_POOL             PostgreSQL connections (default 8)
       R3_HEADER_TIMEOUT      seconds to receive a request head (default 10)
-      R3_BODY_TIMEOUT        seconds to receive a request body (default 120)
+      R3_BODY_TIMEOUT        seconds a request body may stall with no byte arriving (default 120)
       R3_IDLE_TIMEOUT        seconds a keep-alive connection may idle (default 60)
       R3_MAX_ROUTE_VALUES    largest routes array, in expert ids (default 268435456)
       R3_WORKERS             job workers in this process (default 1; 0: API only, e.g. beside `r3 worker`s)
@@ -34,6 +47,8 @@ public struct ServiceConfig: Sendable {
     public var port: UInt16 = 8080
     public var dataDir = URL(fileURLWithPath: ".r3")
     public var maxBodyBytes = 512 * 1024 * 1024
+    public var maxImportBytes = 16 << 30
+    public var maxImportRollouts = 4096
     public var maxConnections = 1024
     public var httpThreads = 8
     public var dbPool = 8
@@ -79,6 +94,8 @@ public struct ServiceConfig: Sendable {
         }
         if let d = env["R3_DATA_DIR"] { c.dataDir = URL(fileURLWithPath: d) }
         c.maxBodyBytes = try int("R3_MAX_BODY_BYTES", 1024...(1 << 34)) ?? c.maxBodyBytes
+        c.maxImportBytes = try int("R3_MAX_IMPORT_BYTES", 1024...(1 << 40)) ?? c.maxImportBytes
+        c.maxImportRollouts = try int("R3_MAX_IMPORT_ROLLOUTS", 1...100_000) ?? c.maxImportRollouts
         c.maxConnections = try int("R3_MAX_CONNECTIONS", 1...100_000) ?? c.maxConnections
         c.httpThreads = try int("R3_HTTP_THREADS", 1...256) ?? c.httpThreads
         c.dbPool = try int("R3_DB_POOL", 1...256) ?? c.dbPool

@@ -2,13 +2,16 @@
 // HTTP status (RFC 9457 problem+json). Internal details never reach the client.
 import Foundation
 import HTTP
+import JSON
 import Routes
 import Store
 
 public struct ServiceError: Error, CustomStringConvertible {
     public var status: Int
     public var detail: String
-    public init(_ status: Int, _ detail: String) { self.status = status; self.detail = detail }
+    /// Extra response headers (Allow on a 405, Retry-After, …).
+    public var headers: [(String, String)] = []
+    public init(_ status: Int, _ detail: String, headers: [(String, String)] = []) { self.status = status; self.detail = detail; self.headers = headers }
     public var description: String { "\(status): \(detail)" }
 
     public static func badRequest(_ d: String) -> ServiceError { ServiceError(400, d) }
@@ -20,8 +23,16 @@ public struct ServiceError: Error, CustomStringConvertible {
         switch error {
         case let e as ServiceError:
             var r = HTTPResponse.problem(e.status, detail: e.detail)
+            for (n, v) in e.headers { r.headers.set(n, v) }
             if e.status == 401 { r.headers.set("WWW-Authenticate", "Bearer realm=\"r3\"") }
             return r
+        case let e as JSONError:
+            return response(for: e.service)
+        case let e as HTTPBodyError:
+            switch e {
+            case .timeout: return .problem(408, detail: e.description, close: true)
+            case .aborted: return .problem(400, detail: e.description, close: true)
+            }
         case let e as RoutesError:
             switch e {
             case let .malformed(m): return .problem(400, detail: "routed_experts: \(m)")

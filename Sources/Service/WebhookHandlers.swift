@@ -1,6 +1,7 @@
 // WebhookHandlers: webhook endpoints (create with a signing secret shown once, read, list, update,
 // delete, rotate the secret), their deliveries with every attempt, and redelivery.
 import Foundation
+import JSON
 import HTTP
 import Store
 
@@ -22,10 +23,9 @@ extension App {
          }]
     }
 
-    func webhookFields(_ o: [String: Any], creating: Bool) throws -> (url: String?, events: [String]?, description: String?, enabled: Bool?) {
+    func webhookFields(_ o: JSONObject, creating: Bool) throws -> (url: String?, events: [String]?, description: String?, enabled: Bool?) {
         let allowed: Set<String> = creating ? ["url", "events", "description"] : ["url", "events", "description", "enabled"]
-        if let k = o.keys.sorted().first(where: { !allowed.contains($0) }) { throw ServiceError.unprocessable("unknown field \(k)") }
-        let f = Fields(o)
+        let f = try Fields(o, allowed: allowed)
         var url: String?
         if let u = try f.string("url", required: creating, max: 2048) {
             do { url = try URLGuard.check(u, allowPrivate: config.webhookAllowPrivate).absoluteString } catch {
@@ -33,23 +33,20 @@ extension App {
             }
         }
         var events: [String]?
-        if let v = o["events"], !(v is NSNull) {
-            guard let l = v as? [String], !l.isEmpty, l.count <= 10, Set(l).count == l.count,
+        if f.has("events") {
+            guard let l = try? f.stringList("events", max: 100), !l.isEmpty, l.count <= 10, Set(l).count == l.count,
                   l.allSatisfy(WebhookRepository.eventTypes.contains) else {
                 throw ServiceError.unprocessable("events must be a list of distinct event types from: \(WebhookRepository.eventTypes.sorted().joined(separator: ", "))")
             }
             events = l
         } else if creating { throw ServiceError.unprocessable("events is required") }
         var description: String?
-        if let v = o["description"], !(v is NSNull) {
-            guard let s = v as? String, s.count <= 1000 else { throw ServiceError.unprocessable("description must be a string of at most 1000 characters") }
+        if let v = f.present("description") {
+            guard let s = v.stringValue, s.count <= 1000 else { throw ServiceError.unprocessable("description must be a string of at most 1000 characters") }
             description = s
         }
         var enabled: Bool?
-        if let v = o["enabled"], !(v is NSNull) {
-            guard Fields.isBool(v), let b = v as? Bool else { throw ServiceError.unprocessable("enabled must be true or false") }
-            enabled = b
-        }
+        enabled = try f.bool("enabled")
         return (url, events, description, enabled)
     }
 

@@ -32,10 +32,11 @@ public struct ModelRepository: Sendable {
                     source: try r.string(i, "source")!, createdAt: try r.string(i, "created_at")!, latestVersion: try r.int(i, "latest_version") ?? 0)
     }
 
-    /// Registers a model whose version 0 lives at `checkpointPath` (written by `prepare` before commit).
+    /// Registers a model whose version 0 lives at `checkpointPath` (written by `prepare` before commit;
+    /// nil for a model registered from its config alone, which has no weights).
     /// Returns nil when the project already has a model of that name.
     public func create(project: Int, name: String, configJSON: String, source: String,
-                       checkpointPath: (String) throws -> String) throws -> ModelRecord? {
+                       checkpointPath: (String) throws -> String?) throws -> ModelRecord? {
         do {
             return try pool.transaction { c in
                 let r = try c.query("""
@@ -54,6 +55,18 @@ public struct ModelRepository: Sendable {
     public func get(project: Int, id: String) throws -> ModelRecord? {
         guard UUID(uuidString: id) != nil else { return nil }
         let r = try pool.withRetry { try $0.query("SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m WHERE m.project_id = \(project) AND m.id = \(id)::uuid") }
+        return r.count == 0 ? nil : try ModelRepository.record(r, 0)
+    }
+
+    /// A model of this project named by its id or its name (a rollout's `model` may be either).
+    public func find(project: Int, idOrName: String) throws -> ModelRecord? {
+        let r = try pool.withRetry { c in
+            try c.query("""
+                SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m
+                WHERE m.project_id = \(project) AND (m.name = \(idOrName) OR m.id::text = lower(\(idOrName)))
+                ORDER BY (m.id::text = lower(\(idOrName))) DESC LIMIT 1
+                """)
+        }
         return r.count == 0 ? nil : try ModelRepository.record(r, 0)
     }
 

@@ -13,10 +13,15 @@ public struct NewRollout: Sendable {
     public var groupID: String?
     public var metadataJSON: String
     public var routes: PackedRoutes?
+    /// One byte per response token: 1 where the policy sampled it, 0 for tokens a later turn added as
+    /// context (tool output, the user's next message). nil: every response token was sampled.
+    public var lossMask: [UInt8]?
+    public var turns: Int
     public init(model: String, policyVersion: Int, tokenIDs: [Int32], promptLength: Int, logprobs: [Float]?, reward: Double?,
-                groupID: String?, metadataJSON: String, routes: PackedRoutes?) {
+                groupID: String?, metadataJSON: String, routes: PackedRoutes?, lossMask: [UInt8]? = nil, turns: Int = 1) {
         self.model = model; self.policyVersion = policyVersion; self.tokenIDs = tokenIDs; self.promptLength = promptLength
         self.logprobs = logprobs; self.reward = reward; self.groupID = groupID; self.metadataJSON = metadataJSON; self.routes = routes
+        self.lossMask = lossMask; self.turns = turns
     }
 }
 
@@ -34,6 +39,11 @@ public struct RolloutRecord: Sendable {
     public var createdAt: String
     /// [rows, layers, top_k, num_experts] when routes are stored.
     public var routesShape: [Int]?
+    /// The routes' model layout: num_hidden_layers and the hidden index of each stored (MoE) layer.
+    public var routesHiddenLayers: Int?
+    public var routesMoELayers: [Int]?
+    public var lossMask: [UInt8]?
+    public var turns: Int
 }
 
 public struct RolloutRepository: Sendable {
@@ -54,12 +64,12 @@ public struct RolloutRepository: Sendable {
 
     /// Inserts on `c` (inside the caller's transaction); `job` tags a job step's sample.
     public static func insert(_ c: PGConnection, project: Int, _ r: NewRollout, job: (id: String, step: Int, index: Int)?) throws -> String {
-        let lp: String? = r.logprobs.map { pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
         let res = try c.query("""
             INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
-                                  job_id, job_step, sample_index)
+                                  job_id, job_step, sample_index, loss_mask, turns)
             VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
-                    \(lp)::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step), \(job?.index))
+                    \(floatArray(r.logprobs))::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
+                    \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns))
             RETURNING id
             """)
         let id = try res.string(0, "id")!
@@ -67,20 +77,28 @@ public struct RolloutRepository: Sendable {
         return id
     }
 
+    /// A real[] literal; NaN marks a token without a log-prob (a later turn's context).
+    static func floatArray(_ xs: [Float]?) -> String? {
+        xs.map { pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
+    }
+
     static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
+        let allMoE = p.moeLayers == Array(0..<p.layers) && p.hiddenLayers == p.layers
+        let moe: String? = allMoE ? nil : pgArray(p.moeLayers)
         try c.query("""
-            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data)
-            VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes))
+            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers, moe_layers)
+            VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes),
+                    \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[])
             ON CONFLICT (rollout_id) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
                 num_experts = EXCLUDED.num_experts, width = EXCLUDED.width, checksum = EXCLUDED.checksum, data = EXCLUDED.data,
-                created_at = now()
+                hidden_layers = EXCLUDED.hidden_layers, moe_layers = EXCLUDED.moe_layers, created_at = now()
             """)
     }
 
     static let columns = """
         r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, r.logprobs, r.reward, r.group_id, r.metadata,
-        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
-        t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts
+        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at, encode(r.loss_mask, 'hex') AS loss_mask, r.turns,
+        t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts, t.hidden_layers AS r_hidden, t.moe_layers AS r_moe
         """
 
     static func record(_ res: PGResult, _ i: Int) throws -> RolloutRecord {
@@ -93,7 +111,20 @@ public struct RolloutRepository: Sendable {
             logprobs: parseArray(try res.string(i, "logprobs")).map { $0.map { Float($0) ?? .nan } },
             reward: try res.double(i, "reward"), groupID: try res.string(i, "group_id"),
             metadataJSON: try res.string(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at")!,
-            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers")!, try res.int(i, "r_top_k")!, try res.int(i, "r_experts")!])
+            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers")!, try res.int(i, "r_top_k")!, try res.int(i, "r_experts")!],
+            routesHiddenLayers: try res.int(i, "r_hidden") ?? (rows == nil ? nil : try res.int(i, "r_layers")),
+            routesMoELayers: try parseArray(res.string(i, "r_moe")).map { $0.compactMap { Int($0) } } ?? (rows == nil ? nil : Array(0..<(try res.int(i, "r_layers") ?? 0))),
+            lossMask: try res.string(i, "loss_mask").map(hexBytes), turns: try res.int(i, "turns") ?? 1)
+    }
+
+    static func hexBytes(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []; out.reserveCapacity(s.utf8.count / 2)
+        var hi: UInt8?
+        for c in s.utf8 {
+            let v: UInt8 = c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10
+            if let h = hi { out.append(h << 4 | v); hi = nil } else { hi = v }
+        }
+        return out
     }
 
     public func get(project: Int, id: String) throws -> RolloutRecord? {
@@ -128,17 +159,69 @@ public struct RolloutRepository: Sendable {
         guard UUID(uuidString: id) != nil else { return nil }
         let res = try pool.withRetry { c in
             try c.query("""
-                SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data
+                SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data, t.hidden_layers,
+                       convert_to(array_to_string(t.moe_layers, ','), 'UTF8') AS moe_layers
                 FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = \(id)::uuid
                 """, binary: true)
         }
         guard res.count == 1 else { return nil }
-        func int(_ n: String) throws -> Int {
-            guard let d = try res.bytes(0, n) else { throw StoreError.decode("\(n) is null") }
+        return try RolloutRepository.packed(res, 0)
+    }
+
+    /// Packed routes from a binary-format row of rows, layers, top_k, num_experts, width, checksum, data,
+    /// hidden_layers and moe_layers (as comma-separated text bytes).
+    static func packed(_ res: PGResult, _ row: Int) throws -> PackedRoutes {
+        func int(_ n: String) throws -> Int? {
+            guard let d = try res.bytes(row, n) else { return nil }
             return d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
         }
-        return PackedRoutes(rows: try int("rows"), layers: try int("layers"), topK: try int("top_k"), numExperts: try int("num_experts"),
-                            width: try int("width"), bytes: try res.bytes(0, "data") ?? Data(), checksum: UInt32(truncatingIfNeeded: try int("checksum")))
+        func required(_ n: String) throws -> Int { guard let v = try int(n) else { throw StoreError.decode("\(n) is null") }; return v }
+        let moe = try res.bytes(row, "moe_layers").map { String(decoding: $0, as: UTF8.self).split(separator: ",").compactMap { Int($0) } }
+        return PackedRoutes(rows: try required("rows"), layers: try required("layers"), topK: try required("top_k"), numExperts: try required("num_experts"),
+                            width: try required("width"), bytes: try res.bytes(row, "data") ?? Data(), checksum: UInt32(truncatingIfNeeded: try required("checksum")),
+                            hiddenLayers: try int("hidden_layers"), moeLayers: moe)
+    }
+
+    static let packedColumns = """
+        t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data, t.hidden_layers,
+        convert_to(array_to_string(t.moe_layers, ','), 'UTF8') AS moe_layers, cardinality(r.token_ids) AS tokens,
+        convert_to(r.id::text, 'UTF8') AS rid
+        """
+
+    /// A rollout's stored routes and its token count, or nil.
+    public func routesAndTokens(project: Int, id: String) throws -> (PackedRoutes, Int)? {
+        guard UUID(uuidString: id) != nil else { return nil }
+        let res = try pool.withRetry { c in
+            try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns))
+                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+                """, binary: true)
+        }
+        guard res.count == 1 else { return nil }
+        return (try RolloutRepository.packed(res, 0), try RolloutRepository.binaryInt(res, 0, "tokens"))
+    }
+
+    /// Routes and token counts of many rollouts in one query, keyed by lower-case id (missing ones absent).
+    public func routesAndTokens(project: Int, ids: [String]) throws -> [String: (PackedRoutes, Int)] {
+        let valid = ids.filter { UUID(uuidString: $0) != nil }
+        if valid.isEmpty { return [:] }
+        let res = try pool.withRetry { c in
+            try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns))
+                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
+                """, binary: true)
+        }
+        var out: [String: (PackedRoutes, Int)] = [:]
+        for i in 0..<res.count {
+            let id = String(decoding: try res.bytes(i, "rid") ?? Data(), as: UTF8.self).lowercased()
+            out[id] = (try RolloutRepository.packed(res, i), try RolloutRepository.binaryInt(res, i, "tokens"))
+        }
+        return out
+    }
+
+    static func binaryInt(_ res: PGResult, _ row: Int, _ name: String) throws -> Int {
+        guard let d = try res.bytes(row, name) else { throw StoreError.decode("\(name) is null") }
+        return d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
     }
 
     /// Token count of a rollout of this project, or nil.
@@ -186,5 +269,50 @@ extension RolloutRepository {
             out.append((r, r.routesShape == nil ? nil : try routes(project: project, id: id)))
         }
         return (out, missing)
+    }
+}
+
+extension RolloutRepository {
+    /// The outcome of an append: the rollout after it, or why nothing changed.
+    public enum AppendOutcome: Sendable {
+        case appended(RolloutRecord, PackedRoutes?)
+        case notFound
+    }
+
+    /// Extends a rollout with a next turn in one transaction: the row is locked, `extend` sees it as it is
+    /// and returns it as it must become (throwing leaves it unchanged).
+    public func append(project: Int, id: String, _ extend: (RolloutRecord, PackedRoutes?) throws -> NewRollout) throws -> AppendOutcome {
+        guard UUID(uuidString: id) != nil else { return .notFound }
+        return try pool.transaction { c in
+            let res = try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                WHERE r.project_id = \(project) AND r.id = \(id)::uuid FOR UPDATE OF r
+                """)
+            guard res.count == 1 else { return .notFound }
+            let record = try RolloutRepository.record(res, 0)
+            var packed: PackedRoutes?
+            if record.routesShape != nil {
+                let b = try c.query("""
+                    SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data, t.hidden_layers,
+                           convert_to(array_to_string(t.moe_layers, ','), 'UTF8') AS moe_layers
+                    FROM routes t WHERE t.rollout_id = \(id)::uuid
+                    """, binary: true)
+                packed = try RolloutRepository.packed(b, 0)
+            }
+            let n = try extend(record, packed)
+            try c.query("""
+                UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
+                    logprobs = \(RolloutRepository.floatArray(n.logprobs))::real[], reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
+                    loss_mask = \(n.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), turns = \(n.turns),
+                    policy_version = \(n.policyVersion)
+                WHERE id = \(id)::uuid
+                """)
+            if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, p) }
+            let after = try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                WHERE r.id = \(id)::uuid
+                """)
+            return .appended(try RolloutRepository.record(after, 0), n.routes)
+        }
     }
 }

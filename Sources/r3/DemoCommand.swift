@@ -52,8 +52,8 @@ struct DemoCommand: ParsableCommand {
         let (pool, embedded, _) = try openDatabase(config)
         defer { if embedded?.startedHere == true { embedded?.stop() } }
         let app = App(config: config, pool: pool)
-        var http = HTTPServerConfig(); http.port = 0; http.handlerThreads = 4
-        let server = HTTPServer(config: http) { app.handle($0) }
+        var http = config.http; http.port = 0; http.handlerThreads = 4
+        let server = HTTPServer(config: http) { app.decide($0) }
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)
         runner.start()

@@ -35,10 +35,9 @@ struct RoutesBenchCommand: ParsableCommand {
             try? FileManager.default.removeItem(at: tmp)
         }
         let app = App(config: config, pool: pool)
-        var http = HTTPServerConfig()
+        var http = config.http
         http.port = 0
-        http.limits.maxBodyBytes = 1 << 30
-        let server = HTTPServer(config: http) { app.handle($0) }
+        let server = HTTPServer(config: http) { app.decide($0) }
         let port = try server.start()
         defer { server.shutdown(); server.waitUntilStopped() }
         let key = try KeyRepository(pool: pool).create(project: "bench-\(getpid())").key

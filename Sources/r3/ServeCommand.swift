@@ -71,12 +71,7 @@ struct ServeCommand: ParsableCommand {
         let config = try ServiceConfig.fromEnvironment()
         let (pool, embedded, label) = try openDatabase(config)
         let app = App(config: config, pool: pool)
-        var http = HTTPServerConfig()
-        http.host = config.host; http.port = config.port
-        http.limits.maxBodyBytes = config.maxBodyBytes
-        http.maxConnections = config.maxConnections; http.handlerThreads = config.httpThreads
-        http.headerTimeout = config.headerTimeout; http.bodyTimeout = config.bodyTimeout; http.idleTimeout = config.idleTimeout
-        let server = HTTPServer(config: http) { app.handle($0) }
+        let server = HTTPServer(config: config.http) { app.decide($0) }
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)
         runner.start()
