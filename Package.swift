@@ -21,24 +21,24 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .target(name: "MoE", dependencies: ["CBLAS"], swiftSettings: engine),
-        .target(name: "JSON", swiftSettings: cpu),
+        .target(name: "JSON", dependencies: ["CPosix"], swiftSettings: cpu),
         .target(name: "Routes", dependencies: ["CPosix", "JSON"], swiftSettings: cpu),
         .target(name: "CPosix"),
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
         .target(name: "RL", dependencies: ["MoE", "Routes"], swiftSettings: cpu),
-        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON"], swiftSettings: cpu),
+        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON", "CPosix"], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
             dependencies: ["MoE", "Routes", "RL", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
-        .testTarget(name: "JSONTests", dependencies: ["JSON"], swiftSettings: cpu),
+        .testTarget(name: "JSONTests", dependencies: ["JSON", "CPosix"], swiftSettings: cpu),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE"], swiftSettings: cpu),
-        .testTarget(name: "ServiceTests", dependencies: ["Service"], swiftSettings: cpu),
+        .testTarget(name: "ServiceTests", dependencies: ["Service", "CPosix"], swiftSettings: cpu),
     ]
 )

@@ -3,6 +3,8 @@
 // long strings are handed out in pieces (`readStringChunks`), numbers are parsed exactly (integers to
 // Int64 without a Double in between), and every error names the path of the value it is about.
 
+import CPosix
+
 /// Where the bytes come from. `read` fills the buffer with up to its size and returns the count; 0 is the
 /// end of the input.
 public protocol JSONSource: AnyObject {
@@ -322,13 +324,8 @@ public final class JSONReader {
         var scratch = [UInt8](); scratch.reserveCapacity(8)
         while true {
             if pos == end { guard try fill(1) > 0 else { throw syntax("unterminated string") } }
-            // a run of plain bytes
-            var i = pos
-            while i < end {
-                let c = buf.load(fromByteOffset: i, as: UInt8.self)
-                if c == 0x22 || c == 0x5C || c < 0x20 { break }
-                i += 1
-            }
+            // a run of plain bytes (AVX2: 32 a step)
+            let i = pos + Int(r3_json_plain_run(buf.assumingMemoryBound(to: UInt8.self) + pos, UInt64(end - pos)))
             if i > pos { try sink(UnsafeRawBufferPointer(start: buf + pos, count: i - pos)); pos = i }
             if pos == end { continue }
             let c = byte(0)

@@ -144,8 +144,8 @@ extension PackedRoutes {
 
     /// The routes as little-endian `o.dtype` bytes in `o`'s layout, straight from the packed form (one
     /// pass, no [Int32] in between), verifying the checksum.
-    public func encode(_ o: RouteOutput) throws -> Data {
-        try verify()
+    public func encode(_ o: RouteOutput, verified: Bool = false) throws -> Data {
+        if !verified { try verify() }
         try check(o)
         let r = o.rows ?? 0..<rows
         guard r.lowerBound >= 0, r.upperBound <= rows else { throw RoutesError.invalid("rows [\(r.lowerBound), \(r.upperBound)) are outside [0, \(rows))") }
@@ -159,40 +159,94 @@ extension PackedRoutes {
         let missing: Int32 = w == 1 ? (numExperts <= 255 ? 0xFF : -2) : 0xFFFF
         bytes.withUnsafeBytes { src in
             out.withUnsafeMutableBytes { dst in
-                func emit<T: FixedWidthInteger>(_ type: T.Type) {
-                    let d = dst.bindMemory(to: T.self)
-                    var k = 0
-                    @inline(__always) func put(_ v: Int32) { d[k] = T(truncatingIfNeeded: v).littleEndian; k += 1 }
-                    for t in r {
-                        for ol in 0..<outLayers {
-                            let m = source[ol]
-                            if m < 0 { for _ in 0..<K { put(o.pad) }; continue }
-                            let base = (t * L + m) * K
-                            if w == 1 {
-                                for j in 0..<K { let v = Int32(src[base + j]); put(v == missing ? -1 : v) }
-                            } else {
-                                for j in 0..<K {
-                                    let v = Int32(src.loadUnaligned(fromByteOffset: 2 * (base + j), as: UInt16.self).littleEndian)
-                                    put(v == missing ? -1 : v)
-                                }
-                            }
-                        }
-                    }
-                    if o.finalRow {
-                        for ol in 0..<outLayers { for j in 0..<K { put(source[ol] < 0 ? o.pad : Int32(j)) } }
-                    }
-                }
                 switch o.dtype {
-                case .int64: emit(Int64.self)
-                case .int32: emit(Int32.self)
-                case .int16: emit(Int16.self)
-                case .int8: emit(Int8.self)
-                case .uint8: emit(UInt8.self)
-                case .uint16: emit(UInt16.self)
+                case .int64: PackedRoutes.emit(src, dst.bindMemory(to: Int64.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
+                case .int32: PackedRoutes.emit(src, dst.bindMemory(to: Int32.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
+                case .int16: PackedRoutes.emit(src, dst.bindMemory(to: Int16.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
+                case .int8: PackedRoutes.emit(src, dst.bindMemory(to: Int8.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
+                case .uint8: PackedRoutes.emit(src, dst.bindMemory(to: UInt8.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
+                case .uint16: PackedRoutes.emit(src, dst.bindMemory(to: UInt16.self).baseAddress!, width: w, missing: missing, K: K, L: L, rows: r, source: source, pad: o.pad, finalRow: o.finalRow)
                 }
             }
         }
         return out
+    }
+
+    /// Writes rows `rows` of the stored ids as T, output layer by output layer (`source`: the stored layer
+    /// of each, -1 for a dense layer written as `pad`), then NeMo's arange(K) row when asked. Runs of
+    /// consecutive stored layers are converted in one tight loop; one-byte ids of the same width are copied.
+    @inline(__always)
+    static func emit<T: FixedWidthInteger>(_ src: UnsafeRawBufferPointer, _ dst: UnsafeMutablePointer<T>, width w: Int, missing: Int32,
+                                           K: Int, L: Int, rows: Range<Int>, source: [Int], pad: Int32, finalRow: Bool) {
+        let s = src.baseAddress!
+        var k = 0
+        /// n ids from flat stored index `from`.
+        @inline(__always) func run(_ from: Int, _ n: Int) {
+            if w == 1 {
+                let p = s.assumingMemoryBound(to: UInt8.self) + from
+                if T.bitWidth == 8 && missing == 0xFF {
+                    // 0xFF is -1 in int8 and 255 in uint8: the stored bytes are the output
+                    UnsafeMutableRawPointer(dst + k).copyMemory(from: p, byteCount: n)
+                } else {
+                    for i in 0..<n { let v = Int32(p[i]); dst[k + i] = T(truncatingIfNeeded: v == missing ? -1 : v).littleEndian }
+                }
+            } else {
+                for i in 0..<n {
+                    let v = Int32(UInt16(littleEndian: s.loadUnaligned(fromByteOffset: 2 * (from + i), as: UInt16.self)))
+                    dst[k + i] = T(truncatingIfNeeded: v == missing ? -1 : v).littleEndian
+                }
+            }
+            k += n
+        }
+        let outLayers = source.count
+        let contiguous = source.enumerated().allSatisfy { $0.element == $0.offset } && outLayers == L
+        if contiguous {
+            run(rows.lowerBound * L * K, rows.count * L * K)   // MoE layers only: one run over every row
+        } else {
+            for t in rows {
+                var ol = 0
+                while ol < outLayers {
+                    let m = source[ol]
+                    if m < 0 {
+                        for i in 0..<K { dst[k + i] = T(truncatingIfNeeded: pad).littleEndian }
+                        k += K; ol += 1; continue
+                    }
+                    var n = 1   // consecutive stored layers
+                    while ol + n < outLayers && source[ol + n] == m + n { n += 1 }
+                    run((t * L + m) * K, n * K)
+                    ol += n
+                }
+            }
+        }
+        if finalRow {
+            for ol in 0..<outLayers { for j in 0..<K { dst[k] = T(truncatingIfNeeded: source[ol] < 0 ? pad : Int32(j)).littleEndian; k += 1 } }
+        }
+    }
+
+    /// One little-endian int64 [rows (+1), K] array per stored (MoE) layer, in layer order: Megatron's
+    /// RouterReplay input, written in one pass over the packed bytes.
+    public func encodeLayersInt64(finalRow: Bool) throws -> [Data] {
+        try verify()
+        let K = topK, L = layers, T = rows + (finalRow ? 1 : 0)
+        let missing: Int32 = width == 1 ? (numExperts <= 255 ? 0xFF : -2) : 0xFFFF
+        let buffers = (0..<L).map { _ in UnsafeMutablePointer<Int64>.allocate(capacity: max(1, T * K)) }
+        bytes.withUnsafeBytes { src in
+            for t in 0..<rows {
+                for m in 0..<L {
+                    let d = buffers[m] + t * K, from = (t * L + m) * K
+                    if width == 1 {
+                        for j in 0..<K { let v = Int32(src[from + j]); d[j] = Int64(v == missing ? -1 : v).littleEndian }
+                    } else {
+                        for j in 0..<K {
+                            let v = Int32(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * (from + j), as: UInt16.self)))
+                            d[j] = Int64(v == missing ? -1 : v).littleEndian
+                        }
+                    }
+                }
+            }
+        }
+        if finalRow { for m in 0..<L { for j in 0..<K { buffers[m][rows * K + j] = Int64(j).littleEndian } } }
+        return buffers.map { Data(bytesNoCopy: $0, count: T * K * 8, deallocator: .custom { p, _ in p.deallocate() }) }
     }
 
     /// The routes as [Int32] in `o`'s layout (JSON lists; tests).

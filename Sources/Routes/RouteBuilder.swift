@@ -55,14 +55,24 @@ public struct RouteBuilder: Sendable {
         guard count + n <= maxValues else { throw RoutesError.invalid("routes have more than \(maxValues) values") }
         switch dtype {
         case .int32:
-            // the common case (SGLang): a tight loop while the ids fit a byte
+            // the common case (SGLang): blocks converted through a small buffer while the ids fit a byte
             var i = 0
             if width == 1 {
-                bytes.reserveCapacity(bytes.count + n)
-                while i < n {
-                    let v = Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self))
-                    if v < -1 || v >= 255 { break }
-                    bytes.append(UInt8(truncatingIfNeeded: v)); i += 1
+                if bytes.capacity < bytes.count + n { bytes.reserveCapacity(max(bytes.count + n, bytes.capacity * 2)) }   // doubling, never exact
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { block in
+                    while i < n {
+                        let m = min(4096, n - i)
+                        var k = 0
+                        while k < m {
+                            let v = Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * (i + k), as: Int32.self))
+                            if v < -1 || v >= 255 { break }
+                            block[k] = UInt8(truncatingIfNeeded: v)
+                            k += 1
+                        }
+                        bytes.append(contentsOf: UnsafeBufferPointer(rebasing: block[0..<k]))
+                        i += k
+                        if k < m { break }
+                    }
                 }
                 count += i
             }
@@ -102,6 +112,73 @@ public struct RouteBuilder: Sendable {
 
     // MARK: finish
 
+    /// The common case in one pass over bytes: ids stored one per byte, at most 255 experts (so 0xFF is
+    /// "missing" whatever the input's signedness). Checks every row as the general path does and returns
+    /// the MoE layers' bytes, or nil at the first problem (the general path then reports it). Rows of 8
+    /// (top-8, the usual K) are checked as one 64-bit word: a duplicate is a zero byte in the word XOR its
+    /// byte rotations.
+    func fastPack(rows: Int, L: Int, K: Int, E: Int, moeIndex: [Int], dense: [Int]) -> [UInt8]? {
+        let moe = moeIndex.count
+        var out = [UInt8](repeating: 0, count: rows * moe * K)
+        let limit = UInt8(E)
+        @inline(__always) func hasZeroByte(_ v: UInt64) -> Bool { (v &- 0x0101_0101_0101_0101) & ~v & 0x8080_8080_8080_8080 != 0 }
+        let ok = bytes.withUnsafeBufferPointer { src -> Bool in
+            out.withUnsafeMutableBufferPointer { dst -> Bool in
+                moeIndex.withUnsafeBufferPointer { moeL in
+                    dense.withUnsafeBufferPointer { denseL in
+                        let s = UnsafeRawPointer(src.baseAddress!), d = UnsafeMutableRawPointer(dst.baseAddress!)
+                        var o = 0
+                        var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+                        for t in 0..<rows {
+                            let rowBase = t * L * K
+                            for l in denseL {
+                                let b = rowBase + l * K, first = src[b]
+                                if first != 0 && first != 0xFF { return false }
+                                for j in 1..<K where src[b + j] != first { return false }
+                            }
+                            for l in moeL {
+                                let b = rowBase + l * K
+                                if K == 8 {
+                                    let v = s.loadUnaligned(fromByteOffset: b, as: UInt64.self)
+                                    if v != ~0 {
+                                        for j in 0..<8 where src[b + j] >= limit { return false }   // 0xFF >= limit too: partly missing
+                                        var r = v
+                                        for _ in 1..<8 {
+                                            r = (r >> 8) | (r << 56)
+                                            if hasZeroByte(v ^ r) { return false }
+                                        }
+                                    }
+                                    d.storeBytes(of: v, toByteOffset: o, as: UInt64.self)
+                                } else {
+                                    if src[b] == 0xFF {
+                                        for j in 1..<K where src[b + j] != 0xFF { return false }
+                                    } else {
+                                        seen = (0, 0, 0, 0)
+                                        for j in 0..<K {
+                                            let e = src[b + j]
+                                            if e >= limit { return false }
+                                            let bit = UInt64(1) << UInt64(e & 63)
+                                            switch e >> 6 {
+                                            case 0: if seen.0 & bit != 0 { return false }; seen.0 |= bit
+                                            case 1: if seen.1 & bit != 0 { return false }; seen.1 |= bit
+                                            case 2: if seen.2 & bit != 0 { return false }; seen.2 |= bit
+                                            default: if seen.3 & bit != 0 { return false }; seen.3 |= bit
+                                            }
+                                        }
+                                    }
+                                    for j in 0..<K { dst[o + j] = src[b + j] }
+                                }
+                                o += K
+                            }
+                        }
+                        return true
+                    }
+                }
+            }
+        }
+        return ok ? out : nil
+    }
+
     /// What the caller knows of the shape: the three dimensions when the encoding carried them
     /// (.npy, {dtype, shape, data}, nrlre1, nested lists), else nil (SGLang's bare base64).
     /// `rows` are the row counts allowed (T − 1 − start and T − start for a sequence of T tokens).
@@ -131,9 +208,13 @@ public struct RouteBuilder: Sendable {
                 throw RoutesError.invalid("\(count) expert ids do not fit this sequence: expected \(per) (rows × layers × top_k)")
             }
         }
+        let moeIndex: [Int] = L == hidden ? layout.moeLayers : Array(0..<moe)
+        if width == 1 && E <= 255, let out = fastPack(rows: rows, L: L, K: K, E: E, moeIndex: moeIndex, dense: L == hidden ? layout.denseLayers : []) {
+            return PackedRoutes(rows: rows, layers: moe, topK: K, numExperts: E, width: 1, bytes: out, hiddenLayers: hidden, moeLayers: layout.moeLayers)
+        }
+        // the general path: any width and expert count; it also names the first error the fast path met
         var anyMissing = false
         var out = [UInt8](repeating: 0, count: rows * moe * K * (E <= 256 ? 1 : 2))
-        let moeIndex: [Int] = L == hidden ? layout.moeLayers : Array(0..<moe)
         var isMoE = [Bool](repeating: L == moe, count: L)
         for l in moeIndex { isMoE[l] = true }
         let denseLayers = L == hidden ? layout.denseLayers : []

@@ -1,6 +1,7 @@
 // Body: the typed JSON boundary of every write endpoint. Bodies are parsed by our strict reader (exact
 // integers, no NUL in strings, no duplicate keys), unknown fields are a 422 naming the field, and each
 // field is read with a check whose error names it. Media types are matched exactly, parameters included.
+import CPosix
 import Foundation
 import HTTP
 import JSON
@@ -150,6 +151,38 @@ struct Fields {
             return s
         }
     }
+}
+
+/// Standard padded base64 text of `d` (the C encoder; ~10× Foundation's).
+func base64Text(_ d: Data) -> Data {
+    var out = Data(count: 4 * ((d.count + 2) / 3))
+    out.withUnsafeMutableBytes { o in d.withUnsafeBytes { i in _ = r3_base64_encode(i.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(i.count), o.baseAddress!.assumingMemoryBound(to: UInt8.self)) } }
+    return out
+}
+
+/// A JSON object of small members (sorted) and one large string member written as it is: `prefix` and
+/// base64 text need no escaping, so megabytes of routes skip JSONSerialization's per-character writer.
+func jsonObject(_ small: [String: Any], key: String, prefix: String = "", base64 data: Data) throws -> Data {
+    var out = try JSONSerialization.data(withJSONObject: small, options: [.sortedKeys, .withoutEscapingSlashes])
+    out.removeLast()   // "}"
+    out.append(contentsOf: Array((small.isEmpty ? "" : ",").utf8))
+    out.append(contentsOf: Array("\"\(key)\":\"\(prefix)".utf8))
+    out.append(base64Text(data))
+    out.append(contentsOf: Array("\"}".utf8))
+    return out
+}
+
+/// {"key": {"name": <raw JSON>, …}} from members already serialized.
+func jsonObject(key: String, members: [(String, Data)]) -> Data {
+    var out = Data("{\"\(key)\":{".utf8)
+    for (i, (name, value)) in members.enumerated() {
+        if i > 0 { out.append(UInt8(ascii: ",")) }
+        var n: [UInt8] = []
+        JSONValue.writeString(name, &n)
+        out.append(contentsOf: n); out.append(UInt8(ascii: ":")); out.append(value)
+    }
+    out.append(contentsOf: Array("}}".utf8))
+    return out
 }
 
 extension JSONValue {

@@ -111,7 +111,7 @@ extension App {
         // JSON lists carry the ids themselves (-1 for missing); their dtype only bounds the ids
         var enc = o
         if format == .json { enc.dtype = .int32 }
-        do { try p.check(o); bytes = try p.encode(enc) } catch let e as RoutesError {
+        do { try p.check(o); bytes = format == .megatron ? Data() : try p.encode(enc, verified: true) } catch let e as RoutesError {
             throw ServiceError.unprocessable("routes cannot be served as \(o.dtype.rawValue): \(e)")
         }
         let shape = p.shape(o)
@@ -125,13 +125,13 @@ extension App {
             }
             return (try json(["shape": shape, "dtype": o.dtype.rawValue, "num_experts": p.numExperts, "layout": layout, "routed_experts": ids]), "application/json", [])
         case .base64:
-            return (try json(["dtype": o.dtype.rawValue, "shape": shape, "data": bytes.base64EncodedString(), "num_experts": p.numExperts, "layout": layout]),
+            return (try jsonObject(["dtype": o.dtype.rawValue, "shape": shape, "num_experts": p.numExperts, "layout": layout], key: "data", base64: bytes),
                     "application/json", [])
         case .nemo:
-            return (try json(["routed_experts": "nrlre1:\(o.dtype.rawValue):\(shape[0])x\(shape[1])x\(shape[2]):" + bytes.base64EncodedString(),
-                              "num_experts": p.numExperts]), "application/json", [])
+            return (try jsonObject(["num_experts": p.numExperts], key: "routed_experts", prefix: "nrlre1:\(o.dtype.rawValue):\(shape[0])x\(shape[1])x\(shape[2]):",
+                                   base64: bytes), "application/json", [])
         case .slime:
-            return (try json(["routed_experts": bytes.base64EncodedString(), "shape": shape, "dtype": "int32", "num_experts": p.numExperts]),
+            return (try jsonObject(["shape": shape, "dtype": "int32", "num_experts": p.numExperts], key: "routed_experts", base64: bytes),
                     "application/json", [])
         case .npy:
             return (NPY.encode(NPYArray(dtype: o.dtype.npy, shape: shape, bytes: bytes)), "application/x-npy", [])
@@ -139,7 +139,8 @@ extension App {
             return (bytes, "application/octet-stream", [("X-R3-Shape", shape.map(String.init).joined(separator: ",")), ("X-R3-Dtype", o.dtype.rawValue),
                                                         ("X-R3-Layout", layout)])
         case .megatron:
-            let arrays = App.perLayer(bytes, shape: shape, moeLayers: p.moeLayers)
+            let layers = try p.encodeLayersInt64(finalRow: o.finalRow)
+            let arrays = zip(p.moeLayers, layers).map { (name: String(format: "layer_%03d", $0), shape: [shape[0], shape[2]], data: $1) }
             if container == "safetensors" { return (Safetensors.int64(arrays), "application/octet-stream", []) }
             return (Zip.stored(arrays.map { ("\($0.name).npy", NPY.encode(NPYArray(dtype: .int64, shape: $0.shape, bytes: $0.data))) }), "application/zip", [])
         }
@@ -231,6 +232,9 @@ extension App {
             guard let s = v.stringValue, !s.isEmpty, s.count <= 64 else { throw ServiceError.unprocessable("ids[\(i)] must be a rollout id") }
             return s
         }
+        if let dup = ids.indices.first(where: { i in ids[..<i].contains { $0.lowercased() == ids[i].lowercased() } }) {
+            throw ServiceError.unprocessable("ids[\(dup)] repeats an earlier id")
+        }
         let fmt = try f.string("format", max: 10) ?? "npz"
         guard ["npz", "json", "slime", "verl", "megatron"].contains(fmt) else { throw ServiceError.unprocessable("format must be npz, json, slime, verl or megatron") }
         var q: [String: String] = [:]
@@ -245,7 +249,7 @@ extension App {
         }
         let rows = try rollouts.routesAndTokens(project: project, ids: ids)
         var files: [(String, Data)] = []
-        var json: [String: Any] = [:]
+        var json: [(String, Data)] = []
         var megatron: [(Data, Int)] = []   // int64 [tokens, L, K] per rollout
         var total = 0
         var megatronLayout: PackedRoutes?
@@ -270,8 +274,7 @@ extension App {
                 megatronLayout = p
                 do { megatron.append((try p.encode(o), p.shape(o)[0])) } catch { throw ServiceError.unprocessable("routes of \(id): \(error)") }
             default:
-                let (body, _, _) = try encodeRoutes(p, format, o, id: id)
-                json[id] = try JSONSerialization.jsonObject(with: body)
+                json.append((id, try encodeRoutes(p, format, o, id: id).0))
             }
         }
         switch fmt {
@@ -291,7 +294,7 @@ extension App {
             return HTTPResponse(status: 200, headers: HTTPHeaders([("Content-Type", "application/zip"), ("Content-Disposition", "attachment; filename=\"routes.npz\"")]),
                                 body: Zip.stored(files))
         default:
-            return .json(200, ["routes": json])
+            return HTTPResponse(status: 200, headers: HTTPHeaders([("Content-Type", "application/json")]), body: jsonObject(key: "routes", members: json))
         }
     }
 

@@ -1,4 +1,5 @@
 // Zip: an uncompressed (stored) ZIP archive, which is what numpy's np.load reads as an .npz.
+import CPosix
 import Foundation
 
 enum Zip {
@@ -8,7 +9,10 @@ enum Zip {
         return c
     }
 
-    static func crc32(_ d: Data) -> UInt32 {
+    /// CRC-32 (IEEE) in C, slicing by 8; `reference` is its byte-at-a-time twin.
+    static func crc32(_ d: Data) -> UInt32 { d.withUnsafeBytes { r3_crc32(0, $0.baseAddress, UInt64($0.count)) } }
+
+    static func reference(_ d: Data) -> UInt32 {
         var c: UInt32 = 0xFFFF_FFFF
         d.withUnsafeBytes { r in crcTable.withUnsafeBufferPointer { t in for b in r { c = t[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) } } }
         return c ^ 0xFFFF_FFFF
@@ -17,6 +21,7 @@ enum Zip {
     /// Files in order; sizes must stay below 4 GiB each (ZIP64 is not written).
     static func stored(_ files: [(name: String, data: Data)]) -> Data {
         var out = Data(), central = Data()
+        out.reserveCapacity(files.reduce(0) { $0 + $1.data.count + 30 + $1.name.utf8.count } + 22)
         func u16(_ v: Int, _ d: inout Data) { d.append(UInt8(v & 0xFF)); d.append(UInt8((v >> 8) & 0xFF)) }
         func u32(_ v: UInt32, _ d: inout Data) { for i in 0..<4 { d.append(UInt8((v >> (8 * UInt32(i))) & 0xFF)) } }
         for f in files {

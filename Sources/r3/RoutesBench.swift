@@ -20,6 +20,7 @@ struct RoutesBenchCommand: ParsableCommand {
     @Option var experts = 128
     @Option(help: "Fetches per format for the latency percentiles.") var fetches = 50
     @Option(help: "wrk duration in seconds (0 skips wrk).") var wrkSeconds = 5
+    @Option(help: "Sequences in the SGLang batch ingested in one request (0 skips it).") var batch = 64
     @Flag(help: "Small payload and few fetches (smoke test).") var quick = false
 
     func run() throws {
@@ -74,7 +75,8 @@ struct RoutesBenchCommand: ParsableCommand {
         let ti = median(ingest)
         try printJSON(["case": "ingest", "config": base.merging(["encoding": "base64 int32 JSON"]) { $1 },
                        "payload_mb": Double(body.count) / 1e6, "int32_mb": Double(raw.count) / 1e6,
-                       "mb_per_s": Double(body.count) / ti / 1e6, "seconds_p50": ti])
+                       "mb_per_s": Double(body.count) / ti / 1e6, "route_input_mb_per_s": Double(raw.count) / ti / 1e6, "seconds_p50": ti])
+        if batch > 0 { try sglangBatch(client: client, auth: auth, ids: ids, T: T, base: base) }
 
         for (name, query) in [("fetch_npy_int32", "format=npy"), ("fetch_npy_uint8", "format=npy&dtype=uint8"), ("fetch_raw_int32", "format=raw")] {
             var lat: [Double] = []
@@ -109,6 +111,61 @@ struct RoutesBenchCommand: ParsableCommand {
         }
     }
 
+    /// POST /v1/rollouts:sglang with `batch` sequences of T tokens as SGLang's /generate answers a batch:
+    /// bare base64 int32 routes over every layer, output_ids and output_token_logprobs. The body is
+    /// streamed from a few distinct sequences (generating 64 × 12.6M random ids would dominate the run).
+    func sglangBatch(client: LoopbackClient, auth: String, ids first: [Int32], T: Int, base: [String: Any]) throws {
+        let n = quick ? 4 : batch, distinct = min(n, 4)
+        let model = "bench-layout-\(getpid())"
+        let cfg: [String: Any] = ["model_type": "qwen3_moe", "num_hidden_layers": layers, "num_experts": experts, "num_experts_per_tok": topK]
+        let reg = try client.request("POST", "/v1/models", headers: [auth, "Content-Type: application/json"],
+                                     body: try JSONSerialization.data(withJSONObject: ["name": model, "hf_config": cfg]))
+        guard reg.status == 201 else { throw ValidationError("model registration failed: HTTP \(reg.status)") }
+        let P = 256, O = T - P
+        var rng = SystemRandomNumberGenerator()
+        var items: [Data] = []
+        var routeBytes = 0
+        for d in 0..<distinct {
+            var ids = first
+            if d > 0 {   // another permutation of each row's experts: distinct data, same validity
+                for r in 0..<((T - 1) * layers) { let b = r * topK; let s = Int.random(in: 0..<topK, using: &rng); ids.swapAt(b, b + s) }
+            }
+            let routes = ids[0..<((T - 1) * layers * topK)].withUnsafeBufferPointer { Data(buffer: $0) }
+            routeBytes = routes.count
+            let out = (0..<O).map { _ in Int.random(in: 0..<32_000, using: &rng) }
+            let logprobs = (0..<O).map { i in [Double(-Float.random(in: 0..<4, using: &rng)), Double(out[i]), NSNull()] as [Any] }
+            let item: [String: Any] = ["text": "", "output_ids": out, "meta_info": [
+                "id": "bench-\(d)", "prompt_tokens": P, "completion_tokens": O, "weight_version": "0", "finish_reason": ["type": "length", "length": O],
+                "output_token_logprobs": logprobs, "routed_experts": routes.base64EncodedString()]]
+            items.append(try JSONSerialization.data(withJSONObject: item, options: [.withoutEscapingSlashes]))
+        }
+        let prompts = (0..<n).map { i in (0..<P).map { ($0 * 31 + i) % 32_000 } }
+        let head = Data(#"{"model": "\#(model)", "input_ids": "#.utf8) + (try JSONSerialization.data(withJSONObject: prompts))
+            + Data(#", "reward": 1.0, "response": ["#.utf8)
+        let tail = Data("]}".utf8)
+        let length = head.count + tail.count + (0..<n).reduce(0) { $0 + items[$1 % distinct].count } + (n - 1)
+        var timings: [Double] = []
+        for _ in 0..<(quick ? 1 : 2) {
+            var i = -1
+            let t0 = Date()
+            let r = try client.request("POST", "/v1/rollouts:sglang", headers: [auth, "Content-Type: application/json"], length: length) {
+                i += 1
+                if i == 0 { return head }
+                if i > 2 * n { return nil }
+                if i == 2 * n { return tail }
+                return i % 2 == 1 ? items[(i / 2) % distinct] : Data(",".utf8)
+            }
+            timings.append(Date().timeIntervalSince(t0))
+            guard r.status == 201 else { throw ValidationError("batch ingest failed: HTTP \(r.status) \(String(decoding: r.body.prefix(300), as: UTF8.self))") }
+        }
+        let t = timings.min()!
+        try printJSON(["case": "ingest_sglang_batch", "config": base.merging(["sequences": n, "encoding": "SGLang /generate list, bare base64 int32, every layer",
+                                                                                   "prompt_tokens": P, "runs": timings.count]) { $1 },
+                       "payload_mb": Double(length) / 1e6, "route_int32_mb": Double(routeBytes * n) / 1e6,
+                       "mb_per_s": Double(length) / t / 1e6, "route_input_mb_per_s": Double(routeBytes * n) / t / 1e6, "seconds_best": t,
+                       "seconds_all": timings])
+    }
+
     func runWrk(port: UInt16, path: String, headers: [String], seconds: Int) -> Double? {
         guard let wrk = ["/usr/bin/wrk", "/usr/local/bin/wrk"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return nil }
         let p = Process()
@@ -139,6 +196,22 @@ final class LoopbackClient {
         if let b = body { head += "Content-Length: \(b.count)\r\n" }
         head += "\r\n"
         try sendAll(Data(head.utf8) + (body ?? Data()))
+        return try request(readOnly: ())
+    }
+
+    /// A request whose body of `length` bytes comes from `next` piece by piece (nil ends it).
+    func request(_ method: String, _ path: String, headers: [String], length: Int, _ next: () -> Data?) throws -> (status: Int, body: Data) {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        for h in headers { head += h + "\r\n" }
+        head += "Content-Length: \(length)\r\n\r\n"
+        try sendAll(Data(head.utf8))
+        var sent = 0
+        while let piece = next() { try sendAll(piece); sent += piece.count }
+        guard sent == length else { throw ValidationError("sent \(sent) body bytes, declared \(length)") }
+        return try request(readOnly: ())
+    }
+
+    private func request(readOnly: Void) throws -> (status: Int, body: Data) {
         var buf = Data()
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
         while true {

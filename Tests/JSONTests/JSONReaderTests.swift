@@ -3,6 +3,7 @@
 import Foundation
 import Testing
 @testable import JSON
+import CPosix
 
 /// A source that hands out at most `piece` bytes per read, as a socket might.
 final class Trickle: JSONSource {
@@ -105,6 +106,21 @@ struct JSONReaderTests {
         try r.finish()
         #expect(total == body.utf8.count)
         #expect(pieces > 1)
+    }
+
+    /// The AVX2 scan for the end of a plain run against the byte loop it replaces, at every position.
+    @Test func plainRunScanAgreesWithTheByteLoop() {
+        var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: 200)
+        for pos in 0..<bytes.count {
+            for special: UInt8 in [0x22, 0x5C, 0x00, 0x1F, 0x0A] {
+                bytes[pos] = special
+                let got = bytes.withUnsafeBufferPointer { Int(r3_json_plain_run($0.baseAddress!, UInt64($0.count))) }
+                #expect(got == pos, "0x\(String(special, radix: 16)) at \(pos)")
+                bytes[pos] = UInt8(ascii: "a")
+            }
+            bytes[pos] = 0x20   // space and above pass
+        }
+        #expect(bytes.withUnsafeBufferPointer { Int(r3_json_plain_run($0.baseAddress!, UInt64($0.count))) } == bytes.count)
     }
 
     @Test func serializedTextRoundTrips() throws {

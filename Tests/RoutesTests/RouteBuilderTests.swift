@@ -102,6 +102,24 @@ struct RouteBuilderTests {
                 #expect(out == bytes, "length \(n), pieces of \(piece)")
             }
         }
+        // the AVX2 bulk path against the scalar table twin, with a byte outside the alphabet at every position
+        var text = Array(Data((0..<3000).map { _ -> UInt8 in s = s &* 6364136223846793005 &+ 1; return UInt8(truncatingIfNeeded: s >> 40) }).base64EncodedString().utf8)
+        for pos in stride(from: 0, to: 300, by: 7) {
+            let saved = text[pos]
+            for bad: UInt8 in [0x00, 0x2C, 0x2E, 0x3A, 0x40, 0x5B, 0x60, 0x7B, 0x80, 0xFF, UInt8(ascii: "=")] {
+                text[pos] = bad
+                #expect(throws: RoutesError.self, "byte 0x\(String(bad, radix: 16)) at \(pos)") { _ = try Base64Decoder.decode(String(decoding: text, as: UTF8.self)) }
+            }
+            text[pos] = saved
+        }
+        var scalar: [UInt8] = []
+        let tbl = Base64Decoder.table
+        for g in stride(from: 0, to: text.count, by: 4) {
+            let q = (0..<4).map { text[g + $0] == UInt8(ascii: "=") ? UInt8(0) : tbl[Int(text[g + $0])] }
+            scalar += [q[0] << 2 | q[1] >> 4, q[1] << 4 | q[2] >> 2, q[2] << 6 | q[3]]
+        }
+        scalar.removeLast(text.reversed().prefix { $0 == UInt8(ascii: "=") }.count)
+        #expect(try Base64Decoder.decode(String(decoding: text, as: UTF8.self)) == scalar)
         for bad in ["A", "AB=C", "A===", "AB$D", "ABCD=", "ABC"] {
             #expect(throws: RoutesError.self, "\(bad)") { _ = try Base64Decoder.decode(bad) }
         }
@@ -143,6 +161,29 @@ struct RouteBuilderTests {
             do { _ = try b.finish(shape: [1, 1, 2], rows: [1], layout: l); Issue.record("accepted \(vals)") } catch {
                 #expect("\(error)".contains(words), "\(error)")
             }
+        }
+    }
+
+    /// The one-byte fast path (top-8 rows as 64-bit words) finds what the general path finds.
+    @Test func fastPathCatchesEveryDuplicatePairRangeAndPartlyMissingRow() throws {
+        let l = try RouteLayout(hiddenLayers: 2, moeLayers: [1], numExperts: 128, topK: 8)
+        let good = allLayers(rows: 3, layout: l, seed: 9)
+        func finish(_ ids: [Int32]) throws -> PackedRoutes {
+            var b = RouteBuilder()
+            try int32Bytes(ids).withUnsafeBytes { try b.append($0, dtype: .int32) }
+            return try b.finish(shape: [3, 2, 8], rows: [3], layout: l)
+        }
+        #expect(try finish(good).ids(RouteOutput(layers: .allLayers)) == good)
+        let base = (1 * 2 + 1) * 8   // token 1, layer 1
+        for i in 0..<8 {
+            for j in 0..<8 where j != i {
+                var ids = good; ids[base + j] = ids[base + i]
+                #expect(throws: RoutesError.invalid("expert \(ids[base + i]) appears twice at [1, 1]"), "slots \(i), \(j)") { _ = try finish(ids) }
+            }
+            var far = good; far[base + i] = 128
+            #expect(throws: RoutesError.invalid("expert id 128 at [1, 1, \(i)] is outside [0, 128)")) { _ = try finish(far) }
+            var part = good; part[base + i] = -1
+            #expect(throws: RoutesError.invalid("row [1, 1] is partly missing: -1 must fill a whole row")) { _ = try finish(part) }
         }
     }
 

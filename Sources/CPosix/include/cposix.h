@@ -19,4 +19,17 @@ int r3_tcp_socket(void);
 int r3_accept(int fd);
 /// CRC-32C (Castagnoli) with the SSE4.2 crc32 instruction: `crc` is the running value (start with 0).
 uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n);
+/// Bulk base64 decoding (Muła & Lemire's AVX2 method, 32 characters to 24 bytes a step) of the
+/// leading part of `src` that it can decode without care: it stops before padding, before a byte
+/// outside the alphabet, when fewer than 32 characters are left, or when `dst` has under 32 bytes of
+/// room. Returns the characters consumed (a multiple of 32) and sets *written; the caller's scalar
+/// decoder does the rest and reports errors. Without AVX2 it consumes nothing.
+uint64_t r3_base64_decode_bulk(const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t room, uint64_t *written);
+/// The length of the leading run of `p` that a JSON string reader can pass on as it is: no '"', no
+/// '\\' and no control character below 0x20 (AVX2, 32 bytes a step, with a scalar tail).
+uint64_t r3_json_plain_run(const uint8_t *p, uint64_t n);
+/// CRC-32 (IEEE 802.3, the ZIP and PNG checksum; slicing by 8): `crc` is the running value (start with 0).
+uint32_t r3_crc32(uint32_t crc, const void *data, uint64_t n);
+/// Standard padded base64 of n bytes into dst, which must hold 4 * ((n + 2) / 3) bytes; returns that count.
+uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst);
 #endif
