@@ -34,6 +34,9 @@ struct EngineSample {
     var promptTokens: Int?
     var completionTokens: Int?
     var startLen: Int?
+    /// The routes already checked and packed while the body was still arriving (the builder is then freed).
+    var packed: PackedRoutes?
+    var routesEncoding: String?
 }
 
 /// A value given once for every sample, or one per sample (or per prompt).
@@ -77,7 +80,24 @@ extension App {
             case "append_to" where engine == .sglang: appendTo = try r.string(max: 64)
             case "response":
                 sawResponse = true
-                samples = engine == .sglang ? try sglangResponse(r) : try vllmResponse(r)
+                // When model (and the prompts) came first, as they usually do, each sequence's routes are
+                // checked and packed as soon as it has been read: the request then holds one byte per id.
+                let registered = appendTo == nil ? try registeredLayout(project: project, model: template.model) : nil
+                let early: (inout EngineSample) throws -> Void = { s in
+                    guard appendTo == nil, template.model != nil, s.promptRoutes == nil, let routes = s.routes, let out = s.outputIDs else { return }
+                    var promptLength: Int? = s.promptIDs?.count ?? s.promptTokens
+                    if promptLength == nil, case let .one(p)? = prompts { promptLength = p.count }
+                    guard let P = promptLength else { return }
+                    var d = template
+                    d.path = s.path; d.routes = routes; d.tokens = [Int32](repeating: 0, count: P + out.count)
+                    // keys after "response" (append_to, start_len, layout fields) may still change the reading:
+                    // anything early packing cannot settle is left to the full check at the end
+                    guard let l = try? self.layout(d, registered: registered), let p = try? self.pack(d, layout: l) else { return }
+                    s.packed = p
+                    s.routesEncoding = routes.encoding
+                    s.routes = nil
+                }
+                samples = engine == .sglang ? try sglangResponse(r, early) : try vllmResponse(r)
             default:
                 if try !readLayoutField(key, r, into: &template) { throw ServiceError.unprocessable("unknown field \(key)") }
             }
@@ -128,6 +148,10 @@ extension App {
                 }
                 d.logprobs = lp
             }
+            if let p = s.packed {   // packed while the body arrived; the final check follows below
+                d.packed = p
+                d.encoding = s.routesEncoding
+            } else {
             guard let routes = s.routes ?? s.promptRoutes else {
                 throw ServiceError.unprocessable(engine == .sglang
                     ? "\(s.path).meta_info.routed_experts is missing: start SGLang with --enable-return-routed-experts and send return_routed_experts: true"
@@ -143,6 +167,7 @@ extension App {
             } else {
                 d.routes = routes
             }
+            }
             d.routesStart = appendTo == nil ? 0 : min(s.startLen ?? startLen, max(0, d.tokens.count - 1))
             if d.policyVersion == nil, let w = s.weightVersion, let v = Int(w), v >= 0 { d.policyVersion = v }
             d.reward = try pick(rewards, i, count: samples.count, prompt: promptIndex[i], prompts: nil, field: "reward") ?? nil
@@ -155,7 +180,8 @@ extension App {
                 throw ServiceError.unprocessable("append_to takes one sequence; response holds \(drafts.count)")
             }
             var t = TurnDraft()
-            t.tokens = d.tokens; t.responseStart = d.promptLength; t.logprobs = d.logprobs; t.routes = d.routes
+            t.tokens = d.tokens; t.responseStart = d.promptLength; t.logprobs = d.logprobs
+            t.routes = d.routes ?? d.packed.map(App.incoming)
             t.routesStart = d.routesStart; t.path = d.path
             if rewards != nil { t.reward = d.reward; t.rewardGiven = true }
             t.metadata = d.metadata
@@ -166,13 +192,31 @@ extension App {
         var rows: [NewRollout] = []
         for d in drafts {
             let l = try layout(d, registered: registered)
+            if let p = d.packed {
+                // packed early under the same layout, for a sequence of the same length
+                guard p.hiddenLayers == l.hiddenLayers, p.moeLayers == l.moeLayers, p.numExperts == l.numExperts, p.topK == l.topK,
+                      d.routesStart == 0, p.rows == d.tokens.count - 1 || p.rows == d.tokens.count else {
+                    var again = d; again.routes = App.incoming(p); again.packed = nil
+                    rows.append(try newRollout(d, routes: try pack(again, layout: l)))
+                    continue
+                }
+                rows.append(try newRollout(d, routes: p))
+                continue
+            }
             rows.append(try newRollout(d, routes: try pack(d, layout: l)))
         }
         let ids = try pool.transaction { c in try rows.map { try RolloutRepository.insert(c, project: project, $0, job: nil) } }
         let list = zip(ids, zip(rows, drafts)).map { id, rd -> [String: Any] in
-            ["id": id, "routes": routesSummary(rd.0.routes!, received: rd.1.routes), "url": "/v1/rollouts/\(id)"]
+            ["id": id, "routes": routesSummary(rd.0.routes!, received: rd.1.routes, encoding: rd.1.encoding), "url": "/v1/rollouts/\(id)"]
         }
         return .json(201, ["ids": ids, "rollouts": list])
+    }
+
+    /// Packed (MoE-layer) routes as incoming routes again, with their shape.
+    static func incoming(_ p: PackedRoutes) -> IncomingRoutes {
+        var b = RouteBuilder()
+        if let ids = try? p.ids(RouteOutput()) { for v in ids { try? b.append(Int64(v)) } }
+        return IncomingRoutes(builder: b, shape: [p.rows, p.layers, p.topK], encoding: "packed")
     }
 
     /// The prompt of each sample: from the response itself, else the body's list (one shared, one per
@@ -215,14 +259,16 @@ extension App {
 
     // MARK: SGLang
 
-    func sglangResponse(_ r: JSONReader) throws -> [EngineSample] {
+    func sglangResponse(_ r: JSONReader, _ early: (inout EngineSample) throws -> Void) throws -> [EngineSample] {
         switch try r.peek() {
-        case .object: return [try sglangItem(r, path: "response")]
+        case .object: var s = try sglangItem(r, path: "response"); try early(&s); return [s]
         case .array:
             var out: [EngineSample] = []
             try r.readArray { i in
                 guard i < config.maxImportRollouts else { throw ServiceError.unprocessable("response holds more than \(config.maxImportRollouts) sequences (R3_MAX_IMPORT_ROLLOUTS)") }
-                out.append(try sglangItem(r, path: "response[\(i)]"))
+                var s = try sglangItem(r, path: "response[\(i)]")
+                try early(&s)
+                out.append(s)
             }
             return out
         default: throw ServiceError.unprocessable("response must be SGLang's /generate response: an object, or a list of them")

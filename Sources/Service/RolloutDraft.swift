@@ -18,6 +18,10 @@ struct RolloutDraft {
     var groupID: String?
     var metadata = JSONObject()
     var routes: IncomingRoutes?
+    /// Routes already packed (checked while the body arrived).
+    var packed: PackedRoutes?
+    /// How the routes were sent (kept when the builder is freed early).
+    var encoding: String?
     /// The first row the routes cover (SGLang's routed_experts_start_len, vLLM's routed_experts_prompt_start).
     var routesStart = 0
     /// Where an error about this draft points ("response[3]" in an import).
@@ -175,10 +179,10 @@ extension App {
     }
 
     /// The `routes` member of a write's reply.
-    func routesSummary(_ p: PackedRoutes, received: IncomingRoutes?) -> [String: Any] {
+    func routesSummary(_ p: PackedRoutes, received: IncomingRoutes?, encoding: String? = nil) -> [String: Any] {
         var o: [String: Any] = ["shape": [p.rows, p.layers, p.topK], "num_experts": p.numExperts, "num_hidden_layers": p.hiddenLayers,
                                 "moe_layers": p.moeLayers, "stored_bytes": p.bytes.count]
-        if let r = received { o["encoding"] = r.encoding }
+        if let e = received?.encoding ?? encoding { o["encoding"] = e }
         return o
     }
 }
