@@ -143,15 +143,15 @@ public final class JSONReader {
     }
 
     /// Reads an object, calling `body` with each key; `body` must read (or skip) the value. A key seen
-    /// twice is an error.
-    public func readObject(_ body: (String) throws -> Void) throws {
+    /// twice is an error. `keysMayHoldNUL`: for objects whose unknown members are skipped, not stored.
+    public func readObject(keysMayHoldNUL: Bool = false, _ body: (String) throws -> Void) throws {
         try expect(UInt8(ascii: "{"), "'{'")
         guard path.count < maxDepth else { throw syntax("nested deeper than \(maxDepth) levels") }
         var seen: Set<String> = []
         if try peekByte() == UInt8(ascii: "}") { pos += 1; return }
         while true {
             guard try peekByte() == UInt8(ascii: "\"") else { throw syntax("expected a key string") }
-            let key = try readString()
+            let key = try readString(allowNUL: keysMayHoldNUL)
             guard seen.insert(key).inserted else { throw syntax("key '\(key)' appears twice in one object") }
             try expect(UInt8(ascii: ":"), "':'")
             path.append(.key(key))
@@ -385,7 +385,7 @@ public final class JSONReader {
     /// Skips one value of any kind (still checking that it is JSON).
     public func skipValue() throws {
         switch try peek() {
-        case .object: try readObject { _ in try skipValue() }
+        case .object: try readObject(keysMayHoldNUL: true) { _ in try skipValue() }
         case .array: try readArray { _ in try skipValue() }
         case .string: try readStringChunks(allowNUL: true) { _ in }
         case .number: _ = try readNumber()

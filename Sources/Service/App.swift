@@ -146,7 +146,12 @@ public final class App: @unchecked Sendable {
     /// Runs a handler, turns any error into its problem+json, and records the request's metrics.
     private func finish(_ name: String, _ req: HTTPRequest, _ start: ContinuousClock.Instant, _ body: () throws -> HTTPResponse) -> HTTPResponse {
         var resp: HTTPResponse
-        do { resp = try body() } catch { resp = ServiceError.response(for: error) }
+        do { resp = try body() } catch {
+            resp = ServiceError.response(for: error)
+            if resp.status >= 500 {   // never the request's body or headers: they may hold keys
+                FileHandle.standardError.write(Data("r3: \(req.method) \(name) answered \(resp.status): \(String(describing: error).prefix(500))\n".utf8))
+            }
+        }
         let d = ContinuousClock.now - start
         metrics.observe(route: name, method: req.method, status: resp.status,
                         seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)

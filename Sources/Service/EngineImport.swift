@@ -278,13 +278,13 @@ extension App {
     func sglangItem(_ r: JSONReader, path: String) throws -> EngineSample {
         guard try r.peek() == .object else { throw ServiceError.unprocessable("\(path) must be an object, as SGLang's /generate returns") }
         var s = EngineSample(path: path)
-        try r.readObject { key in
+        try r.readObject(keysMayHoldNUL: true) { key in
             switch key {
             case "output_ids": s.outputIDs = try r.tokenIDs(max: 4_000_000)
             case "prompt_token_ids": s.promptIDs = try r.readNullIfPresent() ? nil : try r.tokenIDs(max: 4_000_000)
             case "meta_info":
                 guard try r.peek() == .object else { throw ServiceError.unprocessable("\(path).meta_info must be an object") }
-                try r.readObject { k in
+                try r.readObject(keysMayHoldNUL: true) { k in
                     switch k {
                     case "routed_experts": s.routes = try r.readNullIfPresent() ? nil : try r.routes(maxValues: config.maxRouteValues)
                     case "output_token_logprobs":
@@ -322,6 +322,7 @@ extension App {
     /// Keeps an engine's small descriptive values (ids, finish reasons, counters) in the rollout's
     /// metadata; large ones (log-prob tables, hidden states) are skipped.
     func keepSmall(_ r: JSONReader, _ key: String, into meta: inout JSONObject) throws {
+        if key.unicodeScalars.contains("\u{0}") || key.utf8.count > 200 { try r.skipValue(); return }   // never stored (jsonb has no NUL)
         switch try r.peek() {
         case .string, .number, .bool, .null:
             let v = try r.readValue(maxValues: 1)
@@ -352,7 +353,7 @@ extension App {
         var prompt: [Int32]?
         var promptRoutes: IncomingRoutes?
         var meta = JSONObject()
-        try r.readObject { key in
+        try r.readObject(keysMayHoldNUL: true) { key in
             switch key {
             case "choices":
                 guard try r.peek() == .array else { throw ServiceError.unprocessable("\(path).choices must be a list") }
@@ -382,7 +383,7 @@ extension App {
         guard try r.peek() == .object else { throw ServiceError.unprocessable("\(path) must be an object") }
         var s = EngineSample(path: path)
         var idsFromLogprobs: [Int32]?
-        try r.readObject { key in
+        try r.readObject(keysMayHoldNUL: true) { key in
             switch key {
             case "token_ids": s.outputIDs = try r.readNullIfPresent() ? nil : try r.tokenIDs(max: 4_000_000)
             case "prompt_token_ids": s.promptIDs = try r.readNullIfPresent() ? nil : try r.tokenIDs(max: 4_000_000)
@@ -407,7 +408,7 @@ extension App {
         var lps: [Float] = [], ids: [Int32?] = [], tokens: [Int32?] = []
         func tokenID(_ s: String) -> Int32? { s.hasPrefix("token_id:") ? Int32(s.dropFirst(9)) : nil }
         guard try r.peek() == .object else { throw r.content("must be an object") }
-        try r.readObject { key in
+        try r.readObject(keysMayHoldNUL: true) { key in
             switch key {
             case "token_logprobs":
                 try r.readArray { _ in lps.append(try r.readNullIfPresent() ? .nan : try r.logprob()) }
@@ -417,7 +418,7 @@ extension App {
                 if try r.readNullIfPresent() { break }
                 try r.readArray { _ in
                     var lp: Float = .nan, id: Int32?
-                    try r.readObject { k in
+                    try r.readObject(keysMayHoldNUL: true) { k in
                         switch k {
                         case "logprob": lp = try r.readNullIfPresent() ? .nan : try r.logprob()
                         case "token_id": id = Int32(try r.readInt(in: 0...Int64(Int32.max)))

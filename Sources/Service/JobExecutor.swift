@@ -50,8 +50,12 @@ struct JobExecutor {
         app.dataDirectory.appendingPathComponent("models/\(job.modelID)/jobs/\(job.id)/step-\(String(format: "%06d", step))")
     }
 
-    static func packed(_ t: RouteTable, experts: Int) throws -> PackedRoutes {
-        try PackedRoutes(try RouteArray(rows: t.rows, layers: t.layers, topK: t.topK, ids: t.ids), numExperts: experts)
+    /// A sequence's recorded routes in the stored form, with the model's layout (its dense layers too).
+    static func packed(_ t: RouteTable, config c: ModelConfig) throws -> PackedRoutes {
+        var p = try PackedRoutes(try RouteArray(rows: t.rows, layers: t.layers, topK: t.topK, ids: t.ids), numExperts: c.numExperts)
+        p.hiddenLayers = c.numLayers
+        p.moeLayers = c.moeLayers
+        return p
     }
 
     static func metadata(_ o: [String: Any]) -> String {
@@ -112,7 +116,7 @@ struct JobExecutor {
                                    logprobs: g.logprobs, reward: nil, groupID: "\(job.id):\(p)",
                                    metadataJSON: JobExecutor.metadata(["job_id": job.id, "prompt_index": p, "finish_reason": g.finishReason,
                                                                        "precision": spec.precision]),
-                                   routes: try JobExecutor.packed(g.routes, experts: c.numExperts))
+                                   routes: try JobExecutor.packed(g.routes, config: c))
                 ids.append(try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, 0, i)))
             }
             try JobRepository.setProgress(conn, job: job.id, progress: ["samples": flat.count, "total": flat.count])
@@ -131,10 +135,14 @@ struct JobExecutor {
         return try found.map { r, packed in
             guard let reward = r.reward else { throw RLError.invalid("rollout \(r.id) has no reward; offline training needs one per rollout") }
             guard r.tokenIDs.count - r.promptLength >= 1 else { throw RLError.invalid("rollout \(r.id) has no response tokens") }
+            if let m = r.lossMask, m.contains(0) {
+                throw RLError.invalid("rollout \(r.id) has response tokens with loss_mask 0 (multi-turn context); offline training does not take such rollouts yet")
+            }
             if let bad = r.tokenIDs.first(where: { Int($0) >= c.vocabSize }) { throw RLError.invalid("rollout \(r.id) has token \(bad) outside the model's vocabulary") }
             var table: RouteTable?
             if let p = packed {
-                guard p.layers == c.moeLayers.count, p.topK == c.topK, p.numExperts <= c.numExperts else {
+                let sameLayers = (p.hiddenLayers == c.numLayers && p.moeLayers == c.moeLayers) || !p.hasDenseLayers   // rows stored without a layout: the MoE layers in order
+                guard p.layers == c.moeLayers.count, sameLayers, p.topK == c.topK, p.numExperts <= c.numExperts else {
                     throw RLError.invalid("rollout \(r.id) routes are [\(p.rows), \(p.layers), \(p.topK)] over \(p.numExperts) experts; the model has \(c.moeLayers.count) MoE layers, top-\(c.topK), \(c.numExperts) experts")
                 }
                 let a = try p.unpack()
@@ -222,7 +230,7 @@ struct JobExecutor {
                                        logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(step):\(s.group)",
                                        metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": step, "finish_reason": s.finishReason,
                                                                            "task": spec.task ?? ""]),
-                                       routes: try s.routes.map { try JobExecutor.packed($0, experts: c.numExperts) })
+                                       routes: try s.routes.map { try JobExecutor.packed($0, config: c) })
                     _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i))
                 }
                 for a in alarms {

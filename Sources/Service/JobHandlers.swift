@@ -53,6 +53,9 @@ extension App {
         if let ids = spec.rolloutIDs {
             let missing = try rollouts.missing(project: project, ids: ids)
             if let m = missing.first { throw ServiceError.unprocessable("rollout_ids: rollout \(m) does not exist in this project") }
+            if let m = try rollouts.masked(project: project, ids: ids).first {
+                throw ServiceError.unprocessable("rollout_ids: rollout \(m) has response tokens with loss_mask 0 (a multi-turn conversation's context); offline training here trains on every response token and does not take such rollouts yet")
+            }
         }
         if let v = spec.policyVersion, try models.checkpoint(model: spec.model, version: v) == nil {
             throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint")

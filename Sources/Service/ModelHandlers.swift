@@ -41,6 +41,7 @@ extension App {
         }
         let model: Model
         let source: String
+        if path != nil { for k in ["seed", "init_std", "router_std"] where f.has(k) { throw ServiceError.unprocessable("\(k) applies to a random model (config), not to checkpoint_path") } }
         if let path {
             guard path.hasPrefix("/") else { throw ServiceError.unprocessable("checkpoint_path must be an absolute path on the server") }
             let dir = URL(fileURLWithPath: path).standardizedFileURL

@@ -232,7 +232,7 @@ extension App {
             guard let s = v.stringValue, !s.isEmpty, s.count <= 64 else { throw ServiceError.unprocessable("ids[\(i)] must be a rollout id") }
             return s
         }
-        if let dup = ids.indices.first(where: { i in ids[..<i].contains { $0.lowercased() == ids[i].lowercased() } }) {
+        if let dup = ids.indices.first(where: { i in ids[..<i].contains(ids[i]) }) {
             throw ServiceError.unprocessable("ids[\(dup)] repeats an earlier id")
         }
         let fmt = try f.string("format", max: 10) ?? "npz"

@@ -260,6 +260,18 @@ extension RolloutRepository {
         return ids.filter { !found.contains($0.lowercased()) }
     }
 
+    /// The ids among `ids` whose loss mask leaves some response token out (multi-turn context), in one query.
+    public func masked(project: Int, ids: [String]) throws -> [String] {
+        let valid = ids.filter { UUID(uuidString: $0) != nil }
+        let r = try pool.withRetry { c in
+            try c.query("""
+                SELECT id FROM rollouts WHERE project_id = \(project) AND id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
+                  AND loss_mask IS NOT NULL AND position('\\x00'::bytea IN loss_mask) > 0
+                """)
+        }
+        return try (0..<r.count).map { try r.string($0, "id")! }
+    }
+
     /// Rollouts of this project by id, in the order given, each with its packed routes (nil when none).
     /// Ids not found are returned in `missing`.
     public func withRoutes(project: Int, ids: [String]) throws -> (found: [(RolloutRecord, PackedRoutes?)], missing: [String]) {

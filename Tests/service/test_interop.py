@@ -205,6 +205,11 @@ def test_two_turn_conversation_with_start_len_equals_storing_it_at_once(api, mod
     ra = fetch(api, rid, format="npy", layout="all_layers").content
     assert ra == fetch(api, once.json()["id"], format="npy", layout="all_layers").content
     assert np.array_equal(np.load(io.BytesIO(ra)), full)
+    # offline training here takes every response token: a rollout with context tokens is refused, not mistrained
+    from jobs_client import create_model
+    trainable = create_model(api, f"interop-trainer-{uuid.uuid4().hex[:6]}")
+    j = api.post(api.base + "/v1/jobs", json={"type": "train", "model": trainable["id"], "rollout_ids": [rid]})
+    assert j.status_code == 422 and "loss_mask 0" in j.json()["detail"], j.text
     # slime's own multi-turn concatenation (types.py:376-395) agrees
     s = slime.Sample(p1 + o1)
     s.apply_meta_info(t1["meta_info"]["routed_experts"], H, K)

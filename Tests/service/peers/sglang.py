@@ -50,3 +50,65 @@ def generate_response(prompt_ids, output_ids, routes_rows, logprobs=None, rid="r
     if prompt_token_ids:
         out["prompt_token_ids"] = list(map(int, prompt_ids))
     return out
+
+
+class Server:
+    """SGLang's /generate over HTTP on loopback, answering in SGLang's own format (above) with sampled tokens
+    and routes of a given layout, so the cookbook's code runs as written. Routes follow the token ids
+    (a deterministic function of each position's prefix), so the rows a later turn recomputes equal the
+    earlier turn's, as with SGLang's radix cache."""
+
+    def __init__(self, num_hidden_layers, moe_layers, num_experts, top_k, seed=0):
+        import http.server
+        import json
+        import threading
+        self.H, self.moe, self.E, self.K, self.seed = num_hidden_layers, moe_layers, num_experts, top_k, seed
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = json.dumps(outer.generate(req)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+    def routes(self, tokens):
+        """[len(tokens) - 1, H, K]: row t depends on tokens[:t + 1] only."""
+        r = np.zeros((max(len(tokens) - 1, 0), self.H, self.K), dtype=np.int32)
+        for t in range(len(tokens) - 1):
+            rng = np.random.default_rng([self.seed, t] + [int(x) for x in tokens[max(0, t - 3):t + 1]])
+            for l in self.moe:
+                r[t, l] = rng.choice(self.E, self.K, replace=False)
+        return r
+
+    def generate(self, req):
+        prompts = req["input_ids"] if isinstance(req["input_ids"][0], list) else [req["input_ids"]]
+        sp = req.get("sampling_params", {})
+        n, new = sp.get("n", 1), sp.get("max_new_tokens", 8)
+        start = req.get("routed_experts_start_len", 0)
+        out = []
+        for i, p in enumerate(prompts):
+            for j in range(n):
+                rng = np.random.default_rng([self.seed, i, j, len(p)])
+                ids = rng.integers(0, 1000, new).tolist()
+                lps = (-rng.random(new)).astype(np.float32)
+                routes = capture(self.routes(p + ids), start_len=start) if req.get("return_routed_experts") else None
+                r = generate_response(p, ids, routes if routes is not None else np.zeros((0, self.H, self.K), np.int32),
+                                      lps if req.get("return_logprob") else None, rid=f"{i}-{j}")
+                if routes is None:
+                    del r["meta_info"]["routed_experts"]
+                out.append(r)
+        return out if len(out) > 1 or isinstance(req["input_ids"][0], list) else out[0]
