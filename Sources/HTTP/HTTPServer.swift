@@ -148,6 +148,7 @@ public final class HTTPServer: @unchecked Sendable {
                 guard let c = conns[fd] else { continue }
                 if ev & (EPOLLERR | EPOLLHUP) != 0 && ev & EPOLLIN == 0 { close(c); continue }
                 if ev & EPOLLOUT != 0 { flush(c) }
+                if ev & EPOLLRDHUP != 0 { c.rdhup = true }   // level-triggered: not asked for again (settle)
                 if ev & (EPOLLIN | EPOLLRDHUP) != 0 && !c.closed { readable(c, &chunk) }
                 if !c.closed { settle(c) }
             }
@@ -210,16 +211,9 @@ public final class HTTPServer: @unchecked Sendable {
             var probe: UInt8 = 0
             if recv(c.fd, &probe, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 0 { c.peerClosed = true }
         }
-        process(c)
+        process(c)   // also ends a body the client stopped sending (after its buffered bytes are used)
         if c.closed { return }
-        if c.peerClosed {
-            switch c.phase {
-            case let .streaming(_, body, done) where !done: body.fail(.aborted("the client closed the connection")); c.phase = .streaming(c.phase.head!, body, true)
-            case .collecting: close(c); return
-            default: break
-            }
-            if c.phase.isIdle && c.out.isEmpty { close(c) }
-        }
+        if c.peerClosed && c.phase.isIdle && c.out.isEmpty { close(c) }
     }
 
     /// Whether the loop should read this connection's socket now.
@@ -283,6 +277,7 @@ public final class HTTPServer: @unchecked Sendable {
                 }
                 c.consume(used)
                 if let f = failure { releaseBody(c); c.phase = .idle; respond(c, f); return }
+                if !ended && c.peerClosed { releaseBody(c); c.phase = .idle; close(c); return }   // cut off
                 if !ended { setBodyDeadline(c); return }
                 let body = Data(c.body)
                 releaseBody(c)
@@ -321,6 +316,12 @@ public final class HTTPServer: @unchecked Sendable {
                     return
                 }
                 if ended { body.finish(); c.phase = .streaming(head, body, true); c.deadline = nil; return }
+                if c.peerClosed && c.buffered == 0 {   // the rest of the body can never arrive
+                    body.fail(.aborted("the client closed the connection"))
+                    c.phase = .streaming(head, body, true)
+                    c.closeAfterWrite = true
+                    return
+                }
                 if body.room == 0 { body.pause(); c.deadline = nil } else { setBodyDeadline(c) }
                 return
             case .deciding, .handling:
@@ -337,7 +338,7 @@ public final class HTTPServer: @unchecked Sendable {
     /// Sets the connection's epoll interest from what it is waiting for.
     private func settle(_ c: Connection) {
         if c.closed { return }
-        var want = c.peerClosed ? 0 : EPOLLRDHUP
+        var want = c.peerClosed || c.rdhup ? 0 : EPOLLRDHUP
         if wantsInput(c) && c.buffered < config.inputBufferBytes { want |= EPOLLIN }
         if !c.out.isEmpty { want |= EPOLLOUT }
         if want != c.interest {
@@ -583,6 +584,8 @@ final class Connection: @unchecked Sendable {
     var closed = false
     var closeAfterWrite = false
     var peerClosed = false
+    /// The client shut down its sending side (EPOLLRDHUP seen); recv will return 0 once the bytes before it are read.
+    var rdhup = false
     var keepAlive = true
     var requestStart = ContinuousClock.now
     var lastInput = ContinuousClock.now

@@ -118,9 +118,10 @@ public enum NPY {
 
     public static func decode(_ data: Data) throws -> NPYArray {
         let h = try header([UInt8](data.prefix(min(data.count, 12 + (1 << 20)))))
-        let count = h.shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
-        guard count != Int.max, data.count - h.dataOffset == count * h.dtype.size else {
-            throw RoutesError.malformed(".npy: \(data.count - h.dataOffset) data bytes, shape \(h.shape) of \(h.dtype.descr) needs \(count == Int.max ? -1 : count * h.dtype.size)")
+        var count = 1, overflow = false
+        for d in h.shape + [h.dtype.size] { let (p, o) = count.multipliedReportingOverflow(by: d); overflow = overflow || o; count = p }
+        guard !overflow, data.count - h.dataOffset == count else {
+            throw RoutesError.malformed(".npy: \(data.count - h.dataOffset) data bytes do not hold shape \(h.shape) of \(h.dtype.descr)")
         }
         return NPYArray(dtype: h.dtype, shape: h.shape, bytes: Data(data[(data.startIndex + h.dataOffset)...]))
     }

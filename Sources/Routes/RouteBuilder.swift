@@ -189,7 +189,7 @@ public struct RouteBuilder: Sendable {
         var rows = 0, L = 0
         if let s = shape {
             guard s.count == 3 else { throw RoutesError.invalid("routes must have 3 dimensions [rows, layers, top_k], got \(s.count)") }
-            guard s[0] * s[1] * s[2] == count else { throw RoutesError.invalid("shape \(s) does not match \(count) values") }
+            guard RouteShape.count(s) == count else { throw RoutesError.invalid("shape \(s) does not match \(count) values") }
             guard s[2] == K else { throw RoutesError.invalid("routes have top_k \(s[2]); the model routes each token to \(K) experts") }
             guard s[1] == hidden || s[1] == moe else {
                 throw RoutesError.invalid(layout.hasDenseLayers
@@ -201,7 +201,7 @@ public struct RouteBuilder: Sendable {
         } else {
             var found = false
             outer: for l in (hidden == moe ? [hidden] : [hidden, moe]) {
-                for r in allowed where r * l * K == count { rows = r; L = l; found = true; break outer }
+                for r in allowed where r >= 0 && RouteShape.count([r, l, K]) == count { rows = r; L = l; found = true; break outer }
             }
             guard found else {
                 let per = allowed.map { r in hidden == moe ? "\(r)×\(hidden)×\(K)" : "\(r)×\(hidden)×\(K) or \(r)×\(moe)×\(K)" }.joined(separator: " or ")

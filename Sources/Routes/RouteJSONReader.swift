@@ -5,6 +5,23 @@
 // by piece, never held whole.
 import JSON
 
+/// Shapes from the wire: each dimension bounded and the product checked, so no arithmetic on them traps.
+public enum RouteShape {
+    /// rows ≤ 2^31, layers ≤ 4096, top_k ≤ 65535.
+    public static func check(_ s: [Int], what: String) throws -> [Int] {
+        guard s.count == 3, s[0] >= 0, s[0] <= Int(Int32.max), s[1] >= 0, s[1] <= 4096, s[2] >= 0, s[2] <= 65_535, count(s) >= 0 else {
+            throw RoutesError.invalid("\(what) shape \(s) is not [rows <= 2^31, layers <= 4096, top_k <= 65535]")
+        }
+        return s
+    }
+    /// The product, or -1 on overflow.
+    public static func count(_ s: [Int]) -> Int {
+        var n = 1
+        for d in s { let (p, o) = n.multipliedReportingOverflow(by: d); if o || d < 0 { return -1 }; n = p }
+        return n
+    }
+}
+
 /// Routes as they arrived: packed ids, and the shape when the encoding carried one.
 public struct IncomingRoutes: Sendable {
     public var builder: RouteBuilder
@@ -32,25 +49,25 @@ public enum RouteJSONReader {
         var b = RouteBuilder(maxValues: maxValues)
         var rows = 0, layers = -1, topK = -1
         try r.readArray { t in
-            guard try r.peek() == .array else { throw RoutesError.malformed("routed_experts[\(t)] is not a list") }
+            guard try r.peek() == .array else { throw RoutesError.malformed("row \(t) is not a list of layers") }
             var l = 0
             try r.readArray { _ in
-                guard try r.peek() == .array else { throw RoutesError.malformed("routed_experts[\(t)][\(l)] is not a list") }
+                guard try r.peek() == .array else { throw RoutesError.malformed("row \(t), layer \(l) is not a list of experts") }
                 var k = 0
                 try r.readArray { j in
                     guard try r.peek() == .number, let v = try r.readNumber().exactInt else {
-                        throw RoutesError.malformed("routed_experts[\(t)][\(l)][\(j)] is not an integer")
+                        throw RoutesError.malformed("row \(t), layer \(l), slot \(j) is not an integer")
                     }
                     try b.append(v)
                     k += 1
                 }
                 if topK < 0 { topK = k } else if k != topK {
-                    throw RoutesError.malformed("routed_experts[\(t)][\(l)] has \(k) experts, expected \(topK)")
+                    throw RoutesError.malformed("row \(t), layer \(l) has \(k) experts; earlier rows have \(topK)")
                 }
                 l += 1
             }
             if layers < 0 { layers = l } else if l != layers {
-                throw RoutesError.malformed("routed_experts[\(t)] has \(l) layers, routed_experts[0] has \(layers)")
+                throw RoutesError.malformed("row \(t) has \(l) layers; row 0 has \(layers)")
             }
             rows += 1
         }
@@ -84,7 +101,7 @@ public enum RouteJSONReader {
                     dims.append(Int(v))
                 }
                 guard dims.count == 3 else { throw RoutesError.invalid("routes shape must have 3 dimensions [rows, layers, top_k], got \(dims.count)") }
-                shape = dims
+                shape = try RouteShape.check(dims, what: "routed_experts.shape")
             case "data":
                 sawData = true
                 guard try r.peek() == .string else { throw RoutesError.malformed("routed_experts.data must be a base64 string") }
@@ -105,6 +122,7 @@ public enum RouteJSONReader {
                     pending = raw
                 }
             case "num_experts":
+                guard try r.peek() == .number else { throw RoutesError.malformed("routed_experts.num_experts must be a number") }
                 _ = try r.readNumber()   // informational (our own fetch form carries it)
             default:
                 throw RoutesError.malformed("routed_experts has an unknown field \(key) (expected dtype, shape, data)")
@@ -205,7 +223,7 @@ struct StringRoutes {
         }
         let dims = parts[2].split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
         guard dims.count == 3, dims.allSatisfy({ ($0 ?? -1) >= 0 }) else { throw RoutesError.malformed("routes envelope shape '\(parts[2])' is not <S>x<L>x<K>") }
-        shape = dims.map { $0! }
+        shape = try RouteShape.check(dims.map { $0! }, what: "routes envelope")
         dtype = d
         sink = ElementSink(dtype: d)
         bytesStage = 2
@@ -247,7 +265,7 @@ struct StringRoutes {
         let h = try NPY.header(Array(head[0..<(prefix + hl)]))
         guard h.shape.count == 3 else { throw RoutesError.invalid("routes must have rank 3 [rows, layers, top_k], got shape \(h.shape)") }
         guard let d = IntDType(npy: h.dtype) else { throw RoutesError.malformed(".npy: routes must be an integer array, got \(h.dtype.rawValue)") }
-        shape = h.shape
+        shape = try RouteShape.check(h.shape, what: ".npy")
         dtype = d
         sink = ElementSink(dtype: d)
         bytesStage = 2
@@ -262,8 +280,8 @@ struct StringRoutes {
         if bytesStage == 0 && !head.isEmpty { bytesStage = 2; sink = ElementSink(dtype: .int32); let h = head; head = []; try h.withUnsafeBytes { try sink!.feed($0, into: &b) } }
         if bytesStage == 1 { throw RoutesError.malformed(".npy: truncated header") }
         try sink?.finish("routed_experts")
-        if let s = shape, s[0] * s[1] * s[2] != b.count {
-            throw RoutesError.malformed("\(encoding == "nrlre1" ? "routes envelope" : ".npy") shape \(s) needs \(s[0] * s[1] * s[2]) values, the data has \(b.count)")
+        if let s = shape, RouteShape.count(s) != b.count {
+            throw RoutesError.malformed("\(encoding == "nrlre1" ? "routes envelope" : ".npy") shape \(s) does not match the \(b.count) values of its data")
         }
         return (shape, encoding)
     }

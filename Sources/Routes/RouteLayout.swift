@@ -76,10 +76,12 @@ extension RouteLayout {
             throw fail("per_layer_config", "overrides layers one by one; give the route layout explicitly instead")
         }
         guard let hidden = try int("num_hidden_layers") else { throw fail("num_hidden_layers", "is missing") }
+        guard hidden >= 1, hidden <= 4096 else { throw fail("num_hidden_layers", "must be in 1...4096, got \(hidden)") }
         guard let (ek, experts) = try first(["num_experts", "n_routed_experts", "num_local_experts", "moe_num_experts"]) else {
             throw fail("num_experts", "is missing (also looked for n_routed_experts, num_local_experts, moe_num_experts): not an MoE config")
         }
         guard experts >= 1 else { throw fail(ek, "is 0: not an MoE config") }
+        guard experts <= 65_535 else { throw fail(ek, "must be at most 65535, got \(experts)") }
         guard let (_, k) = try first(["num_experts_per_tok", "moe_k", "moe_topk", "num_experts_per_token", "experts_per_token"]) else {
             throw fail("num_experts_per_tok", "is missing (also looked for moe_k, moe_topk, num_experts_per_token, experts_per_token)")
         }

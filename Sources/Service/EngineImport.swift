@@ -110,6 +110,9 @@ extension App {
         if engine == .vllm && startLen > 0 {
             throw ServiceError.unprocessable("routed_experts_prompt_start \(startLen): the rows before it are not in the response, and a rollout's routes must cover the whole sequence; send 0, or add this turn to the rollout that holds them with POST /v1/rollouts/{id}/turns")
         }
+        if engine == .sglang && appendTo == nil, let s = samples.first(where: { ($0.startLen ?? 0) > 0 }) {
+            throw ServiceError.unprocessable("\(s.path).meta_info.routed_experts_start_len \(s.startLen!) without append_to: the rows before it are not in the response; send the first turn with 0, then append_to that rollout")
+        }
         if engine == .sglang && startLen > 0 && appendTo == nil {
             throw ServiceError.unprocessable("routed_experts_start_len \(startLen) without append_to: the rows before it are not in the response; send the first turn with 0, then append_to that rollout")
         }
@@ -411,12 +414,18 @@ extension App {
         try r.readObject(keysMayHoldNUL: true) { key in
             switch key {
             case "token_logprobs":
+                if try r.readNullIfPresent() { break }
+                guard try r.peek() == .array else { throw r.content("must be a list of numbers") }
                 try r.readArray { _ in lps.append(try r.readNullIfPresent() ? .nan : try r.logprob()) }
             case "tokens":
+                if try r.readNullIfPresent() { break }
+                guard try r.peek() == .array else { throw r.content("must be a list of strings") }
                 try r.readArray { _ in tokens.append(try r.peek() == .string ? tokenID(try r.readString()) : { try r.skipValue(); return nil }()) }
             case "content":
                 if try r.readNullIfPresent() { break }
+                guard try r.peek() == .array else { throw r.content("must be a list of {logprob, token} objects") }
                 try r.readArray { _ in
+                    guard try r.peek() == .object else { throw r.content("must be a {logprob, token} object") }
                     var lp: Float = .nan, id: Int32?
                     try r.readObject(keysMayHoldNUL: true) { k in
                         switch k {

@@ -79,6 +79,9 @@ extension App {
             throw ServiceError.unprocessable("\(d.name("loss_mask")) has \(m.count) entries; the response has \(max(0, n)) tokens")
         }
         if let lp = d.logprobs {
+            guard lp.count == max(0, n) else {
+                throw ServiceError.unprocessable("\(d.name("logprobs")) has \(lp.count) entries; the response has \(max(0, n)) tokens")
+            }
             for (i, v) in lp.enumerated() where v.isNaN && (mask?[i] ?? 1) != 0 {
                 throw ServiceError.unprocessable("\(d.name("logprobs"))[\(i)] is null: only a token with loss_mask 0 (not sampled by the policy) may lack a log-prob")
             }
@@ -145,9 +148,13 @@ extension App {
         switch (stored, t.routes) {
         case (nil, nil): routes = nil
         case let (s?, incoming?):
-            guard t.routesStart <= s.rows else {
-                throw ServiceError.unprocessable("\(t.name("routed_experts_start_len")) \(t.routesStart) is past the \(s.rows) rows the rollout has: rows in between would be missing")
+            // rows the rollout has for tokens that went into the model: at most T0 − 1 (a T-th row, like
+            // NeMo-RL's, is a placeholder for the token that never did, and the new turn must replace it)
+            let known = min(s.rows, T0 - 1)
+            guard t.routesStart <= known else {
+                throw ServiceError.unprocessable("\(t.name("routed_experts_start_len")) \(t.routesStart) is past the \(known) rows the rollout has for tokens that went into the model: rows in between would be missing")
             }
+            do { try s.verify() } catch { throw ServiceError(500, "stored routes of this rollout failed their integrity check") }
             var d = RolloutDraft(); d.tokens = t.tokens; d.routes = incoming; d.routesStart = t.routesStart; d.path = t.path
             let new = try pack(d, layout: try s.layout)!
             routes = try s.splicing(new, at: t.routesStart)

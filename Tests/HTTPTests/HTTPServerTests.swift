@@ -58,6 +58,21 @@ func makeServer(_ edit: (inout HTTPServerConfig) -> Void = { _ in }, handler: HT
     return s
 }
 
+/// CPU seconds (user + system) of this process's event-loop threads, from /proc (other tests' threads
+/// running in parallel do not count).
+func loopCPUSeconds() -> Double {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+    var ticks = 0.0
+    for t in tasks {
+        guard let comm = try? String(contentsOfFile: "/proc/self/task/\(t)/comm", encoding: .utf8), comm.hasPrefix("r3-http-loop"),
+              let stat = try? String(contentsOfFile: "/proc/self/task/\(t)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { continue }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        ticks += (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)   // utime, stime (fields 14, 15 of the line)
+    }
+    return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
 @Suite(.serialized) struct HTTPServerTests {
     @Test func keepAliveAndPipelining() throws {
         let s = try makeServer(); defer { s.shutdown(); s.waitUntilStopped() }
@@ -120,6 +135,51 @@ func makeServer(_ edit: (inout HTTPServerConfig) -> Void = { _ in }, handler: HT
         withExtendedLifetime((idle, active, more)) {
             #expect(over.responses(1).first?.status == 503)
         }
+    }
+
+    /// A streamed body larger than the queue, sent whole and then the client's write side shut: every byte
+    /// still reaches the handler (the bytes buffered behind a full queue are not lost to the half-close).
+    @Test func aStreamedBodyFollowedByAHalfCloseArrivesWhole() throws {
+        var c = HTTPServerConfig(); c.port = 0; c.streamQueueBytes = 64 * 1024; c.inputBufferBytes = 256 * 1024
+        let s = HTTPServer(config: c) { req in
+            .stream { body in
+                var total = 0
+                var buf = [UInt8](repeating: 0, count: 4096)
+                do {
+                    while true {
+                        usleep(200)   // a slow consumer: the queue fills and the loop stops reading
+                        let n = try buf.withUnsafeMutableBytes { try body.read(into: $0) }
+                        if n == 0 { break }
+                        total += n
+                    }
+                } catch { return .text(400, "\(error)") }
+                return .text(200, "\(total)")
+            }
+        }
+        try s.start(); defer { s.shutdown(); s.waitUntilStopped() }
+        let client = try RawClient(port: s.boundPort)
+        let n = 3 * 1024 * 1024
+        client.send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: \(n)\r\n\r\n")
+        let payload = [UInt8](repeating: 0x61, count: n)
+        var off = 0
+        while off < n { let w = payload[off...].withUnsafeBytes { Glibc.send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }; if w <= 0 { break }; off += w }
+        Glibc.shutdown(client.fd, Int32(SHUT_WR))
+        let r = client.responses(1).first
+        #expect(r?.status == 200 && r?.body == "\(n)", "\(String(describing: r))")
+    }
+
+    /// A client that half-closes while the server is not reading it (a handler runs, a pipelined request
+    /// waits) must not make the event loop spin: EPOLLRDHUP is level-triggered.
+    @Test func aHalfClosedClientDoesNotMakeTheLoopSpin() throws {
+        let s = try makeServer(); defer { s.shutdown(); s.waitUntilStopped() }
+        let client = try RawClient(port: s.boundPort)
+        client.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        Glibc.shutdown(client.fd, Int32(SHUT_WR))
+        let before = loopCPUSeconds()
+        let rs = client.responses(2)
+        let used = loopCPUSeconds() - before
+        #expect(rs.map(\.status) == [200, 200])
+        #expect(used < 0.2, "the event loop used \(used) s of CPU while the slow handler ran for 0.4 s")
     }
 
     @Test func shutdownFinishesInFlightRequestsAndStopsAccepting() throws {

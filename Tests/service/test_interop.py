@@ -231,6 +231,11 @@ def count(api, model):
     ({"logprobs": [1e39] * 15}, 422, "float32"),
     ({"policy_version": 2**63}, 422, "policy_version"),
     ({"logprobs": [None] * 15}, 422, "loss_mask 0"),
+    ({"loss_mask": [1] * 15, "logprobs": [-0.5] * 15 + [None]}, 422, "logprobs has 16 entries"),
+    ({"num_experts": 8, "routed_experts": "nrlre1:int8:9223372036854775807x2x1:"}, 422, "shape"),
+    ({"num_experts": 8, "routed_experts": {"dtype": "int32", "shape": [2**39, 2**39, 8], "data": ""}}, 422, "shape"),
+    ({"num_experts": 8, "routed_experts": {"dtype": "int32", "shape": [19, 1, 1], "data": "", "num_experts": "8"}}, 422, "num_experts"),
+    ({"routed_experts": [[[0, 1]], [[2]]], "num_experts": 64}, 422, "row 1, layer 0 has 1 experts"),
 ])
 def test_bad_rollout_bodies_name_the_field_and_store_nothing(api, body, status, words):
     before = count(api, "interop-bad")
@@ -238,6 +243,26 @@ def test_bad_rollout_bodies_name_the_field_and_store_nothing(api, body, status, 
     r = api.post(api.base + "/v1/rollouts", json=doc)
     assert r.status_code == status and words in r.json()["detail"], r.text
     assert count(api, "interop-bad") == before
+
+
+def test_a_huge_layer_count_is_refused_before_any_work(api):
+    r = api.post(api.base + "/v1/models", json={"name": "huge", "hf_config": {"num_hidden_layers": 2**30, "num_experts": 8, "num_experts_per_tok": 2}})
+    assert r.status_code == 422 and "num_hidden_layers" in r.json()["detail"], r.text
+
+
+def test_a_turn_must_replace_a_stored_placeholder_row(api):
+    # NeMo-style T rows: the T-th row stands for the token that never went into the model
+    r = api.post(api.base + "/v1/rollouts", json={"model": "turn-placeholder", "token_ids": [1, 2, 3], "prompt_length": 1,
+                                                   "num_experts": 8, "routed_experts": [[[0, 1]], [[2, 3]], [[0, 1]]]})
+    rid = r.json()["id"]
+    bad = api.post(api.base + f"/v1/rollouts/{rid}/turns", json={"token_ids": [1, 2, 3, 4, 5], "response_start": 4,
+                                                                   "routed_experts": [[[4, 5]]], "routed_experts_start_len": 3})
+    assert bad.status_code == 422 and "routed_experts_start_len 3" in bad.json()["detail"], bad.text
+    ok = api.post(api.base + f"/v1/rollouts/{rid}/turns", json={"token_ids": [1, 2, 3, 4, 5], "response_start": 4,
+                                                                  "routed_experts": [[[6, 7]], [[4, 5]]], "routed_experts_start_len": 2})
+    assert ok.status_code == 200, ok.text
+    got = api.get(api.base + f"/v1/rollouts/{rid}/routes", params={"format": "json"}).json()["routed_experts"]
+    assert got == [[[0, 1]], [[2, 3]], [[6, 7]], [[4, 5]]]
 
 
 def test_dense_rows_must_be_zero_or_minus_one_naming_the_layer(api, models):
