@@ -159,7 +159,8 @@ def turn(case):
     if r is None:
         body.pop("routed_experts", None); body.pop("routed_experts_start_len", None)
     else:
-        start = min(num(body.get("routed_experts_start_len"), r["shape"][0]), r["shape"][0], T - 1)
+        known = min(r["shape"][0], len(old) - 1)   # rows for tokens that went into the model (not a T-th placeholder)
+        start = max(0, min(num(body.get("routed_experts_start_len"), known), known))
         body["routed_experts_start_len"] = start
         K, moe = r["shape"][2], r["moe_layers"]
         rows = routes_for(T, r["num_experts"], K, len(moe))[:T - 1 - start]

@@ -13,6 +13,8 @@ public final class App: @unchecked Sendable {
     let models: ModelRepository
     let jobs: JobRepository
     let metrics = Metrics()
+    let authCache: AuthCache
+    let rateLimiter = RateLimiter()
     /// Absolute data directory: model checkpoints live under models/.
     let dataDirectory: URL
     let pageKeyLock = NSLock()
@@ -32,6 +34,8 @@ public final class App: @unchecked Sendable {
     /// Immutable after init; its closures only call into the App.
     struct Route: @unchecked Sendable {
         let method: String; let pattern: [String]; let name: String; let auth: Bool; let body: BodyMode
+        /// Any one of these scopes lets a key in (empty: any key).
+        let scopes: [Scope]
         let handler: Handler?; let stream: StreamHandler?
     }
     let routes: [Route]
@@ -43,14 +47,16 @@ public final class App: @unchecked Sendable {
         rollouts = RolloutRepository(pool: pool)
         models = ModelRepository(pool: pool)
         jobs = JobRepository(pool: pool)
+        authCache = AuthCache(ttl: config.authCacheSeconds)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
         let json = ["application/json"]
         let small = 1 << 20
-        func r(_ m: String, _ p: String, auth: Bool = true, body: BodyMode = .none, _ h: @escaping Handler) -> Route {
-            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, body: body, handler: h, stream: nil)
+        let read: [Scope] = [.routesRead], write: [Scope] = [.routesWrite], jobsScope: [Scope] = [.jobs], admin: [Scope] = [.admin]
+        func r(_ m: String, _ p: String, auth: Bool = true, _ scopes: [Scope] = [], body: BodyMode = .none, _ h: @escaping Handler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, body: body, scopes: scopes, handler: h, stream: nil)
         }
-        func s(_ m: String, _ p: String, _ h: @escaping StreamHandler) -> Route {
-            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json), handler: nil, stream: h)
+        func s(_ m: String, _ p: String, _ scopes: [Scope], _ h: @escaping StreamHandler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json), scopes: scopes, handler: nil, stream: h)
         }
         routes = [
             r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
@@ -58,37 +64,42 @@ public final class App: @unchecked Sendable {
             r("GET", "/metrics", auth: false) { app, _, _, _ in try app.renderMetrics() },
             r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
             r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
-            s("POST", "/v1/rollouts") { app, req, body, _, p in try app.createRollout(req, body, project: p) },
-            s("POST", "/v1/rollouts:sglang") { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
-            s("POST", "/v1/rollouts:vllm") { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
-            r("GET", "/v1/rollouts") { app, req, _, p in try app.listRollouts(req, project: p) },
-            r("GET", "/v1/rollouts/{id}") { app, _, v, p in try app.getRollout(v["id"]!, project: p) },
-            r("DELETE", "/v1/rollouts/{id}") { app, _, v, p in try app.deleteRollout(v["id"]!, project: p) },
-            s("POST", "/v1/rollouts/{id}/turns") { app, req, body, v, p in try app.appendTurn(req, body, id: v["id"]!, project: p) },
-            r("GET", "/v1/rollouts/{id}/routes") { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
-            r("PUT", "/v1/rollouts/{id}/routes", body: .buffered(config.maxBodyBytes, ["application/x-npy", "application/octet-stream"])) { app, req, v, p in
+            s("POST", "/v1/rollouts", write) { app, req, body, _, p in try app.createRollout(req, body, project: p) },
+            s("POST", "/v1/rollouts:sglang", write) { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
+            s("POST", "/v1/rollouts:vllm", write) { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
+            r("GET", "/v1/rollouts", read) { app, req, _, p in try app.listRollouts(req, project: p) },
+            r("GET", "/v1/rollouts/{id}", read) { app, _, v, p in try app.getRollout(v["id"]!, project: p) },
+            r("DELETE", "/v1/rollouts/{id}", write) { app, _, v, p in try app.deleteRollout(v["id"]!, project: p) },
+            s("POST", "/v1/rollouts/{id}/turns", write) { app, req, body, v, p in try app.appendTurn(req, body, id: v["id"]!, project: p) },
+            r("GET", "/v1/rollouts/{id}/routes", read) { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
+            r("PUT", "/v1/rollouts/{id}/routes", write, body: .buffered(config.maxBodyBytes, ["application/x-npy", "application/octet-stream"])) { app, req, v, p in
                 try app.putRoutes(req, id: v["id"]!, project: p)
             },
-            r("POST", "/v1/routes:batchGet", body: .buffered(small, json)) { app, req, _, p in try app.batchGet(req, project: p) },
-            r("POST", "/v1/models", body: .buffered(small, json)) { app, req, _, p in try app.createModel(req, project: p) },
-            r("GET", "/v1/models") { app, _, _, p in try app.listModels(project: p) },
-            r("GET", "/v1/models/{id}") { app, _, v, p in try app.getModel(v["id"]!, project: p) },
-            r("GET", "/v1/models/{id}/versions") { app, _, v, p in try app.modelVersions(v["id"]!, project: p) },
-            r("POST", "/v1/jobs", body: .buffered(config.maxBodyBytes, json)) { app, req, _, p in try app.createJob(req, project: p) },
-            r("GET", "/v1/jobs") { app, req, _, p in try app.listJobs(req, project: p) },
-            r("GET", "/v1/jobs/{id}") { app, _, v, p in try app.getJob(v["id"]!, project: p) },
-            r("POST", "/v1/jobs/{id}/cancel") { app, _, v, p in try app.cancelJob(v["id"]!, project: p) },
-            r("GET", "/v1/jobs/{id}/events") { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
-            r("GET", "/v1/jobs/{id}/metrics") { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
-            r("POST", "/v1/jobs/{id}/resume") { app, _, v, p in try app.resumeJob(v["id"]!, project: p) },
-            r("POST", "/v1/webhooks", body: .buffered(small, json)) { app, req, _, p in try app.createWebhook(req, project: p) },
-            r("GET", "/v1/webhooks") { app, req, _, p in try app.listWebhooks(req, project: p) },
-            r("GET", "/v1/webhooks/{id}") { app, _, v, p in try app.getWebhook(v["id"]!, project: p) },
-            r("PATCH", "/v1/webhooks/{id}", body: .buffered(small, json)) { app, req, v, p in try app.updateWebhook(req, id: v["id"]!, project: p) },
-            r("DELETE", "/v1/webhooks/{id}") { app, _, v, p in try app.deleteWebhook(v["id"]!, project: p) },
-            r("POST", "/v1/webhooks/{id}/rotate-secret") { app, req, v, p in try app.rotateWebhookSecret(req, id: v["id"]!, project: p) },
-            r("GET", "/v1/webhooks/{id}/deliveries") { app, req, v, p in try app.webhookDeliveries(req, id: v["id"]!, project: p) },
-            r("POST", "/v1/webhooks/{id}/deliveries/{did}/redeliver") { app, _, v, p in try app.redeliver(v["id"]!, delivery: v["did"]!, project: p) },
+            r("POST", "/v1/routes:batchGet", read, body: .buffered(small, json)) { app, req, _, p in try app.batchGet(req, project: p) },
+            r("POST", "/v1/models", write + jobsScope, body: .buffered(small, json)) { app, req, _, p in try app.createModel(req, project: p) },
+            r("GET", "/v1/models", read + jobsScope) { app, _, _, p in try app.listModels(project: p) },
+            r("GET", "/v1/models/{id}", read + jobsScope) { app, _, v, p in try app.getModel(v["id"]!, project: p) },
+            r("GET", "/v1/models/{id}/versions", read + jobsScope) { app, _, v, p in try app.modelVersions(v["id"]!, project: p) },
+            r("POST", "/v1/jobs", jobsScope, body: .buffered(config.maxBodyBytes, json)) { app, req, _, p in try app.createJob(req, project: p) },
+            r("GET", "/v1/jobs", jobsScope) { app, req, _, p in try app.listJobs(req, project: p) },
+            r("GET", "/v1/jobs/{id}", jobsScope) { app, _, v, p in try app.getJob(v["id"]!, project: p) },
+            r("POST", "/v1/jobs/{id}/cancel", jobsScope) { app, _, v, p in try app.cancelJob(v["id"]!, project: p) },
+            r("GET", "/v1/jobs/{id}/events", jobsScope) { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/jobs/{id}/metrics", jobsScope) { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
+            r("POST", "/v1/jobs/{id}/resume", jobsScope) { app, _, v, p in try app.resumeJob(v["id"]!, project: p) },
+            r("POST", "/v1/webhooks", jobsScope, body: .buffered(small, json)) { app, req, _, p in try app.createWebhook(req, project: p) },
+            r("GET", "/v1/webhooks", jobsScope) { app, req, _, p in try app.listWebhooks(req, project: p) },
+            r("GET", "/v1/webhooks/{id}", jobsScope) { app, _, v, p in try app.getWebhook(v["id"]!, project: p) },
+            r("PATCH", "/v1/webhooks/{id}", jobsScope, body: .buffered(small, json)) { app, req, v, p in try app.updateWebhook(req, id: v["id"]!, project: p) },
+            r("DELETE", "/v1/webhooks/{id}", jobsScope) { app, _, v, p in try app.deleteWebhook(v["id"]!, project: p) },
+            r("POST", "/v1/webhooks/{id}/rotate-secret", jobsScope) { app, req, v, p in try app.rotateWebhookSecret(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/webhooks/{id}/deliveries", jobsScope) { app, req, v, p in try app.webhookDeliveries(req, id: v["id"]!, project: p) },
+            r("POST", "/v1/webhooks/{id}/deliveries/{did}/redeliver", jobsScope) { app, _, v, p in try app.redeliver(v["id"]!, delivery: v["did"]!, project: p) },
+            r("GET", "/v1/keys", admin) { app, _, _, p in try app.listKeys(project: p) },
+            r("POST", "/v1/keys", admin, body: .buffered(small, json)) { app, req, _, p in try app.createKey(req, project: p) },
+            r("POST", "/v1/keys/{id}/revoke", admin) { app, req, v, p in try app.revokeKey(req, v["id"]!, project: p) },
+            r("POST", "/v1/keys/{id}/rotate", admin) { app, req, v, p in try app.rotateKey(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/quota") { app, _, _, p in try app.quota(project: p) },
         ]
     }
 
@@ -102,7 +113,7 @@ public final class App: @unchecked Sendable {
             let (route, vars) = try match(req)
             name = route.name
             let name = route.name
-            let project = route.auth ? try authenticate(req) : 0
+            let project = route.auth ? try authorize(req, scopes: route.scopes).projectID : 0
             switch route.body {
             case .none:
                 return .respond(finish(name, req, start) { try self.run(route, req, vars, project) })
@@ -178,15 +189,6 @@ public final class App: @unchecked Sendable {
             else if p != s { return nil }
         }
         return vars
-    }
-
-    private func authenticate(_ req: HTTPRequest) throws -> Int {
-        guard let h = req.headers["Authorization"], h.lowercased().hasPrefix("bearer ") else {
-            throw ServiceError(401, "missing bearer API key (Authorization: Bearer r3_...)")
-        }
-        let key = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
-        guard let p = try keys.project(forKey: key) else { throw ServiceError(401, "invalid API key") }
-        return p
     }
 
     func ready() throws -> HTTPResponse {

@@ -208,7 +208,7 @@ extension App {
             }
             rows.append(try newRollout(d, routes: try pack(d, layout: l)))
         }
-        let ids = try pool.transaction { c in try rows.map { try RolloutRepository.insert(c, project: project, $0, job: nil) } }
+        let ids = try rollouts.insert(project: project, rows)
         let list = zip(ids, zip(rows, drafts)).map { id, rd -> [String: Any] in
             ["id": id, "routes": routesSummary(rd.0.routes!, received: rd.1.routes, encoding: rd.1.encoding), "url": "/v1/rollouts/\(id)"]
         }

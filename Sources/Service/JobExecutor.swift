@@ -110,13 +110,16 @@ struct JobExecutor {
         var ids: [String] = []
         var generated = 0
         _ = try jobs.fenced(claim) { conn in
-            for (i, (g, p)) in all.enumerated() {
+            let rows = try all.map { g, p in
+                NewRollout(model: job.modelID, policyVersion: version, tokenIDs: g.tokens, promptLength: g.promptLength,
+                           logprobs: g.logprobs, reward: nil, groupID: "\(job.id):\(p)",
+                           metadataJSON: JobExecutor.metadata(["job_id": job.id, "prompt_index": p, "finish_reason": g.finishReason,
+                                                               "precision": spec.precision]),
+                           routes: try JobExecutor.packed(g.routes, config: c))
+            }
+            try RolloutRepository.reserveRouteBytes(conn, project: job.projectID, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
+            for (i, (r, (g, _))) in zip(rows, all).enumerated() {
                 generated += g.tokens.count - g.promptLength
-                let r = NewRollout(model: job.modelID, policyVersion: version, tokenIDs: g.tokens, promptLength: g.promptLength,
-                                   logprobs: g.logprobs, reward: nil, groupID: "\(job.id):\(p)",
-                                   metadataJSON: JobExecutor.metadata(["job_id": job.id, "prompt_index": p, "finish_reason": g.finishReason,
-                                                                       "precision": spec.precision]),
-                                   routes: try JobExecutor.packed(g.routes, config: c))
                 ids.append(try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, 0, i)))
             }
             try JobRepository.setProgress(conn, job: job.id, progress: ["samples": flat.count, "total": flat.count])
@@ -225,14 +228,15 @@ struct JobExecutor {
             let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
             let generatingVersion = version
             let ((newVersion), cancel) = try jobs.fenced(claim) { conn -> Int in
-                for (i, s) in samples.enumerated() {
-                    let r = NewRollout(model: job.modelID, policyVersion: generatingVersion, tokenIDs: s.tokens, promptLength: s.promptLength,
-                                       logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(step):\(s.group)",
-                                       metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": step, "finish_reason": s.finishReason,
-                                                                           "task": spec.task ?? ""]),
-                                       routes: try s.routes.map { try JobExecutor.packed($0, config: c) })
-                    _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i))
+                let rows = try samples.map { s in
+                    NewRollout(model: job.modelID, policyVersion: generatingVersion, tokenIDs: s.tokens, promptLength: s.promptLength,
+                               logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(step):\(s.group)",
+                               metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": step, "finish_reason": s.finishReason,
+                                                                   "task": spec.task ?? ""]),
+                               routes: try s.routes.map { try JobExecutor.packed($0, config: c) })
                 }
+                try RolloutRepository.reserveRouteBytes(conn, project: job.projectID, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
+                for (i, r) in rows.enumerated() { _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i)) }
                 for a in alarms {
                     try JobRepository.addEvent(conn, job: job.id, type: "training.collapse_detected", data: [
                         "job_id": job.id, "step": a.step, "rule": a.rule, "metric": a.metric, "value": JobExecutor.jsonNumber(a.value),
@@ -272,7 +276,7 @@ struct JobExecutor {
     /// Errors a retry cannot fix (bad input, bad checkpoint): the job fails at once.
     static func isPermanent(_ e: Error) -> Bool {
         switch e {
-        case is RLError, is MoEError, is RoutesError: return true
+        case is RLError, is MoEError, is RoutesError, is QuotaExceeded: return true
         case let s as StoreError: if case .query = s { return true }; return false
         default: return false
         }
@@ -285,6 +289,7 @@ struct JobExecutor {
         case let r as RLError: return r.description
         case let m as MoEError: return m.description
         case let r as RoutesError: return "routes: \(r)"
+        case let q as QuotaExceeded: return "\(q)"
         case let s as StoreError:
             if case .unavailable = s { return "the database was unavailable" }
             return "database error"

@@ -60,6 +60,11 @@ extension App {
         if let v = spec.policyVersion, try models.checkpoint(model: spec.model, version: v) == nil {
             throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint")
         }
+        let usage = try keys.usage(projectID: project)
+        if let limit = usage.quotas.maxActiveJobs, usage.activeJobs >= limit, try key.map({ try jobs.hasIdempotencyKey(project: project, key: $0) }) != true {
+            throw ServiceError(429, "the project runs at most \(limit) jobs at once (\(usage.activeJobs) are queued, running or paused); retry when one ends",
+                               headers: [("Retry-After", "10")])
+        }
         let params = String(decoding: try JSONSerialization.data(withJSONObject: spec.json, options: [.sortedKeys]), as: UTF8.self)
         switch try jobs.create(project: project, type: spec.type.rawValue, modelID: spec.model, paramsJSON: params, maxAttempts: spec.maxAttempts,
                                idempotencyKey: key, requestHash: key == nil ? nil : App.fingerprint(params)) {

@@ -40,6 +40,7 @@ public struct ServiceConfig: Sendable {
       R3_WEBHOOK_WORKERS     webhook delivery threads of `r3 serve` (default 2)
       R3_WEBHOOK_TIMEOUT     seconds a webhook receiver has to answer (default 15)
       R3_WEBHOOK_ALLOW_PRIVATE  1: webhook URLs may resolve to loopback / private / link-local addresses (default 0)
+      R3_AUTH_CACHE_SECONDS  how long a process trusts a key lookup; a revoked key stops within it (default 4, at most 5)
     """
 
     public var databaseURL: String?
@@ -68,6 +69,7 @@ public struct ServiceConfig: Sendable {
     public var webhookWorkers = 2
     public var webhookTimeout = 15.0
     public var webhookAllowPrivate = false
+    public var authCacheSeconds = 4.0
 
     public init() {}
 
@@ -114,6 +116,10 @@ public struct ServiceConfig: Sendable {
         c.maxNewTokens = try int("R3_MAX_NEW_TOKENS", 1...4096) ?? c.maxNewTokens
         c.webhookWorkers = try int("R3_WEBHOOK_WORKERS", 0...64) ?? c.webhookWorkers
         c.webhookTimeout = try seconds("R3_WEBHOOK_TIMEOUT") ?? c.webhookTimeout
+        if let v = env["R3_AUTH_CACHE_SECONDS"] {
+            guard let d = Double(v), d >= 0, d <= 5 else { throw ServiceError(400, "R3_AUTH_CACHE_SECONDS='\(v)' must be a number of seconds in 0...5") }
+            c.authCacheSeconds = d
+        }
         if let v = env["R3_WEBHOOK_ALLOW_PRIVATE"] {
             guard v == "0" || v == "1" else { throw ServiceError(400, "R3_WEBHOOK_ALLOW_PRIVATE='\(v)' must be 0 or 1") }
             c.webhookAllowPrivate = v == "1"

@@ -28,6 +28,8 @@ public struct ServiceError: Error, CustomStringConvertible {
             return r
         case let e as JSONError:
             return response(for: e.service)
+        case let e as QuotaExceeded:
+            return .problem(507, detail: "\(e); nothing was stored")
         case let e as HTTPBodyError:
             switch e {
             case .timeout: return .problem(408, detail: e.description, close: true)

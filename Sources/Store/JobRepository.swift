@@ -69,6 +69,11 @@ public struct JobRepository: Sendable {
 
     public enum Created: Sendable { case created(JobRecord), existing(JobRecord), conflict }
 
+    /// Whether a job of this project was created with this Idempotency-Key (a retry replays it).
+    public func hasIdempotencyKey(project: Int, key: String) throws -> Bool {
+        try pool.withRetry { try $0.query("SELECT 1 FROM jobs WHERE project_id = \(project) AND idempotency_key = \(key)") }.count == 1
+    }
+
     /// Queues a job (and its `job.queued` event) and wakes the workers. With an idempotency key, a
     /// repeated request returns the job the first one created; a different request under the same key is a conflict.
     public func create(project: Int, type: String, modelID: String, paramsJSON: String, maxAttempts: Int,

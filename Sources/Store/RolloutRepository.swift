@@ -59,7 +59,18 @@ public struct RolloutRepository: Sendable {
 
     /// Inserts the rollout and its routes in one transaction; returns the new id.
     public func insert(project: Int, _ r: NewRollout) throws -> String {
-        try pool.transaction { try RolloutRepository.insert($0, project: project, r, job: nil) }
+        try pool.transaction { c in
+            try RolloutRepository.reserveRouteBytes(c, project: project, adding: r.routes?.bytes.count ?? 0)
+            return try RolloutRepository.insert(c, project: project, r, job: nil)
+        }
+    }
+
+    /// Inserts several rollouts in one transaction (all or nothing), within the route storage quota.
+    public func insert(project: Int, _ rows: [NewRollout]) throws -> [String] {
+        try pool.transaction { c in
+            try RolloutRepository.reserveRouteBytes(c, project: project, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
+            return try rows.map { try RolloutRepository.insert(c, project: project, $0, job: nil) }
+        }
     }
 
     /// Inserts on `c` (inside the caller's transaction); `job` tags a job step's sample.
@@ -237,6 +248,8 @@ public struct RolloutRepository: Sendable {
         return try pool.transaction { c in
             let r = try c.query("SELECT 1 FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             if r.count == 0 { return false }
+            let old = try c.query("SELECT octet_length(data) AS n FROM routes WHERE rollout_id = \(id)::uuid")
+            try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.int(0, "n") ?? 0 : 0))
             try RolloutRepository.writeRoutes(c, id: id, p)
             return true
         }
@@ -312,6 +325,7 @@ extension RolloutRepository {
                 packed = try RolloutRepository.packed(b, 0)
             }
             let n = try extend(record, packed)
+            try RolloutRepository.reserveRouteBytes(c, project: project, adding: (n.routes?.bytes.count ?? 0) - (packed?.bytes.count ?? 0))
             try c.query("""
                 UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
                     logprobs = \(RolloutRepository.floatArray(n.logprobs))::real[], reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,

@@ -4,6 +4,7 @@ same text). SGLang is played by peers/sglang.Server, which answers in SGLang's o
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,18 @@ def test_cookbook_multi_turn_with_start_len(world):
     assert ro["loss_mask"] == [1] * 8 + [0] * 3 + [1] * 8
     all_layers = np.load(io.BytesIO(api.get(f"{URL}/v1/rollouts/{rid}/routes", params={"format": "npy", "layout": "all_layers"}).content))
     assert np.array_equal(all_layers, world["engine"].routes(ro["token_ids"]))
+
+
+def test_cookbook_keys_and_quotas(private_server, tmp_path):
+    import os
+    import subprocess
+    from conftest import R3
+    s = private_server()
+    s.start()
+    admin = subprocess.run([R3, "keys", "create", "--project", "demo"], env=s.env, capture_output=True, text=True).stdout.strip()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "r3").symlink_to(R3)
+    env = dict(s.env, U=s.url, ADMIN=admin, PATH=f"{bindir}:{os.environ['PATH']}")
+    out = subprocess.run(["bash", str(Path(__file__).parent / "cookbook_keys.sh")], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr

@@ -1,5 +1,5 @@
-"""The README's code comes from tests that run: every Python block the README marks with
-`<!-- cookbook:NAME -->` is, line for line, the `# [cookbook:NAME]` region of Tests/service/test_cookbook.py."""
+"""The README's code comes from tests that run: every block the README marks with `<!-- cookbook:NAME -->`
+is, line for line, the `# [cookbook:NAME]` region of Tests/service/test_cookbook.py or cookbook_*.sh."""
 import re
 import textwrap
 from pathlib import Path
@@ -8,16 +8,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def regions():
-    text = (ROOT / "Tests" / "service" / "test_cookbook.py").read_text()
     out = {}
-    for m in re.finditer(r"^( *)# \[cookbook:([a-z_-]+)\]\n(.*?)^\1# \[/cookbook\]\n", text, re.S | re.M):
-        out[m.group(2)] = textwrap.dedent(m.group(3)).rstrip("\n")
+    for f in [ROOT / "Tests" / "service" / "test_cookbook.py", *sorted((ROOT / "Tests" / "service").glob("cookbook_*.sh"))]:
+        for m in re.finditer(r"^( *)# \[cookbook:([a-z_-]+)\]\n(.*?)^\1# \[/cookbook\]\n", f.read_text(), re.S | re.M):
+            out[m.group(2)] = textwrap.dedent(m.group(3)).rstrip("\n")
     return out
 
 
 def test_every_cookbook_block_in_the_readme_is_a_tested_region():
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"<!-- cookbook:([a-z_-]+) -->\n```python\n(.*?)\n```", readme, re.S)
+    blocks = re.findall(r"<!-- cookbook:([a-z_-]+) -->\n```(?:python|sh)\n(.*?)\n```", readme, re.S)
     have = regions()
     assert {name for name, _ in blocks} == set(have), "README blocks and test regions differ"
     for name, code in blocks:
