@@ -39,6 +39,6 @@ let package = Package(
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE"], swiftSettings: cpu),
-        .testTarget(name: "ServiceTests", dependencies: ["Service", "CPosix"], swiftSettings: cpu),
+        .testTarget(name: "ServiceTests", dependencies: ["Service", "Routes", "JSON", "HTTP", "CPosix"], swiftSettings: cpu),
     ]
 )

@@ -40,6 +40,11 @@ public final class HTTPBodyStream: @unchecked Sendable {
     }
 
     /// A stream over bytes already in memory (tests, in-process callers).
+    /// The client sent Expect: 100-continue and the loop has not answered it: the first read asks for it
+    /// (through `onContinue`), so a handler that answers without reading never invites the body.
+    var continueWanted = false
+    var onContinue: @Sendable () -> Void = {}
+
     public init(data: Data) {
         declaredLength = data.count; highWater = max(1, data.count); stallTimeout = 1; onDrain = {}
         if !data.isEmpty { chunks = [data]; queued = data.count }
@@ -52,6 +57,10 @@ public final class HTTPBodyStream: @unchecked Sendable {
     /// queued; throws when the client went away or stalled.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         cond.lock()
+        if continueWanted {
+            continueWanted = false
+            cond.unlock(); onContinue(); cond.lock()
+        }
         let deadline = Date(timeIntervalSinceNow: stallTimeout)
         while first == chunks.count && !finished && failure == nil {
             if !cond.wait(until: deadline) && first == chunks.count && !finished && failure == nil {

@@ -29,6 +29,11 @@ public struct HTTPServerConfig: Sendable {
     public var shutdownGrace: Double = 30
     /// Streamed responses (SSE) open at once; more get 503.
     public var maxStreams = 64
+    /// Threads that run handlers reading a streamed request body (uploads). They are apart from
+    /// `handlerThreads`, so uploads that stall never hold up other requests.
+    public var uploadThreads = 8
+    /// Uploads running or waiting for an upload thread; more get 503 before any body byte is read.
+    public var maxUploads = 64
     /// Bodies buffered on the loop, all connections together; a request that would pass it gets 503.
     public var maxBufferedBodyBytes = 1 << 30
     /// A streamed body's queue between the loop and its handler.
@@ -55,6 +60,7 @@ public final class HTTPServer: @unchecked Sendable {
     public let config: HTTPServerConfig
     let responder: HTTPResponder
     let pool: WorkerPool
+    let uploadPool: WorkerPool
     private var listenFD: Int32 = -1
     private var epfd: Int32 = -1
     private var wakeFD: Int32 = -1
@@ -63,6 +69,7 @@ public final class HTTPServer: @unchecked Sendable {
     private var completions: [Completion] = []
     private var stopRequested = false
     private var streams = 0
+    private var uploads = 0
     /// Body bytes buffered by `.collect` on all connections (loop thread only).
     private var bufferedBodyBytes = 0
     private var loopThread: Thread?
@@ -73,12 +80,14 @@ public final class HTTPServer: @unchecked Sendable {
         case decided(Connection, HTTPHeadDecision)
         case responded(Connection, HTTPResponse)
         case drained(Connection)
+        case wantsBody(Connection)
     }
 
     public init(config: HTTPServerConfig, responder: @escaping HTTPResponder) {
         self.config = config
         self.responder = responder
         pool = WorkerPool(threads: config.handlerThreads, name: "r3-http")
+        uploadPool = WorkerPool(threads: config.uploadThreads, name: "r3-upload")
     }
 
     /// A handler that takes whole requests: bodies are buffered up to the configured limit.
@@ -167,6 +176,7 @@ public final class HTTPServer: @unchecked Sendable {
         }
         for c in Array(conns.values) { close(c) }
         pool.stop()
+        uploadPool.stop()
         Glibc.close(epfd); Glibc.close(wakeFD)
         stopped.signal()
     }
@@ -388,6 +398,9 @@ public final class HTTPServer: @unchecked Sendable {
                 guard !c.closed else { continue }
                 process(c)
                 if !c.closed { settle(c) }
+            case let .wantsBody(c):
+                guard !c.closed, case .streaming = c.phase else { continue }
+                sendContinue(c)
             }
         }
     }
@@ -428,15 +441,31 @@ public final class HTTPServer: @unchecked Sendable {
             c.lastInput = .now
             process(c)
         case let .stream(handler):
+            lock.lock(); let full = uploads >= config.maxUploads; if !full { uploads += 1 }; lock.unlock()
+            if full {
+                c.phase = .idle; c.closeAfterWrite = true
+                var r = HTTPResponse.problem(503, detail: "the server is taking \(config.maxUploads) uploads already; retry later", close: true)
+                r.headers.set("Retry-After", "5")
+                return respond(c, r)
+            }
             let declared: Int? = { if case let .length(n) = head.framing { return n }; return head.framing == .none ? 0 : nil }()
             let body = HTTPBodyStream(declaredLength: declared, highWater: config.streamQueueBytes, stallTimeout: config.bodyTimeout + 5) { [weak self] in
                 self?.complete(.drained(c))
             }
             if head.framing == .none { body.finish() }
-            if head.expectContinue && c.buffered == 0 { sendContinue(c) }
+            // 100 Continue when the handler first reads: one that refuses the upload (a quota) never invites it
+            if head.expectContinue && c.buffered == 0 {
+                body.continueWanted = true
+                body.onContinue = { [weak self] in self?.complete(.wantsBody(c)) }
+            }
             c.phase = .streaming(head, body, head.framing == .none)
             c.lastInput = .now
-            pool.submit { [weak self] in self?.complete(.responded(c, handler(body))) }
+            uploadPool.submit { [weak self] in
+                let r = handler(body)
+                guard let self else { return }
+                self.lock.lock(); self.uploads -= 1; self.lock.unlock()
+                self.complete(.responded(c, r))
+            }
             process(c)
         }
     }
@@ -455,6 +484,7 @@ public final class HTTPServer: @unchecked Sendable {
             }
             // The stream owns the socket from here: off the event loop, blocking, with a send timeout.
             let fd = c.fd
+            c.out.refill()
             let pending = c.out.take()
             c.closed = true
             _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, fd, 0)
@@ -476,7 +506,7 @@ public final class HTTPServer: @unchecked Sendable {
         let keep = c.keepAlive && !r.close && !c.peerClosed && !stopping && !c.closeAfterWrite
         if !keep { c.closeAfterWrite = true }
         c.out.append(r.head(keepAlive: keep, date: httpDate()))
-        if !r.body.isEmpty { c.out.append(r.body) }
+        if let src = r.source { c.out.source = src } else if !r.body.isEmpty { c.out.append(r.body) }
         c.lastOutput = .now
         flush(c)
     }
@@ -484,6 +514,8 @@ public final class HTTPServer: @unchecked Sendable {
     /// Writes what the socket takes now (one writev over the queued pieces, from their own buffers).
     private func flush(_ c: Connection) {
         while !c.out.isEmpty && !c.closed {
+            c.out.refill()
+            if c.out.isEmpty { break }
             let n = c.out.writev(c.fd)
             if n > 0 { c.out.consume(n); c.lastOutput = .now; continue }
             if n < 0 && errno == EINTR { continue }
@@ -611,12 +643,24 @@ final class Connection: @unchecked Sendable {
 }
 
 /// Bytes waiting to go out: whole pieces (a response's head and its body) and how much of the first
-/// is sent. Nothing is copied to queue a response.
+/// is sent. Nothing is copied to queue a response. A streamed body (`source`) is pulled a piece at a time
+/// while less than `lowWater` bytes are queued, so a slow reader holds at most about that much.
 struct OutputQueue {
     private var pieces: [Data] = []
     private var sent = 0
-    var isEmpty: Bool { pieces.isEmpty }
-    var count: Int { pieces.reduce(0) { $0 + $1.count } - sent }
+    var source: HTTPBodySource?
+    static let lowWater = 256 * 1024
+    var isEmpty: Bool { pieces.isEmpty && source == nil }
+    /// Pulls from the source until `lowWater` bytes are queued or it ends.
+    mutating func refill() {
+        guard let src = source else { return }
+        var queued = count
+        while queued < OutputQueue.lowWater {
+            guard let d = src.next(maxBytes: OutputQueue.lowWater) else { source = nil; return }
+            if !d.isEmpty { pieces.append(d); queued += d.count }
+        }
+    }
+    var count: Int { pieces.reduce(0) { $0 + $1.count } - sent }   // excluding what the source has not made yet
     mutating func append(_ d: Data) { if !d.isEmpty { pieces.append(d) } }
     mutating func take() -> [Data] {
         defer { pieces = []; sent = 0 }

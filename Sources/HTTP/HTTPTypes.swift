@@ -72,10 +72,22 @@ public struct HTTPRequest: Sendable {
     }
 }
 
+/// A response body produced piece by piece as the client reads it, so a large body costs a bounded
+/// buffer instead of all of it. `length` is the Content-Length; `next` is called on the event loop (keep it
+/// cheap: a piece of at most `maxBytes`, nil at the end) and must produce exactly `length` bytes in all.
+public protocol HTTPBodySource: AnyObject, Sendable {
+    var length: Int { get }
+    func next(maxBytes: Int) -> Data?
+}
+
 public struct HTTPResponse: Sendable {
     public var status: Int
     public var headers: HTTPHeaders
     public var body: Data
+    /// A body produced as it is sent (instead of `body`).
+    public var source: HTTPBodySource?
+    /// The Content-Length of a HEAD response: what the GET would have sent.
+    public var headLength: Int?
     /// Close the connection after sending.
     public var close: Bool
     /// A streamed body (e.g. Server-Sent Events): after the head, the server hands the connection to a
@@ -102,7 +114,9 @@ public struct HTTPResponse: Sendable {
     public func head(keepAlive: Bool, date: String) -> Data {
         var s = "HTTP/1.1 \(status) \(HTTPResponse.reason(status))\r\n"
         for (n, v) in headers.fields where n.lowercased() != "content-length" && n.lowercased() != "connection" { s += "\(n): \(v)\r\n" }
-        if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { s += "Content-Length: \(body.count)\r\n" }
+        if let n = headLength { s += "Content-Length: \(n)\r\n" }
+        else if let src = source { s += "Content-Length: \(src.length)\r\n" }
+        else if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { s += "Content-Length: \(body.count)\r\n" }
         s += "Date: \(date)\r\n"
         s += keepAlive ? "" : "Connection: close\r\n"
         s += "\r\n"

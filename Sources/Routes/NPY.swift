@@ -60,13 +60,20 @@ public enum NPY {
 
     /// Serialises as .npy v1.0 (v2.0 when the header needs it), data aligned to 64 bytes.
     public static func encode(_ a: NPYArray) -> Data {
-        let shape = a.shape.count == 1 ? "(\(a.shape[0]),)" : "(" + a.shape.map(String.init).joined(separator: ", ") + ")"
-        var header = "{'descr': '\(a.dtype.descr)', 'fortran_order': False, 'shape': \(shape), }"
+        var out = encodeHeader(dtype: a.dtype, shape: a.shape, reserving: a.bytes.count)
+        out.append(a.bytes)
+        return out
+    }
+
+    /// The bytes a .npy file of `dtype` and `shape` starts with, up to its data.
+    public static func encodeHeader(dtype: NPYDType, shape dims: [Int], reserving extra: Int = 0) -> Data {
+        let shape = dims.count == 1 ? "(\(dims[0]),)" : "(" + dims.map(String.init).joined(separator: ", ") + ")"
+        var header = "{'descr': '\(dtype.descr)', 'fortran_order': False, 'shape': \(shape), }"
         let v1 = 10 + header.utf8.count + 1 <= 65_535 + 10
         let prefix = v1 ? 10 : 12
         let total = (prefix + header.utf8.count + 1 + 63) / 64 * 64
         header += String(repeating: " ", count: total - prefix - header.utf8.count - 1) + "\n"
-        var out = Data(capacity: total + a.bytes.count)
+        var out = Data(capacity: total + extra)
         out.append(contentsOf: magic)
         out.append(contentsOf: v1 ? [1, 0] : [2, 0])
         let hl = header.utf8.count
@@ -74,7 +81,6 @@ public enum NPY {
             out.append(contentsOf: [UInt8(hl & 0xFF), UInt8((hl >> 8) & 0xFF), UInt8((hl >> 16) & 0xFF), UInt8(hl >> 24)])
         }
         out.append(contentsOf: Array(header.utf8))
-        out.append(a.bytes)
         return out
     }
 

@@ -15,6 +15,7 @@ public final class App: @unchecked Sendable {
     let metrics = Metrics()
     let authCache: AuthCache
     let rateLimiter = RateLimiter()
+    let uploadGate: UploadGate
     /// Absolute data directory: model checkpoints live under models/.
     let dataDirectory: URL
     let pageKeyLock = NSLock()
@@ -48,6 +49,7 @@ public final class App: @unchecked Sendable {
         models = ModelRepository(pool: pool)
         jobs = JobRepository(pool: pool)
         authCache = AuthCache(ttl: config.authCacheSeconds)
+        uploadGate = UploadGate(limit: config.maxUploadsPerProject)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
         let json = ["application/json"]
         let small = 1 << 20
@@ -132,7 +134,17 @@ public final class App: @unchecked Sendable {
                 if let n = req.declaredLength, n > config.maxImportBytes {
                     throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(config.maxImportBytes) bytes (R3_MAX_IMPORT_BYTES)")
                 }
-                return .stream { body in self.finish(name, req, start) { try route.stream!(self, req, body, vars, project) } }
+                return .stream { body in
+                    self.finish(name, req, start) {
+                        // before the first body read: a refused upload is never invited (no 100 Continue)
+                        guard self.uploadGate.enter(project) else {
+                            throw ServiceError(429, "the project has \(self.uploadGate.limit) uploads in progress already (R3_MAX_UPLOADS_PER_PROJECT); retry after 5 s",
+                                               headers: [("Retry-After", "5")])
+                        }
+                        defer { self.uploadGate.leave(project) }
+                        return try route.stream!(self, req, body, vars, project)
+                    }
+                }
             }
         } catch {
             return .respond(finish(name, req, start) { throw error })
@@ -141,16 +153,22 @@ public final class App: @unchecked Sendable {
 
     /// In-process: the whole request at once (its body already read).
     public func handle(_ req: HTTPRequest) -> HTTPResponse {
+        var r: HTTPResponse
         switch decide(req) {
-        case let .respond(r): return r
-        case let .collect(_, then): return then(req.body)
-        case let .stream(handler): return handler(HTTPBodyStream(data: req.body))
+        case let .respond(x): r = x
+        case let .collect(_, then): r = then(req.body)
+        case let .stream(handler): r = handler(HTTPBodyStream(data: req.body))
         }
+        if let src = r.source {   // a body made as it is sent, made whole here
+            r.source = nil
+            while let d = src.next(maxBytes: 1 << 20) { r.body.append(d) }
+        }
+        return r
     }
 
     private func run(_ route: Route, _ req: HTTPRequest, _ vars: [String: String], _ project: Int) throws -> HTTPResponse {
         var resp = try route.handler!(self, req, vars, project)
-        if req.method == "HEAD" { resp.headers.set("Content-Length", String(resp.body.count)); resp.body = Data() }
+        if req.method == "HEAD" { resp.headLength = resp.source?.length ?? resp.body.count; resp.source = nil; resp.body = Data() }
         return resp
     }
 

@@ -74,3 +74,26 @@ extension App {
         return p
     }
 }
+
+/// Uploads in progress per project: one tenant's stalled or slow uploads cannot take every upload thread.
+final class UploadGate: @unchecked Sendable {
+    private let lock = NSLock()
+    private var running: [Int: Int] = [:]
+    let limit: Int
+    init(limit: Int) { self.limit = limit }
+
+    /// Counts an upload in, or says no when the project has `limit` already.
+    func enter(_ project: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        let n = running[project, default: 0]
+        if n >= limit { return false }
+        running[project] = n + 1
+        return true
+    }
+
+    func leave(_ project: Int) {
+        lock.lock(); defer { lock.unlock() }
+        let n = running[project, default: 1] - 1
+        running[project] = n > 0 ? n : nil
+    }
+}

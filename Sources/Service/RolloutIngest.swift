@@ -91,6 +91,8 @@ extension App {
     // MARK: turns
 
     func appendTurn(_ req: HTTPRequest, _ body: HTTPBodyStream, id: String, project: Int) throws -> HTTPResponse {
+        // a turn of no rollout is a 404 before the body is read (the write re-checks under its lock)
+        guard try rollouts.tokenCount(project: project, id: id) != nil else { throw ServiceError.notFound("rollout \(id)") }
         let r = reader(body)
         var t = TurnDraft()
         var have: Set<String> = []

@@ -98,10 +98,57 @@ extension App {
         if let inm = req.headers["If-None-Match"], inm.split(separator: ",").contains(where: { let t = $0.trimmingCharacters(in: .whitespaces); return t == etag || t == "*" }) {
             return HTTPResponse(status: 304, headers: HTTPHeaders([("ETag", etag)]))
         }
-        let (body, ct, extra) = try encodeRoutes(p, format, o, container: container, id: id)
-        var h = HTTPHeaders([("Content-Type", ct), ("ETag", etag), ("Cache-Control", "private, max-age=0, must-revalidate")])
+        var h = HTTPHeaders([("ETag", etag), ("Cache-Control", "private, max-age=0, must-revalidate")])
+        if format == .megatron {
+            let (body, ct, _) = try encodeRoutes(p, format, o, container: container, id: id)
+            h.set("Content-Type", ct)
+            return HTTPResponse(status: 200, headers: h, body: body)
+        }
+        let (source, ct, extra) = try streamRoutes(p, format, o, id: id)
+        h.set("Content-Type", ct)
         for (n, v) in extra { h.set(n, v) }
-        return HTTPResponse(status: 200, headers: h, body: body)
+        var r = HTTPResponse(status: 200, headers: h)
+        r.source = source
+        return r
+    }
+
+    /// One rollout's routes in `format` as a body written while the client reads it (every format but
+    /// Megatron's archive). Checked whole first: a response that starts is one that can finish.
+    func streamRoutes(_ p: PackedRoutes, _ format: RouteFormat, _ o: RouteOutput, id: String) throws -> (RoutesSource, String, [(String, String)]) {
+        do { try p.verify() } catch { throw ServiceError(500, "stored routes of rollout \(id) failed their integrity check") }
+        do { try p.check(o) } catch let e as RoutesError { throw ServiceError.unprocessable("routes cannot be served as \(o.dtype.rawValue): \(e)") }
+        let shape = p.shape(o)
+        let layout = o.layers.rawValue
+        func head(_ small: [String: Any], key: String, prefix: String = "") throws -> Data {
+            var out = try JSONSerialization.data(withJSONObject: small, options: [.sortedKeys, .withoutEscapingSlashes])
+            out.removeLast()   // "}"
+            out.append(contentsOf: Array("\(small.isEmpty ? "" : ",")\"\(key)\":\(prefix)".utf8))
+            return out
+        }
+        let quoted = Data("\"}".utf8)
+        switch format {
+        case .json:
+            // routed_experts last, so a streaming reader has the shape before the ids
+            return (try RoutesSource(p, o, text: .lists, prefix: try head(["shape": shape, "dtype": o.dtype.rawValue, "num_experts": p.numExperts, "layout": layout],
+                                                                          key: "routed_experts"), suffix: Data("}".utf8)), "application/json", [])
+        case .base64:
+            return (try RoutesSource(p, o, text: .base64, prefix: try head(["dtype": o.dtype.rawValue, "shape": shape, "num_experts": p.numExperts, "layout": layout],
+                                                                           key: "data", prefix: "\""), suffix: quoted), "application/json", [])
+        case .nemo:
+            return (try RoutesSource(p, o, text: .base64, prefix: try head(["num_experts": p.numExperts], key: "routed_experts",
+                                                                           prefix: "\"nrlre1:\(o.dtype.rawValue):\(shape[0])x\(shape[1])x\(shape[2]):"),
+                                     suffix: quoted), "application/json", [])
+        case .slime:
+            return (try RoutesSource(p, o, text: .base64, prefix: try head(["shape": shape, "dtype": "int32", "num_experts": p.numExperts],
+                                                                           key: "routed_experts", prefix: "\""), suffix: quoted), "application/json", [])
+        case .npy:
+            return (try RoutesSource(p, o, text: .raw, prefix: NPY.encodeHeader(dtype: o.dtype.npy, shape: shape)), "application/x-npy", [])
+        case .raw:
+            return (try RoutesSource(p, o, text: .raw), "application/octet-stream",
+                    [("X-R3-Shape", shape.map(String.init).joined(separator: ",")), ("X-R3-Dtype", o.dtype.rawValue), ("X-R3-Layout", layout)])
+        case .megatron:
+            throw ServiceError(500, "Megatron's archive is not streamed")
+        }
     }
 
     /// The bytes of one rollout's routes in `format`.

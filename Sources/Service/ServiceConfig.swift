@@ -9,6 +9,7 @@ public struct ServiceConfig: Sendable {
         h.host = host; h.port = port
         h.limits.maxBodyBytes = max(maxBodyBytes, maxImportBytes)
         h.maxConnections = maxConnections; h.handlerThreads = httpThreads
+        h.uploadThreads = uploadThreads; h.maxUploads = maxUploads
         h.headerTimeout = headerTimeout; h.bodyTimeout = bodyTimeout; h.idleTimeout = idleTimeout
         return h
     }
@@ -23,6 +24,9 @@ public struct ServiceConfig: Sendable {
       R3_MAX_IMPORT_ROLLOUTS most rollouts one import request may store (default 4096)
       R3_MAX_CONNECTIONS     open connections before 503 (default 1024)
       R3_HTTP_THREADS        request handler threads (default 8)
+      R3_UPLOAD_THREADS      threads reading streamed uploads (rollouts, imports, turns), apart from the others (default 8)
+      R3_MAX_UPLOADS         uploads running or waiting for an upload thread before 503 (default 64)
+      R3_MAX_UPLOADS_PER_PROJECT  one project's uploads at once before 429 (default 4)
       R3_DB_POOL             PostgreSQL connections (default 8)
       R3_HEADER_TIMEOUT      seconds to receive a request head (default 10)
       R3_BODY_TIMEOUT        seconds a request body may stall with no byte arriving (default 120)
@@ -52,6 +56,9 @@ public struct ServiceConfig: Sendable {
     public var maxImportRollouts = 4096
     public var maxConnections = 1024
     public var httpThreads = 8
+    public var uploadThreads = 8
+    public var maxUploads = 64
+    public var maxUploadsPerProject = 4
     public var dbPool = 8
     public var headerTimeout = 10.0
     public var bodyTimeout = 120.0
@@ -100,6 +107,9 @@ public struct ServiceConfig: Sendable {
         c.maxImportRollouts = try int("R3_MAX_IMPORT_ROLLOUTS", 1...100_000) ?? c.maxImportRollouts
         c.maxConnections = try int("R3_MAX_CONNECTIONS", 1...100_000) ?? c.maxConnections
         c.httpThreads = try int("R3_HTTP_THREADS", 1...256) ?? c.httpThreads
+        c.uploadThreads = try int("R3_UPLOAD_THREADS", 1...256) ?? c.uploadThreads
+        c.maxUploads = try int("R3_MAX_UPLOADS", 1...100_000) ?? c.maxUploads
+        c.maxUploadsPerProject = try int("R3_MAX_UPLOADS_PER_PROJECT", 1...100_000) ?? c.maxUploadsPerProject
         c.dbPool = try int("R3_DB_POOL", 1...256) ?? c.dbPool
         c.headerTimeout = try seconds("R3_HEADER_TIMEOUT") ?? c.headerTimeout
         c.bodyTimeout = try seconds("R3_BODY_TIMEOUT") ?? c.bodyTimeout

@@ -117,3 +117,19 @@ def private_server(tmp_path):
             s.pg_ctl("-m", "fast", "stop")
         except subprocess.CalledProcessError:
             pass
+
+
+@pytest.fixture(scope="module")
+def private_server_module(tmp_path_factory):
+    """A started server of its own for one test module (own data directory and cluster)."""
+    d = tmp_path_factory.mktemp("r3private")
+    os.chmod(d, 0o755)
+    s = Server(d)
+    s.keys = {"a": s.key("project-a")}
+    s.start()
+    yield s
+    s.stop()
+    try:
+        s.pg_ctl("-m", "fast", "stop")
+    except subprocess.CalledProcessError:
+        pass

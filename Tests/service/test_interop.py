@@ -265,6 +265,12 @@ def test_a_turn_must_replace_a_stored_placeholder_row(api):
     assert got == [[[0, 1]], [[2, 3]], [[6, 7]], [[4, 5]]]
 
 
+def test_a_turn_of_no_rollout_is_404_before_its_body_is_read(api):
+    for rid in ["00000000-0000-4000-8000-000000000000", "not-a-uuid"]:
+        r = api.post(api.base + f"/v1/rollouts/{rid}/turns", json={"token_ids": [1], "response_start": 0, "routed_experts": [[[-7]]]})
+        assert r.status_code == 404 and r.headers["Content-Type"] == "application/problem+json", r.text
+
+
 def test_dense_rows_must_be_zero_or_minus_one_naming_the_layer(api, models):
     m, cfg, moe = models["deepseek-v3"]
     rng = np.random.default_rng(3)

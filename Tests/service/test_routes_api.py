@@ -135,7 +135,7 @@ def test_get_list_delete(api):
     ({"routed_experts": [[[0, 99]]] * 19, "num_experts": 64}, 422, "outside"),
     ({"routed_experts": [[[0, 0]]] * 19, "num_experts": 64}, 422, "twice"),
     ({"routed_experts": [[[0, -1]]] * 19, "num_experts": 64}, 422, "partly missing"),
-    ({"routed_experts": [[[0, 1]], [[2]]], "num_experts": 64}, 422, "expected 2"),
+    ({"routed_experts": [[[0, 1]], [[2]]], "num_experts": 64}, 422, "earlier rows have 2"),
     ({"routed_experts": "nrlre1:int32:19x1x2:!!!", "num_experts": 64}, 422, "base64"),
     ({"routed_experts": [[[0, 1]]] * 19}, 422, "num_experts"),
     ({"token_ids": []}, 422, "token_ids"),
