@@ -125,6 +125,7 @@ def private_server_module(tmp_path_factory):
     d = tmp_path_factory.mktemp("r3private")
     os.chmod(d, 0o755)
     s = Server(d)
+    s.env["R3_MAX_BODY_BYTES"] = str(512 * 2**20)   # the default: buffered bodies up to 512 MiB
     s.keys = {"a": s.key("project-a")}
     s.start()
     yield s

@@ -13,11 +13,15 @@ import requests
 T, L, K, E = 32768, 48, 8, 128
 
 
-def rss_mb(pid):
+def status_mb(pid, field):
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def rss_mb(pid):
+    return status_mb(pid, "VmRSS")
 
 
 def raw_request(port, text, body=b""):
@@ -50,15 +54,73 @@ def served(sess, url, rid, routes):
     assert np.array_equal(np.load(io.BytesIO(r.content)), routes)
 
 
-def test_unread_and_slow_read_responses_hold_bounded_memory(big):
-    s, sess, rid, routes = big
-    # warm up: as many fetches at once as handler threads, so that what every handler and pooled database
-    # connection keeps (libpq's buffers, malloc's arenas) is in `before`
+def warm_up(s, sess, rid, routes):
+    """As many fetches at once as handler threads, so that what every handler and pooled database
+    connection keeps (libpq's buffers, malloc's arenas) is counted before a measurement."""
     warm = [threading.Thread(target=served, args=(sess, s.url, rid, routes)) for _ in range(8)]
     for t in warm:
         t.start()
     for t in warm:
         t.join()
+
+
+def peak_rss(pid, seconds=2):
+    return max(rss_mb(pid) for _ in range(int(seconds / 0.2)) if time.sleep(0.2) is None)
+
+
+def test_pipelined_unread_and_a_slow_reader_pushing_bytes_grow_rss_under_64_mb(big):
+    """The issue's two cases: 12 pipelined int64 fetches (105 MB each) never read, on one connection; a JSON
+    fetch read 1 KB at a time while its client pushes pipelined requests as fast as the server takes them."""
+    s, sess, rid, routes = big
+    warm_up(s, sess, rid, routes)
+    pid = s.proc.pid
+    before = rss_mb(pid)
+    auth = "Authorization: Bearer " + s.keys["a"]
+    path = f"/v1/rollouts/{rid}/routes"
+    hog = raw_request(s.port, "".join(f"GET {path}?format=raw&dtype=int64 HTTP/1.1\nHost: x\n{auth}\n\n" for _ in range(12)))
+    slow = raw_request(s.port, f"GET {path}?format=json HTTP/1.1\nHost: x\n{auth}\n\n")
+    stop = threading.Event()
+    pushed = [0]
+
+    def read_slowly():
+        while not stop.is_set():
+            if not slow.recv(1024):
+                break
+            time.sleep(0.05)
+
+    def push():
+        junk = "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 4096
+        slow.settimeout(0.5)
+        try:
+            while not stop.is_set():
+                pushed[0] += slow.send(junk)
+        except (socket.timeout, OSError):
+            pass   # the server stopped reading: the kernel's buffers are full
+    threads = [threading.Thread(target=read_slowly), threading.Thread(target=push)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        served(sess, s.url, rid, routes)
+        peak = peak_rss(pid)
+        print(f"RSS {before:.0f} MB -> peak {peak:.0f} MB; {pushed[0] / 2**20:.1f} MB pushed behind the slow read")
+        assert pushed[0] < 32 * 2**20, f"the server took {pushed[0] / 2**20:.0f} MB of pipelined bytes behind a response"
+        assert peak - before < 64, f"RSS grew {peak - before:.0f} MB (before {before:.0f} MB)"
+    finally:
+        stop.set()
+        hog.close()
+        slow.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join()
+        slow.close()
+    served(sess, s.url, rid, routes)
+
+
+def test_many_unread_and_slow_read_responses_each_hold_their_packed_routes_only(big):
+    """8 connections x 4 pipelined unread int64 fetches and 4 slow JSON readers: each open response keeps
+    its rollout's packed routes (one byte per id) and a 256 KiB piece, never its 105 MB body."""
+    s, sess, rid, routes = big
+    warm_up(s, sess, rid, routes)
     pid = s.proc.pid
     before = rss_mb(pid)
     auth = "Authorization: Bearer " + s.keys["a"]
@@ -83,7 +145,7 @@ def test_unread_and_slow_read_responses_hold_bounded_memory(big):
     try:
         time.sleep(3)
         served(sess, s.url, rid, routes)
-        peak = max(rss_mb(pid) for _ in range(10) if time.sleep(0.2) is None)
+        peak = peak_rss(pid)
         packed = T * L * K / 2**20   # what each response keeps: the stored routes, one byte per id
         # whole bodies would be 12 x 105 MB (int64) + 4 x ~100 MB (JSON); streamed, each holds its packed routes
         print(f"RSS {before:.0f} MB -> peak {peak:.0f} MB with 12 unread and 4 slow responses")
@@ -149,6 +211,35 @@ def test_stalled_gigabyte_uploads_do_not_starve_other_clients(big):
             break
         time.sleep(0.2)
     assert r.status_code == 201, r.text
+
+
+def test_forty_claimed_512_mib_bodies_grow_virtual_size_under_256_mb(big):
+    """Heads claiming 512 MiB (the buffered limit) for a routes upload, with and without a key, then nothing:
+    the buffer grows as bytes arrive, never from the claim."""
+    s, sess, rid, routes = big
+    pid = s.proc.pid
+    before = status_mb(pid, "VmSize")
+    heads = []
+    for i in range(40):
+        auth = f"Authorization: Bearer {s.keys['a']}\n" if i % 2 == 0 else ""
+        heads.append(raw_request(s.port, f"PUT /v1/rollouts/{rid}/routes?num_experts={E} HTTP/1.1\nHost: x\n{auth}"
+                                         f"Content-Type: application/x-npy\nContent-Length: {512 * 2**20}\n\n", b"\x93NUMPY"))
+    try:
+        time.sleep(2)
+        assert sess.get(s.url + f"/v1/rollouts/{rid}", timeout=60).status_code == 200
+        grown = status_mb(pid, "VmSize") - before
+        print(f"VmSize {before:.0f} MB -> +{grown:.0f} MB with 40 claimed 512 MiB bodies")
+        assert grown < 256, f"virtual size grew {grown:.0f} MB"
+        refused = 0
+        for i, c in enumerate(heads):
+            if i % 2 == 1:
+                got = head_of(c)
+                assert got.startswith(b"HTTP/1.1 401 "), got[:200]
+                refused += 1
+        assert refused == 20
+    finally:
+        for c in heads:
+            c.close()
 
 
 def test_expect_continue_without_a_key_is_refused_before_the_body(big):
