@@ -17,6 +17,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // the logging API every server-side Swift library speaks; our handler writes JSON lines (Sources/Log)
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
@@ -26,12 +28,15 @@ let package = Package(
         .target(name: "CPosix"),
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
-        .target(name: "HTTP", dependencies: ["CPosix"], swiftSettings: cpu),
+        .target(name: "Log", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
+        .target(name: "HTTP", dependencies: ["CPosix", .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .target(name: "RL", dependencies: ["MoE", "Routes"], swiftSettings: cpu),
-        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON", "CPosix"], swiftSettings: cpu),
+        .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON", "CPosix", "Log",
+                                                .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .executableTarget(
             name: "r3",
-            dependencies: ["MoE", "Routes", "RL", "Service", "Store", "HTTP", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MoE", "Routes", "RL", "Service", "Store", "HTTP", "Log", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "JSONTests", dependencies: ["JSON", "CPosix"], swiftSettings: cpu),
@@ -39,6 +44,7 @@ let package = Package(
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE"], swiftSettings: cpu),
-        .testTarget(name: "ServiceTests", dependencies: ["Service", "Routes", "JSON", "HTTP", "CPosix"], swiftSettings: cpu),
+        .testTarget(name: "ServiceTests", dependencies: ["Service", "Routes", "JSON", "HTTP", "CPosix", "Log",
+                                                     .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
     ]
 )

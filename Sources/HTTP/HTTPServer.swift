@@ -9,6 +9,7 @@
 // and shutdown stops accepting and lets in-flight requests finish.
 import CPosix
 import Foundation
+import Logging
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -61,6 +62,8 @@ public final class HTTPServer: @unchecked Sendable {
     let responder: HTTPResponder
     let pool: WorkerPool
     let uploadPool: WorkerPool
+    /// Requests the server answers itself (bad framing, limits, timeouts): one line each.
+    public var logger = Logger(label: "r3.http", factory: { _ in SwiftLogNoOpLogHandler() })
     private var listenFD: Int32 = -1
     private var epfd: Int32 = -1
     private var wakeFD: Int32 = -1
@@ -192,7 +195,7 @@ public final class HTTPServer: @unchecked Sendable {
             c.interest = EPOLLIN | EPOLLRDHUP
             if full {
                 c.keepAlive = false
-                respond(c, HTTPResponse.problem(503, detail: "the server is at its connection limit (\(config.maxConnections))", close: true))
+                refuse(c, 503, "the server is at its connection limit (\(config.maxConnections))", nil, level: .warning)
                 continue
             }
             c.deadline = .now + .milliseconds(Int(config.idleTimeout * 1000))
@@ -256,12 +259,12 @@ public final class HTTPServer: @unchecked Sendable {
                     pool.submit { [weak self] in self?.complete(.decided(c, responder(req))) }
                     return
                 case let .error(e):
-                    respond(c, HTTPResponse.problem(e.status, detail: e.message, close: true)); return
+                    refuse(c, e.status, e.message, nil); return
                 case .body, .end: return   // not in the idle phase
                 }
             case let .collecting(head, limit, then):
                 var ended = false
-                var failure: HTTPResponse?
+                var failure: (Int, String)?
                 let (used, _) = c.withUnread { buf -> (Int, Void) in
                     var used = 0
                     while !ended && failure == nil {
@@ -270,14 +273,14 @@ public final class HTTPServer: @unchecked Sendable {
                         case let .body(r):
                             let piece = UnsafeRawBufferPointer(rebasing: buf[(used + r.lowerBound)..<(used + r.upperBound)])
                             if c.body.count + piece.count > limit {
-                                failure = .problem(413, detail: "the body exceeds the limit of \(limit) bytes for this request", close: true)
+                                failure = (413, "the body exceeds the limit of \(limit) bytes for this request")
                             } else if bufferedBodyBytes + piece.count > config.maxBufferedBodyBytes {
-                                failure = .problem(503, detail: "the server is buffering too many request bodies; retry later", close: true)
+                                failure = (503, "the server is buffering too many request bodies; retry later")
                             } else {
                                 c.body.append(contentsOf: piece); bufferedBodyBytes += piece.count
                             }
                         case .end: ended = true
-                        case let .error(e): failure = .problem(e.status, detail: e.message, close: true)
+                        case let .error(e): failure = (e.status, e.message)
                         case .needMore: return (used + u, ())
                         case .head: break
                         }
@@ -286,7 +289,7 @@ public final class HTTPServer: @unchecked Sendable {
                     return (used, ())
                 }
                 c.consume(used)
-                if let f = failure { releaseBody(c); c.phase = .idle; respond(c, f); return }
+                if let f = failure { releaseBody(c); c.phase = .idle; refuse(c, f.0, f.1, head, level: f.0 == 503 ? .warning : .notice); return }
                 if !ended && c.peerClosed { releaseBody(c); c.phase = .idle; close(c); return }   // cut off
                 if !ended { setBodyDeadline(c); return }
                 let body = Data(c.body)
@@ -428,7 +431,7 @@ public final class HTTPServer: @unchecked Sendable {
         case let .collect(limit, then):
             if case let .length(n) = head.framing, n > limit {
                 c.phase = .idle; c.closeAfterWrite = true
-                respond(c, .problem(413, detail: "the body of \(n) bytes exceeds the limit of \(limit) bytes for this request", close: true))
+                refuse(c, 413, "the body of \(n) bytes exceeds the limit of \(limit) bytes for this request", head)
                 return
             }
             if head.framing == .none {
@@ -444,9 +447,8 @@ public final class HTTPServer: @unchecked Sendable {
             lock.lock(); let full = uploads >= config.maxUploads; if !full { uploads += 1 }; lock.unlock()
             if full {
                 c.phase = .idle; c.closeAfterWrite = true
-                var r = HTTPResponse.problem(503, detail: "the server is taking \(config.maxUploads) uploads already; retry later", close: true)
-                r.headers.set("Retry-After", "5")
-                return respond(c, r)
+                return refuse(c, 503, "the server is taking \(config.maxUploads) uploads already; retry later", head, level: .warning,
+                              headers: [("Retry-After", "5")])
             }
             let declared: Int? = { if case let .length(n) = head.framing { return n }; return head.framing == .none ? 0 : nil }()
             let body = HTTPBodyStream(declaredLength: declared, highWater: config.streamQueueBytes, stallTimeout: config.bodyTimeout + 5) { [weak self] in
@@ -470,6 +472,21 @@ public final class HTTPServer: @unchecked Sendable {
         }
     }
 
+    /// Answers a request the server refuses itself (problem+json, then close) and logs it: status, why,
+    /// and the method and path when the head was read (never the query or a header: they may hold secrets).
+    private func refuse(_ c: Connection, _ status: Int, _ detail: String, _ head: HTTPRequestHead?, level: Logger.Level = .notice,
+                        headers: [(String, String)] = []) {
+        var meta: Logger.Metadata = ["status": .stringConvertible(status), "detail": .string(detail)]
+        if let h = head {
+            meta["method"] = .string(h.method)
+            meta["path"] = .string(String(h.target.split(separator: "?", maxSplits: 1).first.map(String.init)?.prefix(200) ?? ""))
+        }
+        logger.log(level: level, "refused", metadata: meta)
+        var r = HTTPResponse.problem(status, detail: detail, close: true)
+        for (n, v) in headers { r.headers.set(n, v) }
+        respond(c, r)
+    }
+
     private func sendContinue(_ c: Connection) {
         c.out.append(Data("HTTP/1.1 100 Continue\r\n\r\n".utf8))
         flush(c)
@@ -480,7 +497,7 @@ public final class HTTPServer: @unchecked Sendable {
         if let body = r.stream {
             lock.lock(); let full = streams >= config.maxStreams; if !full { streams += 1 }; lock.unlock()
             if full || stopping {
-                return respond(c, .problem(503, detail: "too many open streams; retry later", close: true))
+                return refuse(c, 503, "too many open streams; retry later", nil, level: .warning)
             }
             // The stream owns the socket from here: off the event loop, blocking, with a send timeout.
             let fd = c.fd
@@ -540,12 +557,12 @@ public final class HTTPServer: @unchecked Sendable {
             switch c.phase {
             case .idle:
                 if c.deadlineStatus != nil {
-                    respond(c, HTTPResponse.problem(408, detail: "request head not received in time", close: true))
+                    refuse(c, 408, "request head not received in time", nil, level: .info)
                 } else { close(c) }
-            case .collecting:
+            case let .collecting(head, _, _):
                 releaseBody(c)
                 c.phase = .idle
-                respond(c, HTTPResponse.problem(408, detail: "the request body stalled for \(Int(config.bodyTimeout)) s", close: true))
+                refuse(c, 408, "the request body stalled for \(Int(config.bodyTimeout)) s", head, level: .info)
             case let .streaming(head, body, _):
                 body.fail(.timeout(config.bodyTimeout))
                 c.phase = .streaming(head, body, true)

@@ -2,6 +2,8 @@
 // function turns every error into problem+json (ServiceError.response).
 import Foundation
 import HTTP
+import Log
+import Logging
 import Routes
 import Store
 
@@ -16,6 +18,8 @@ public final class App: @unchecked Sendable {
     let authCache: AuthCache
     let rateLimiter = RateLimiter()
     let uploadGate: UploadGate
+    /// JSON lines on stderr once `R3Log.bootstrap` ran (the r3 commands), else nothing.
+    let logger = R3Log.logger("r3.api")
     /// Absolute data directory: model checkpoints live under models/.
     let dataDirectory: URL
     let pageKeyLock = NSLock()
@@ -110,24 +114,28 @@ public final class App: @unchecked Sendable {
     /// answered before any body byte is read.
     public func decide(_ req: HTTPRequest) -> HTTPHeadDecision {
         let start = ContinuousClock.now
-        var name = "unmatched"
+        var ctx = RequestContext(id: App.requestID(req.headers["X-Request-Id"]))
         do {
             let (route, vars) = try match(req)
-            name = route.name
-            let name = route.name
-            let project = route.auth ? try authorize(req, scopes: route.scopes).projectID : 0
+            ctx.route = route.name
+            if route.auth {
+                let p = try authorize(req, scopes: route.scopes)
+                ctx.project = p.projectID; ctx.keyID = p.keyID
+            }
+            let project = ctx.project ?? 0
+            let ctx = ctx
             switch route.body {
             case .none:
-                return .respond(finish(name, req, start) { try self.run(route, req, vars, project) })
+                return .respond(finish(ctx, req, start) { try self.run(route, req, vars, project) })
             case let .buffered(limit, types):
                 guard req.hasBody else {
-                    return .respond(finish(name, req, start) { _ = try requireContentType(req, types); return try self.run(route, req, vars, project) })
+                    return .respond(finish(ctx, req, start) { _ = try requireContentType(req, types); return try self.run(route, req, vars, project) })
                 }
                 _ = try requireContentType(req, types)
                 if let n = req.declaredLength, n > limit { throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(limit) bytes for this request") }
                 return .collect(maxBytes: limit) { body in
                     var r = req; r.body = body
-                    return self.finish(name, req, start) { try self.run(route, r, vars, project) }
+                    return self.finish(ctx, req, start, bytesIn: { body.count }) { try self.run(route, r, vars, project) }
                 }
             case let .streamed(types):
                 _ = try requireContentType(req, types)
@@ -135,7 +143,7 @@ public final class App: @unchecked Sendable {
                     throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(config.maxImportBytes) bytes (R3_MAX_IMPORT_BYTES)")
                 }
                 return .stream { body in
-                    self.finish(name, req, start) {
+                    self.finish(ctx, req, start, bytesIn: { body.bytesRead }) {
                         // before the first body read: a refused upload is never invited (no 100 Continue)
                         guard self.uploadGate.enter(project) else {
                             throw ServiceError(429, "the project has \(self.uploadGate.limit) uploads in progress already (R3_MAX_UPLOADS_PER_PROJECT); retry after 5 s",
@@ -147,7 +155,43 @@ public final class App: @unchecked Sendable {
                 }
             }
         } catch {
-            return .respond(finish(name, req, start) { throw error })
+            return .respond(finish(ctx, req, start) { throw error })
+        }
+    }
+
+    /// What the request log says about a request beyond its method and status.
+    struct RequestContext: Sendable {
+        var id: String
+        var route = "unmatched"
+        var project: Int?
+        var keyID: Int?
+    }
+
+    /// The client's X-Request-Id when it is 1 to 128 characters of [A-Za-z0-9._:-], else a new one.
+    static func requestID(_ given: String?) -> String {
+        if let g = given, (1...128).contains(g.utf8.count),
+           g.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E || $0 == 0x5F || $0 == 0x3A || $0 == 0x2D }) {
+            return g
+        }
+        return RequestIDs.shared.next()
+    }
+
+    /// Request ids made without a syscall: 16 random hex digits drawn once per process, then a counter
+    /// (UUID() reads the kernel's random source for every request).
+    final class RequestIDs: @unchecked Sendable {
+        static let shared = RequestIDs()
+        private let prefix: String
+        private var counter: UInt64 = 0
+        private let lock = NSLock()
+        init() {
+            var g = SystemRandomNumberGenerator()
+            let p = String(g.next() as UInt64, radix: 16)
+            prefix = String(repeating: "0", count: 16 - p.count) + p
+        }
+        func next() -> String {
+            lock.lock(); counter &+= 1; let n = counter; lock.unlock()
+            let c = String(n, radix: 16)
+            return prefix + "-" + String(repeating: "0", count: max(0, 8 - c.count)) + c
         }
     }
 
@@ -172,18 +216,32 @@ public final class App: @unchecked Sendable {
         return resp
     }
 
-    /// Runs a handler, turns any error into its problem+json, and records the request's metrics.
-    private func finish(_ name: String, _ req: HTTPRequest, _ start: ContinuousClock.Instant, _ body: () throws -> HTTPResponse) -> HTTPResponse {
+    /// Runs a handler, turns any error into its problem+json, records the request's metrics, tags the
+    /// response with its request id and logs one line (a 500 a second one, with its cause). Never the
+    /// request's body, query or headers: they may hold keys.
+    private func finish(_ ctx: RequestContext, _ req: HTTPRequest, _ start: ContinuousClock.Instant, bytesIn: () -> Int = { 0 },
+                        _ body: () throws -> HTTPResponse) -> HTTPResponse {
         var resp: HTTPResponse
         do { resp = try body() } catch {
             resp = ServiceError.response(for: error)
-            if resp.status >= 500 {   // never the request's body or headers: they may hold keys
-                FileHandle.standardError.write(Data("r3: \(req.method) \(name) answered \(resp.status): \(String(describing: error).prefix(500))\n".utf8))
+            if resp.status >= 500 {
+                logger.error("internal error", metadata: ["request_id": .string(ctx.id), "method": .string(req.method), "route": .string(ctx.route),
+                                                          "status": .stringConvertible(resp.status), "cause": .string(String(String(describing: error).prefix(500)))])
             }
         }
+        resp.headers.set("X-Request-Id", ctx.id)
         let d = ContinuousClock.now - start
-        metrics.observe(route: name, method: req.method, status: resp.status,
-                        seconds: Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18)
+        let seconds = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        metrics.observe(route: ctx.route, method: req.method, status: resp.status, seconds: seconds)
+        if logger.logLevel <= .info {
+            var m: Logger.Metadata = ["request_id": .string(ctx.id), "method": .string(req.method), "route": .string(ctx.route),
+                                      "status": .stringConvertible(resp.status), "bytes_in": .stringConvertible(bytesIn()),
+                                      "duration_ms": .stringConvertible((seconds * 1e5).rounded() / 100)]
+            if resp.stream == nil { m["bytes_out"] = .stringConvertible(resp.headLength ?? resp.source?.length ?? resp.body.count) }
+            if let p = ctx.project { m["project"] = .stringConvertible(p) }
+            if let k = ctx.keyID { m["key_id"] = .stringConvertible(k) }
+            logger.info("request", metadata: m)
+        }
         return resp
     }
 

@@ -3,6 +3,8 @@
 // succeeded, cancelled, queued again with backoff, or failed. Several processes on one database share
 // the queue; compute threads are split between workers so BLAS never oversubscribes the cores.
 import Foundation
+import Log
+import Logging
 import Store
 
 public struct JobRunnerConfig: Sendable {
@@ -54,6 +56,9 @@ public final class JobRunner: @unchecked Sendable {
     private var wakeups = 0
     private var threads: [Thread] = []
     private let done = DispatchGroup()
+    /// One line per job transition: claimed (running), succeeded, cancelled, failed (queued again or not),
+    /// released at shutdown, lease lost.
+    let logger = R3Log.logger("r3.jobs")
 
     public init(app: App, config: JobRunnerConfig) {
         self.app = app
@@ -106,6 +111,13 @@ public final class JobRunner: @unchecked Sendable {
         }
     }
 
+    private func transition(_ claim: JobClaim, _ state: String, _ level: Logger.Level = .info, _ extra: Logger.Metadata = [:]) {
+        var m: Logger.Metadata = ["job_id": .string(claim.job.id), "type": .string(claim.job.type), "project": .stringConvertible(claim.job.projectID),
+                                  "attempt": .stringConvertible(claim.job.attempts), "worker": .string(config.name), "state": .string(state)]
+        m.merge(extra) { _, b in b }
+        logger.log(level: level, "job", metadata: m)
+    }
+
     private func run(_ claim: JobClaim) {
         let control = JobControl(stopping: { [weak self] in self?.isStopping ?? true })
         let heart = Heartbeat(every: config.leaseSeconds / 3) { [jobs, config] in
@@ -117,29 +129,39 @@ public final class JobRunner: @unchecked Sendable {
 
         if claim.job.attempts > claim.job.maxAttempts {
             // a worker died holding this job on its last attempt
-            try? jobs.fail(claim, error: "the worker running the job stopped (attempt \(claim.job.attempts - 1) of \(claim.job.maxAttempts))", retryIn: nil)
+            let why = "the worker running the job stopped (attempt \(claim.job.attempts - 1) of \(claim.job.maxAttempts))"
+            try? jobs.fail(claim, error: why, retryIn: nil)
+            transition(claim, "failed", .warning, ["error": .string(why)])
             return
         }
         do {
             _ = try jobs.fenced(claim) { c in
                 try JobRepository.addEvent(c, job: claim.job.id, type: "job.started", data: ["attempt": claim.job.attempts, "worker": config.name])
             }
+            transition(claim, "running")
             let result = try JobExecutor(app: app, claim: claim, control: control, threads: config.threadsPerWorker).run()
             try jobs.finish(claim, state: "succeeded", result: result, event: ["state": "succeeded", "result": result])
+            transition(claim, "succeeded")
         } catch JobInterruption.cancelled {
             try? jobs.finish(claim, state: "cancelled", result: ["cancelled": true], event: ["state": "cancelled"])
+            transition(claim, "cancelled")
         } catch JobInterruption.leaseLost {
-            // another worker owns the job now; write nothing
+            transition(claim, "lease_lost", .warning)   // another worker owns the job now; write nothing
         } catch is JobRepository.LeaseLost {
+            transition(claim, "lease_lost", .warning)
         } catch JobInterruption.shutdown {
             try? jobs.release(claim)
+            transition(claim, "queued", .info, ["reason": .string("released at shutdown")])
         } catch JobInterruption.ended {
+            transition(claim, "ended", .info, ["reason": .string("the job ended elsewhere")])
         } catch {
             let permanent = error is ServiceError || JobExecutor.isPermanent(error)
             let message = JobExecutor.describe(error)
             let retry: Double? = permanent || claim.job.attempts >= claim.job.maxAttempts ? nil
                 : config.backoff.delay(afterAttempt: claim.job.attempts, unit: Double.random(in: 0..<1))
             try? jobs.fail(claim, error: message, retryIn: retry)
+            transition(claim, retry == nil ? "failed" : "queued", retry == nil ? .error : .warning,
+                       ["error": .string(String(message.prefix(500))), "retry_in_s": retry.map { .stringConvertible(($0 * 10).rounded() / 10) } ?? .string("never")])
         }
     }
 }

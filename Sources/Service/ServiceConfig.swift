@@ -1,6 +1,8 @@
 // ServiceConfig: every setting, from environment variables with documented defaults.
 import Foundation
 import HTTP
+import Log
+import Logging
 
 public struct ServiceConfig: Sendable {
     /// The HTTP server's settings from this config (its parser admits the largest body any route takes).
@@ -45,6 +47,8 @@ public struct ServiceConfig: Sendable {
       R3_WEBHOOK_TIMEOUT     seconds a webhook receiver has to answer (default 15)
       R3_WEBHOOK_ALLOW_PRIVATE  1: webhook URLs may resolve to loopback / private / link-local addresses (default 0)
       R3_AUTH_CACHE_SECONDS  how long a process trusts a key lookup; a revoked key stops within it (default 4, at most 5)
+      R3_LOG_LEVEL           trace, debug, info (default: one JSON line per request), notice, warning, error or critical;
+                             logs are JSON lines on standard error
     """
 
     public var databaseURL: String?
@@ -77,6 +81,7 @@ public struct ServiceConfig: Sendable {
     public var webhookTimeout = 15.0
     public var webhookAllowPrivate = false
     public var authCacheSeconds = 4.0
+    public var logLevel = Logger.Level.info
 
     public init() {}
 
@@ -130,6 +135,7 @@ public struct ServiceConfig: Sendable {
             guard let d = Double(v), d >= 0, d <= 5 else { throw ServiceError(400, "R3_AUTH_CACHE_SECONDS='\(v)' must be a number of seconds in 0...5") }
             c.authCacheSeconds = d
         }
+        do { c.logLevel = try R3Log.level(env) } catch { throw ServiceError(400, "\(error)") }
         if let v = env["R3_WEBHOOK_ALLOW_PRIVATE"] {
             guard v == "0" || v == "1" else { throw ServiceError(400, "R3_WEBHOOK_ALLOW_PRIVATE='\(v)' must be 0 or 1") }
             c.webhookAllowPrivate = v == "1"
@@ -139,6 +145,61 @@ public struct ServiceConfig: Sendable {
 }
 
 extension ServiceConfig {
+    /// Every setting, for the start-up log line; the database URL's password is replaced by ***.
+    public var logMetadata: Logger.Metadata {
+        func n(_ x: Int) -> Logger.Metadata.Value { .stringConvertible(x) }
+        func d(_ x: Double) -> Logger.Metadata.Value { .stringConvertible(x) }
+        return [
+            "database": .string(databaseURL.map(ServiceConfig.redacted) ?? "embedded PostgreSQL in \(dataDir.path)/pg"),
+            "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path),
+            "max_body_bytes": n(maxBodyBytes), "max_import_bytes": n(maxImportBytes), "max_import_rollouts": n(maxImportRollouts),
+            "max_connections": n(maxConnections), "http_threads": n(httpThreads), "upload_threads": n(uploadThreads),
+            "max_uploads": n(maxUploads), "max_uploads_per_project": n(maxUploadsPerProject), "db_pool": n(dbPool),
+            "header_timeout_s": d(headerTimeout), "body_timeout_s": d(bodyTimeout), "idle_timeout_s": d(idleTimeout),
+            "max_route_values": n(maxRouteValues), "workers": n(workers), "engine_threads": n(jobRunner.threadsPerWorker),
+            "job_lease_s": d(leaseSeconds), "job_poll_s": d(pollSeconds),
+            "model_roots": .array((modelRoots ?? []).map { .string($0) }), "max_model_params": n(maxModelParams),
+            "max_job_steps": n(maxJobSteps), "max_job_samples": n(maxJobSamples), "max_new_tokens": n(maxNewTokens),
+            "webhook_workers": n(webhookWorkers), "webhook_timeout_s": d(webhookTimeout),
+            "webhook_allow_private": .stringConvertible(webhookAllowPrivate), "auth_cache_s": d(authCacheSeconds),
+            "log_level": .string(logLevel.rawValue),
+        ]
+    }
+
+    /// A libpq connection string without its password: postgres://user:***@host/db, or password=*** in
+    /// keyword form (also a password given as a URL query parameter).
+    public static func redacted(_ conninfo: String) -> String {
+        var s = conninfo
+        if let scheme = s.range(of: "://") {
+            let rest = s[scheme.upperBound...]
+            let authority = rest.prefix { $0 != "/" && $0 != "?" }
+            if let at = authority.lastIndex(of: "@"), let colon = authority[..<at].firstIndex(of: ":") {
+                s.replaceSubrange(s.index(after: colon)..<at, with: "***")
+            }
+        }
+        // keyword form and URL query: password=… up to a space or &
+        var out = ""
+        var i = s.startIndex
+        while let r = s.range(of: "password", options: .caseInsensitive, range: i..<s.endIndex) {
+            out += s[i..<r.upperBound]
+            var j = r.upperBound
+            while j < s.endIndex, s[j] == " " { out.append(" "); j = s.index(after: j) }
+            guard j < s.endIndex, s[j] == "=" else { i = j; continue }
+            out += "="; j = s.index(after: j)
+            while j < s.endIndex, s[j] == " " { j = s.index(after: j) }
+            if j < s.endIndex, s[j] == "'" {   // quoted value: up to the closing quote (\' escapes)
+                j = s.index(after: j)
+                while j < s.endIndex, s[j] != "'" { if s[j] == "\\" { j = s.index(after: j); if j == s.endIndex { break } }; j = s.index(after: j) }
+                if j < s.endIndex { j = s.index(after: j) }
+            } else {
+                while j < s.endIndex, s[j] != " ", s[j] != "&" { j = s.index(after: j) }
+            }
+            out += "***"
+            i = j
+        }
+        return out + s[i...]
+    }
+
     /// The job runner's settings from this config.
     public var jobRunner: JobRunnerConfig {
         var j = JobRunnerConfig()

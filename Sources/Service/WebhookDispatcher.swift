@@ -3,6 +3,8 @@
 // URLSession (FoundationNetworking: libcurl) with a 15 s timeout and no redirects, and records the
 // attempt and its outcome (WebhookSchedule). Woken by LISTEN/NOTIFY, polling each second as a fallback.
 import Foundation
+import Log
+import Logging
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -99,6 +101,8 @@ public final class WebhookDispatcher: @unchecked Sendable {
         sender = WebhookSender(timeout: timeout)
     }
 
+    let logger = R3Log.logger("r3.webhooks")
+
     public func start() {
         guard workers > 0 else { return }
         let l = Thread { [self] in listen() }
@@ -151,5 +155,19 @@ public final class WebhookDispatcher: @unchecked Sendable {
         let outcome = WebhookSchedule.outcome(attempt: d.scheduleAttempt, status: result.status, retryAfter: result.retryAfter,
                                               unit: Double.random(in: 0..<1))
         try? repo.record(d, statusCode: result.status, latencyMs: result.milliseconds, error: result.error, outcome: outcome)
+        // the host only: a webhook URL's path or query is often its secret (Slack, Discord)
+        var m: Logger.Metadata = ["delivery_id": .string(d.id), "webhook_id": .string(d.endpointID), "message_id": .string(d.messageID),
+                                  "host": .string(URLComponents(string: d.url)?.host ?? "?"), "attempt": .stringConvertible(d.attempt),
+                                  "latency_ms": .stringConvertible((result.milliseconds * 10).rounded() / 10)]
+        if let st = result.status { m["status"] = .stringConvertible(st) }
+        if let e = result.error { m["error"] = .string(String(e.prefix(300))) }
+        let level: Logger.Level
+        switch outcome {
+        case .delivered: m["outcome"] = "delivered"; level = .info
+        case let .retry(after): m["outcome"] = "retry"; m["retry_in_s"] = .stringConvertible((after * 10).rounded() / 10); level = .warning
+        case .failed: m["outcome"] = "failed"; level = .error
+        case .disableEndpoint: m["outcome"] = "endpoint_disabled"; level = .error
+        }
+        logger.log(level: level, "webhook attempt", metadata: m)
     }
 }

@@ -4,6 +4,7 @@
 // DATABASE_URL) in a temporary data directory.
 import ArgumentParser
 import Foundation
+import Log
 import HTTP
 import Service
 import Store
@@ -26,6 +27,8 @@ struct RoutesBenchCommand: ParsableCommand {
     func run() throws {
         let T = quick ? 1024 : tokens, n = quick ? 10 : fetches
         var config = try ServiceConfig.fromEnvironment()
+        // the server logs as `r3 serve` does (one JSON line per request at the default level) to stderr
+        R3Log.bootstrap(level: config.logLevel)
         let tmp = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-routes-\(getpid())")
         if config.databaseURL == nil { config.dataDir = tmp }
         try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
@@ -39,12 +42,13 @@ struct RoutesBenchCommand: ParsableCommand {
         var http = config.http
         http.port = 0
         let server = HTTPServer(config: http) { app.decide($0) }
+        server.logger = R3Log.logger("r3.http")
         let port = try server.start()
         defer { server.shutdown(); server.waitUntilStopped() }
         let key = try KeyRepository(pool: pool).create(project: "bench-\(getpid())").key
         let client = try LoopbackClient(port: port)
         let auth = "Authorization: Bearer \(key)"
-        let base: [String: Any] = ["tokens": T, "layers": layers, "top_k": topK, "experts": experts, "database": label]
+        let base: [String: Any] = ["tokens": T, "layers": layers, "top_k": topK, "experts": experts, "database": label, "log_level": config.logLevel.rawValue]
 
         // payload: int32 routes [T, L, K] as {dtype, shape, data}
         var rng = SystemRandomNumberGenerator()
@@ -102,7 +106,7 @@ struct RoutesBenchCommand: ParsableCommand {
             let sid = ((try? JSONSerialization.jsonObject(with: small.body)) as? [String: Any])?["id"] as? String ?? ""
             for (name, path, headers) in [("small_get_livez", "/livez", [String]()), ("small_get_rollout", "/v1/rollouts/\(sid)", [auth])] {
                 if let rps = runWrk(port: port, path: path, headers: headers, seconds: wrkSeconds) {
-                    try printJSON(["case": name, "config": ["wrk": "-t2 -c64 -d\(wrkSeconds)s", "path": path.hasPrefix("/v1") ? "/v1/rollouts/{id}" : path],
+                    try printJSON(["case": name, "config": ["wrk": "-t2 -c64 -d\(wrkSeconds)s", "path": path.hasPrefix("/v1") ? "/v1/rollouts/{id}" : path, "log_level": config.logLevel.rawValue],
                                    "requests_per_s": rps])
                 } else {
                     try printJSON(["case": name, "config": ["wrk": "not installed (apt-get install wrk)"], "requests_per_s": NSNull()])

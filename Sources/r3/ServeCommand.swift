@@ -4,6 +4,8 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import HTTP
+import Log
+import Logging
 import Service
 import Store
 
@@ -57,7 +59,7 @@ func onStopSignal(_ fd: Int32, _ finishing: String, _ stop: @escaping @Sendable 
     Thread {
         var b: UInt8 = 0
         while read(fd, &b, 1) < 0 && errno == EINTR {}
-        FileHandle.standardError.write(Data("r3: \(finishing), then stopping\n".utf8))
+        R3Log.logger("r3").notice("stopping", metadata: ["finishing": .string(finishing)])
         stop()
     }.start()
 }
@@ -69,9 +71,13 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         let readEnd = try installStopSignals()
         let config = try ServiceConfig.fromEnvironment()
+        R3Log.bootstrap(level: config.logLevel)
+        let log = R3Log.logger("r3")
+        log.info("settings", metadata: config.logMetadata)
         let (pool, embedded, label) = try openDatabase(config)
         let app = App(config: config, pool: pool)
         let server = HTTPServer(config: config.http) { app.decide($0) }
+        server.logger = R3Log.logger("r3.http")
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)
         runner.start()
@@ -79,12 +85,13 @@ struct ServeCommand: ParsableCommand {
                                          allowPrivate: config.webhookAllowPrivate)
         webhooks.start()
         onStopSignal(readEnd, "finishing in-flight requests and job steps") { server.shutdown(); runner.stop(); webhooks.stop() }
-        FileHandle.standardError.write(Data("r3: listening on http://\(config.host):\(port) (database: \(label); \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads)\n".utf8))
+        log.notice("listening", metadata: ["url": .string("http://\(config.host):\(port)"), "database": .string(label),
+                                           "workers": .stringConvertible(config.workers), "threads_per_worker": .stringConvertible(config.jobRunner.threadsPerWorker)])
         server.waitUntilStopped()
         runner.waitUntilStopped()
         webhooks.waitUntilStopped()
         if embedded?.startedHere == true { embedded?.stop() }
-        FileHandle.standardError.write(Data("r3: stopped\n".utf8))
+        log.notice("stopped")
     }
 }
 
@@ -246,13 +253,17 @@ struct WorkerCommand: ParsableCommand {
         let readEnd = try installStopSignals()
         var config = try ServiceConfig.fromEnvironment()
         if config.workers == 0 { config.workers = 1 }
+        R3Log.bootstrap(level: config.logLevel)
+        let log = R3Log.logger("r3")
+        log.info("settings", metadata: config.logMetadata)
         let (pool, embedded, label) = try openDatabase(config)
         let runner = JobRunner(app: App(config: config, pool: pool), config: config.jobRunner)
         runner.start()
         onStopSignal(readEnd, "finishing the current job steps") { runner.stop() }
-        FileHandle.standardError.write(Data("r3: \(config.workers) job worker(s) × \(config.jobRunner.threadsPerWorker) threads (database: \(label))\n".utf8))
+        log.notice("workers started", metadata: ["database": .string(label), "workers": .stringConvertible(config.workers),
+                                                 "threads_per_worker": .stringConvertible(config.jobRunner.threadsPerWorker)])
         runner.waitUntilStopped()
         if embedded?.startedHere == true { embedded?.stop() }
-        FileHandle.standardError.write(Data("r3: stopped\n".utf8))
+        log.notice("stopped")
     }
 }

@@ -31,6 +31,7 @@ class Server:
                         R3_JOB_POLL_SECONDS="0.5", **env)
         self.proc = None
         self.workers = []
+        self.starts = 0
 
     def start_worker(self):
         log = open(self.data_dir / f"worker{len(self.workers)}.log", "wb")
@@ -44,15 +45,18 @@ class Server:
         return out.stdout.strip()
 
     def start(self):
-        self.proc = subprocess.Popen([R3, "serve"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # the log (JSON lines, one per request) goes to a file: a pipe nobody reads would fill and stop the server
+        self.log = self.data_dir / f"serve{self.starts}.log"
+        self.starts += 1
+        self.proc = subprocess.Popen([R3, "serve"], env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
         deadline = time.time() + 60
-        while time.time() < deadline:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
             except requests.ConnectionError:
                 time.sleep(0.1)
-        raise RuntimeError("r3 serve did not become ready: " + self.proc.stderr.read().decode())
+        raise RuntimeError("r3 serve did not become ready: " + self.log.read_text())
 
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)

@@ -236,7 +236,7 @@ def test_two_worker_processes_share_the_queue_and_never_run_the_same_job(private
     s.start_worker()
     s.start_worker()
     deadline = time.time() + 60
-    while not all("job worker(s)" in (s.data_dir / f"worker{i}.log").read_text() for i in range(2)):
+    while not all('"msg":"workers started"' in (s.data_dir / f"worker{i}.log").read_text() for i in range(2)):
         assert time.time() < deadline, "the workers did not start"
         time.sleep(0.1)
     api = session(s.url, s.keys["a"])

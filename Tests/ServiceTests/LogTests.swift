@@ -1,0 +1,54 @@
+// LogTests: the JSON-lines handler writes one parseable object per event (escapes, numbers, nested
+// metadata), and the start-up settings never carry the database password.
+import Foundation
+import JSON
+import Log
+import Logging
+import Testing
+@testable import Service
+
+struct LogTests {
+    @Test func eachEventIsOneJSONObjectLine() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        let h = JSONLogHandler(label: "t", level: .info, fd: fds[1])
+        var logger = Logger(label: "t", factory: { _ in h })
+        logger[metadataKey: "fixed"] = "x"
+        logger.info("quote \" backslash \\ newline \n tab \t bell \u{7}", metadata: [
+            "n": .stringConvertible(42), "d": .stringConvertible(1.5), "b": .stringConvertible(true),
+            "list": .array([.string("a"), .stringConvertible(2)]), "obj": .dictionary(["k": .string("v")]), "msg": "not overriding",
+        ])
+        logger.debug("below the level")
+        close(fds[1])
+        var all = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true { let n = read(fds[0], &buf, buf.count); if n <= 0 { break }; all += buf[0..<n] }
+        let lines = all.split(separator: 0x0A)
+        #expect(lines.count == 1)
+        let o = try JSONReader.parse(Array(lines[0])).objectValue!
+        #expect(o["msg"]?.stringValue == "quote \" backslash \\ newline \n tab \t bell \u{7}")
+        #expect(o["level"]?.stringValue == "info" && o["logger"]?.stringValue == "t" && o["fixed"]?.stringValue == "x")
+        #expect(o["n"] == .int(42) && o["b"] == .bool(true))
+        #expect(o["list"]?.arrayValue?.count == 2 && o["obj"]?.objectValue?["k"]?.stringValue == "v")
+        #expect(o["ts"]?.stringValue?.hasSuffix("Z") == true)
+    }
+
+    @Test(arguments: [
+        ("postgres://r3:hunter2@db.example:5432/r3?sslmode=require", "postgres://r3:***@db.example:5432/r3?sslmode=require"),
+        ("postgresql://r3@db/r3?password=hunter2&sslmode=require", "postgresql://r3@db/r3?password=***&sslmode=require"),
+        ("host=db user=r3 password=hunter2 dbname=r3", "host=db user=r3 password=*** dbname=r3"),
+        ("host=db password = 'hun ter\\'2' dbname=r3", "host=db password =*** dbname=r3"),
+        ("host=/run/pg dbname=r3", "host=/run/pg dbname=r3"),
+    ])
+    func databasePasswordsAreRedacted(given: String, shown: String) {
+        #expect(ServiceConfig.redacted(given) == shown)
+        #expect(!ServiceConfig.redacted(given).contains("hunter2") && !ServiceConfig.redacted(given).contains("hun ter"))
+    }
+
+    @Test func aBadLogLevelNamesTheVariable() {
+        #expect(throws: LogLevelError.self) { try R3Log.level(["R3_LOG_LEVEL": "loud"]) }
+        #expect((try? R3Log.level(["R3_LOG_LEVEL": "WARNING"])) == .warning)
+        #expect((try? R3Log.level([:])) == .info)
+    }
+}
