@@ -24,12 +24,9 @@ extension App {
                           "page": pageURL(job: j.id) as Any? ?? NSNull()] as [String: Any]]
     }
 
-    /// FNV-1a of the normalised request: what an Idempotency-Key is bound to.
-    static func fingerprint(_ s: String) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return String(h, radix: 16)
-    }
+    /// SHA-256 (hex) of the normalised request: what an Idempotency-Key is bound to. A 64-bit
+    /// non-cryptographic hash would let a client find two bodies that pass for one another.
+    static func fingerprint(_ s: String) -> String { SHA256.hex(Array(s.utf8)) }
 
     func createJob(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let key = req.headers["Idempotency-Key"]

@@ -8,6 +8,11 @@ import XCTest
 final class WebhookSigningTests: XCTestCase {
     func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
 
+    func testIdempotencyFingerprintIsSHA256() {
+        XCTAssertEqual(App.fingerprint("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertNotEqual(App.fingerprint(#"{"steps":1}"#), App.fingerprint(#"{"steps":2}"#))
+    }
+
     func testSHA256MatchesFIPSVectors() {
         XCTAssertEqual(hex(SHA256.hash([])), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(hex(SHA256.hash(Array("abc".utf8))), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
