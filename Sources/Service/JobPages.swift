@@ -17,7 +17,7 @@ extension App {
             try c.query("INSERT INTO server_secrets (name, value) VALUES ('page_links', \(fresh)) ON CONFLICT (name) DO NOTHING")
             return try c.query("SELECT value FROM server_secrets WHERE name = 'page_links'", binary: true)
         }
-        guard let k = try r.bytes(0, "value") else { throw ServiceError(500, "no page key") }
+        guard let k = try r.bytesOrNil(0, "value") else { throw ServiceError(500, "no page key") }
         pageKeyCache = [UInt8](k)
         return pageKeyCache!
     }

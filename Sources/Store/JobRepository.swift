@@ -51,14 +51,14 @@ public struct JobRepository: Sendable {
         """
 
     static func record(_ r: PGResult, _ i: Int) throws -> JobRecord {
-        JobRecord(id: try r.string(i, "id")!, seq: try r.int(i, "seq")!, type: try r.string(i, "type")!, modelID: try r.string(i, "model_id")!,
-                  paramsJSON: try r.string(i, "params")!, state: try r.string(i, "state")!, progressJSON: try r.string(i, "progress")!,
-                  attempts: try r.int(i, "attempts")!, maxAttempts: try r.int(i, "max_attempts")!,
-                  cancelRequested: try r.bool(i, "cancel_requested")!, error: try r.string(i, "error"),
-                  resultJSON: try r.string(i, "result"), checkpointJSON: try r.string(i, "checkpoint"),
-                  projectID: try r.int(i, "project_id")!, createdAt: try r.string(i, "created_at")!,
-                  startedAt: try r.string(i, "started_at"), finishedAt: try r.string(i, "finished_at"),
-                  updatedAt: try r.string(i, "updated_at")!, runAfter: try r.string(i, "run_after")!)
+        JobRecord(id: try r.string(i, "id"), seq: try r.int(i, "seq"), type: try r.string(i, "type"), modelID: try r.string(i, "model_id"),
+                  paramsJSON: try r.string(i, "params"), state: try r.string(i, "state"), progressJSON: try r.string(i, "progress"),
+                  attempts: try r.int(i, "attempts"), maxAttempts: try r.int(i, "max_attempts"),
+                  cancelRequested: try r.bool(i, "cancel_requested"), error: try r.stringOrNil(i, "error"),
+                  resultJSON: try r.stringOrNil(i, "result"), checkpointJSON: try r.stringOrNil(i, "checkpoint"),
+                  projectID: try r.int(i, "project_id"), createdAt: try r.string(i, "created_at"),
+                  startedAt: try r.stringOrNil(i, "started_at"), finishedAt: try r.stringOrNil(i, "finished_at"),
+                  updatedAt: try r.string(i, "updated_at"), runAfter: try r.string(i, "run_after"))
     }
 
     /// A job event; the ones webhooks carry also go to the outbox, in the same transaction.
@@ -96,7 +96,7 @@ public struct JobRepository: Sendable {
                 WHERE j.project_id = \(project) AND j.idempotency_key = \(idempotencyKey)
                 """)
             guard prior.count == 1 else { throw StoreError.decode("idempotency key vanished") }
-            if try prior.string(0, "request_hash") != requestHash { return .conflict }
+            if try prior.stringOrNil(0, "request_hash") != requestHash { return .conflict }
             return .existing(try JobRepository.record(prior, 0))
         }
     }
@@ -132,7 +132,7 @@ public struct JobRepository: Sendable {
         return try pool.transaction { c in
             let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             guard r.count == 1 else { return nil }
-            switch try r.string(0, "state") {
+            switch try r.stringOrNil(0, "state") {
             case "queued", "paused":
                 try c.query("""
                     UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = now(), updated_at = now() WHERE id = \(id)::uuid
@@ -169,7 +169,7 @@ public struct JobRepository: Sendable {
                 RETURNING \(raw: SQL(stringLiteral: JobRepository.columns)), j.lease_token
                 """)
             guard r.count == 1 else { return nil }
-            return JobClaim(job: try JobRepository.record(r, 0), token: try r.string(0, "lease_token")!)
+            return JobClaim(job: try JobRepository.record(r, 0), token: try r.string(0, "lease_token"))
         }
     }
 
@@ -185,7 +185,7 @@ public struct JobRepository: Sendable {
                   AND state = 'running' FOR UPDATE
                 """)
             guard r.count == 1 else { throw LeaseLost() }
-            return (try body(c), try r.bool(0, "cancel_requested") ?? false)
+            return (try body(c), try r.boolOrNil(0, "cancel_requested") ?? false)
         }
     }
 
@@ -257,20 +257,20 @@ public struct JobRepository: Sendable {
                 WHERE job_id = \(job)::uuid AND id > \(after) ORDER BY id LIMIT \(limit)
                 """)
         }
-        return try (0..<r.count).map { JobEvent(id: try r.int($0, "id")!, type: try r.string($0, "type")!, dataJSON: try r.string($0, "data")!,
-                                                createdAt: try r.string($0, "created_at")!) }
+        return try (0..<r.count).map { JobEvent(id: try r.int($0, "id"), type: try r.string($0, "type"), dataJSON: try r.string($0, "data"),
+                                                createdAt: try r.string($0, "created_at")) }
     }
 
     /// Per-step metrics in step order, as (step, JSON object text).
     public func metrics(job: String) throws -> [(step: Int, json: String)] {
         let r = try pool.withRetry { try $0.query("SELECT step, metrics FROM job_metrics WHERE job_id = \(job)::uuid ORDER BY step") }
-        return try (0..<r.count).map { (try r.int($0, "step")!, try r.string($0, "metrics")!) }
+        return try (0..<r.count).map { (try r.int($0, "step"), try r.string($0, "metrics")) }
     }
 
     /// The rollout ids a job wrote, in (step, sample) order.
     public func rolloutIDs(job: String) throws -> [String] {
         let r = try pool.withRetry { try $0.query("SELECT id FROM rollouts WHERE job_id = \(job)::uuid ORDER BY job_step, sample_index") }
-        return try (0..<r.count).map { try r.string($0, "id")! }
+        return try (0..<r.count).map { try r.string($0, "id") }
     }
 }
 
@@ -307,7 +307,7 @@ extension JobRepository {
     /// The job's last checkpoint (step, policy version), if it has one.
     public static func checkpoint(_ c: PGConnection, job: String) throws -> (step: Int, version: Int)? {
         let r = try c.query("SELECT (checkpoint->>'step')::int AS step, (checkpoint->>'version')::int AS version FROM jobs WHERE id = \(job)::uuid")
-        guard r.count == 1, let s = try r.int(0, "step"), let v = try r.int(0, "version") else { return nil }
+        guard r.count == 1, let s = try r.intOrNil(0, "step"), let v = try r.intOrNil(0, "version") else { return nil }
         return (s, v)
     }
 
@@ -318,7 +318,7 @@ extension JobRepository {
         return try pool.transaction { c in
             let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             guard r.count == 1 else { return nil }
-            let paused = try r.string(0, "state") == "paused"
+            let paused = try r.stringOrNil(0, "state") == "paused"
             if paused {
                 try c.query("""
                     UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0), run_after = now(), updated_at = now()

@@ -60,10 +60,10 @@ public struct KeyRepository: Sendable {
         """
 
     static func info(_ r: PGResult, _ i: Int) throws -> KeyInfo {
-        KeyInfo(id: try r.int(i, "id")!, project: try r.string(i, "project")!, prefix: try r.string(i, "prefix")!, name: try r.string(i, "name") ?? "",
-                scopes: (try r.string(i, "scopes") ?? "").split(separator: ",").map(String.init), createdAt: try r.string(i, "created_at")!,
-                expiresAt: try r.string(i, "expires_at"), lastUsedAt: try r.string(i, "last_used_at"), revokedAt: try r.string(i, "revoked_at"),
-                replacedBy: try r.int(i, "replaced_by"))
+        KeyInfo(id: try r.int(i, "id"), project: try r.string(i, "project"), prefix: try r.string(i, "prefix"), name: try r.stringOrNil(i, "name") ?? "",
+                scopes: (try r.stringOrNil(i, "scopes") ?? "").split(separator: ",").map(String.init), createdAt: try r.string(i, "created_at"),
+                expiresAt: try r.stringOrNil(i, "expires_at"), lastUsedAt: try r.stringOrNil(i, "last_used_at"), revokedAt: try r.stringOrNil(i, "revoked_at"),
+                replacedBy: try r.intOrNil(i, "replaced_by"))
     }
 
     /// Creates the project if needed and a new key for it; returns the key (shown once) and its record.
@@ -73,7 +73,7 @@ public struct KeyRepository: Sendable {
                 INSERT INTO projects (name) VALUES (\(project))
                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id
                 """)
-            return try KeyRepository.insert(c, projectID: try p.int(0, "id")!, name: name, scopes: scopes.map(\.rawValue), expiresIn: expiresIn)
+            return try KeyRepository.insert(c, projectID: try p.int(0, "id"), name: name, scopes: scopes.map(\.rawValue), expiresIn: expiresIn)
         }
     }
 
@@ -90,7 +90,7 @@ public struct KeyRepository: Sendable {
                     coalesce(\(expiresAt)::timestamptz, now() + make_interval(secs => \(expiresIn)::double precision)))
             RETURNING id
             """)
-        let id = try r.int(0, "id")!
+        let id = try r.int(0, "id")
         let out = try c.query("SELECT \(raw: SQL(stringLiteral: columns)) FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.id = \(id)")
         return (key, try info(out, 0))
     }
@@ -109,12 +109,12 @@ public struct KeyRepository: Sendable {
                   AND (k.expires_at IS NULL OR k.expires_at > now())
                 """)
             guard r.count == 1 else { return nil }
-            let id = try r.int(0, "id")!
-            if try r.bool(0, "stale") == true { try c.query("UPDATE api_keys SET last_used_at = now() WHERE id = \(id)") }
-            return Principal(keyID: id, projectID: try r.int(0, "project_id")!, scopes: Set((try r.string(0, "scopes") ?? "").split(separator: ",").map(String.init)),
-                             quotas: Quotas(maxRouteBytes: try r.int(0, "max_route_bytes"), maxActiveJobs: try r.int(0, "max_active_jobs"),
-                                            requestsPerSecond: try r.double(0, "requests_per_second"), requestBurst: try r.int(0, "request_burst")),
-                             validUntil: try r.double(0, "valid_until"))
+            let id = try r.int(0, "id")
+            if try r.boolOrNil(0, "stale") == true { try c.query("UPDATE api_keys SET last_used_at = now() WHERE id = \(id)") }
+            return Principal(keyID: id, projectID: try r.int(0, "project_id"), scopes: Set((try r.stringOrNil(0, "scopes") ?? "").split(separator: ",").map(String.init)),
+                             quotas: Quotas(maxRouteBytes: try r.intOrNil(0, "max_route_bytes"), maxActiveJobs: try r.intOrNil(0, "max_active_jobs"),
+                                            requestsPerSecond: try r.doubleOrNil(0, "requests_per_second"), requestBurst: try r.intOrNil(0, "request_burst")),
+                             validUntil: try r.doubleOrNil(0, "valid_until"))
         }
     }
 
@@ -159,9 +159,9 @@ public struct KeyRepository: Sendable {
                   AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE
                 """)
             guard r.count == 1 else { return nil }
-            let made = try KeyRepository.insert(c, projectID: try r.int(0, "project_id")!, name: try r.string(0, "name") ?? "",
-                                                scopes: (try r.string(0, "scopes") ?? "").split(separator: ",").map(String.init), expiresIn: nil,
-                                                expiresAt: try r.string(0, "expires_at"))
+            let made = try KeyRepository.insert(c, projectID: try r.int(0, "project_id"), name: try r.stringOrNil(0, "name") ?? "",
+                                                scopes: (try r.stringOrNil(0, "scopes") ?? "").split(separator: ",").map(String.init), expiresIn: nil,
+                                                expiresAt: try r.stringOrNil(0, "expires_at"))
             try c.query("""
                 UPDATE api_keys SET revoked_at = now() + make_interval(secs => \(overlap)), replaced_by = \(made.info.id) WHERE id = \(id)
                 """)
@@ -195,14 +195,14 @@ public struct KeyRepository: Sendable {
                 """)
         }
         guard r.count == 1 else { throw StoreError.decode("project \(projectID) not found") }
-        return (Quotas(maxRouteBytes: try r.int(0, "max_route_bytes"), maxActiveJobs: try r.int(0, "max_active_jobs"),
-                       requestsPerSecond: try r.double(0, "requests_per_second"), requestBurst: try r.int(0, "request_burst")),
-                try r.int(0, "route_bytes") ?? 0, try r.int(0, "active") ?? 0, try r.string(0, "name")!)
+        return (Quotas(maxRouteBytes: try r.intOrNil(0, "max_route_bytes"), maxActiveJobs: try r.intOrNil(0, "max_active_jobs"),
+                       requestsPerSecond: try r.doubleOrNil(0, "requests_per_second"), requestBurst: try r.intOrNil(0, "request_burst")),
+                try r.intOrNil(0, "route_bytes") ?? 0, try r.intOrNil(0, "active") ?? 0, try r.string(0, "name"))
     }
 
     public func projectID(named name: String) throws -> Int? {
         let r = try pool.withRetry { try $0.query("SELECT id FROM projects WHERE name = \(name)") }
-        return r.count == 0 ? nil : try r.int(0, "id")
+        return r.count == 0 ? nil : try r.intOrNil(0, "id")
     }
 }
 
@@ -220,8 +220,8 @@ extension RolloutRepository {
     public static func reserveRouteBytes(_ c: PGConnection, project: Int, adding: Int) throws {
         guard adding > 0 else { return }
         let r = try c.query("SELECT route_bytes, max_route_bytes FROM projects WHERE id = \(project) FOR UPDATE")
-        guard r.count == 1, let limit = try r.int(0, "max_route_bytes") else { return }
-        let stored = try r.int(0, "route_bytes") ?? 0
+        guard r.count == 1, let limit = try r.intOrNil(0, "max_route_bytes") else { return }
+        let stored = try r.intOrNil(0, "route_bytes") ?? 0
         if stored + adding > limit { throw QuotaExceeded(stored: stored, adding: adding, limit: limit) }
     }
 }

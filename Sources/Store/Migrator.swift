@@ -38,7 +38,7 @@ public enum Migrator {
                     version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())
                 """)
             let done = try c.query("SELECT version FROM schema_migrations")
-            let applied = Set(try (0..<done.count).compactMap { try done.int($0, "version") })
+            let applied = Set(try (0..<done.count).compactMap { try done.intOrNil($0, "version") })
             var names: [String] = []
             for m in migrations where !applied.contains(m.version) {
                 do {

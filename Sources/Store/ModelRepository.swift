@@ -28,8 +28,8 @@ public struct ModelRepository: Sendable {
         (SELECT max(version) FROM policy_versions v WHERE v.model_id = m.id) AS latest_version
         """
     static func record(_ r: PGResult, _ i: Int) throws -> ModelRecord {
-        ModelRecord(id: try r.string(i, "id")!, name: try r.string(i, "name")!, configJSON: try r.string(i, "config")!,
-                    source: try r.string(i, "source")!, createdAt: try r.string(i, "created_at")!, latestVersion: try r.int(i, "latest_version") ?? 0)
+        ModelRecord(id: try r.string(i, "id"), name: try r.string(i, "name"), configJSON: try r.string(i, "config"),
+                    source: try r.string(i, "source"), createdAt: try r.string(i, "created_at"), latestVersion: try r.intOrNil(i, "latest_version") ?? 0)
     }
 
     /// Registers a model whose version 0 lives at `checkpointPath` (written by `prepare` before commit;
@@ -43,7 +43,7 @@ public struct ModelRepository: Sendable {
                     INSERT INTO models (project_id, name, config, source) VALUES (\(project), \(name), \(configJSON)::jsonb, \(source))
                     RETURNING id
                     """)
-                let id = try r.string(0, "id")!
+                let id = try r.string(0, "id")
                 let path = try checkpointPath(id)
                 try c.query("INSERT INTO policy_versions (model_id, version, checkpoint_path) VALUES (\(id)::uuid, 0, \(path))")
                 let out = try c.query("SELECT \(raw: SQL(stringLiteral: ModelRepository.columns)) FROM models m WHERE m.id = \(id)::uuid")
@@ -83,8 +83,8 @@ public struct ModelRepository: Sendable {
                 """)
         }
         return try (0..<r.count).map {
-            PolicyVersion(version: try r.int($0, "version")!, jobID: try r.string($0, "job_id"), jobStep: try r.int($0, "job_step"),
-                          checkpointPath: try r.string($0, "checkpoint_path"), createdAt: try r.string($0, "created_at")!)
+            PolicyVersion(version: try r.int($0, "version"), jobID: try r.stringOrNil($0, "job_id"), jobStep: try r.intOrNil($0, "job_step"),
+                          checkpointPath: try r.stringOrNil($0, "checkpoint_path"), createdAt: try r.string($0, "created_at"))
         }
     }
 
@@ -96,7 +96,7 @@ public struct ModelRepository: Sendable {
                   AND (\(version)::integer IS NULL OR version = \(version)) ORDER BY version DESC LIMIT 1
                 """)
         }
-        return r.count == 0 ? nil : (try r.int(0, "version")!, try r.string(0, "checkpoint_path")!)
+        return r.count == 0 ? nil : (try r.int(0, "version"), try r.string(0, "checkpoint_path"))
     }
 
     /// Adds the next version of `model` (inside the caller's transaction); returns its number.
@@ -107,6 +107,6 @@ public struct ModelRepository: Sendable {
             SELECT \(model)::uuid, coalesce(max(version), -1) + 1, \(job)::uuid, \(step), \(checkpointPath) FROM policy_versions WHERE model_id = \(model)::uuid
             RETURNING version
             """)
-        return try r.int(0, "version")!
+        return try r.int(0, "version")
     }
 }

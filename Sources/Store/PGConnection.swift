@@ -163,17 +163,44 @@ public struct PGResult: Sendable {
         return i
     }
 
-    /// Text-format accessors.
-    public func string(_ row: Int, _ name: String) throws -> String? {
-        try rows[row][column(name)].map { String(decoding: $0, as: UTF8.self) }
+    /// Text-format accessors: `string`, `int`, `double`, `bool` and `bytes` for a column that must hold a
+    /// value (a NULL or an unparsable value throws an error naming the column, never traps); the `…OrNil`
+    /// forms for a nullable column.
+    public func stringOrNil(_ row: Int, _ name: String) throws -> String? {
+        try cell(row, name).map { String(decoding: $0, as: UTF8.self) }
     }
-    public func int(_ row: Int, _ name: String) throws -> Int? {
-        guard let s = try string(row, name) else { return nil }
-        guard let v = Int(s) else { throw StoreError.decode("\(name) = '\(s)' is not an integer") }
+    public func intOrNil(_ row: Int, _ name: String) throws -> Int? {
+        guard let s = try stringOrNil(row, name) else { return nil }
+        guard let v = Int(s) else { throw StoreError.decode("column \(name) = '\(s)' is not an integer") }
         return v
     }
-    public func double(_ row: Int, _ name: String) throws -> Double? { try string(row, name).flatMap(Double.init) }
-    public func bool(_ row: Int, _ name: String) throws -> Bool? { try string(row, name).map { $0 == "t" } }
+    public func doubleOrNil(_ row: Int, _ name: String) throws -> Double? {
+        guard let s = try stringOrNil(row, name) else { return nil }
+        guard let v = Double(s) else { throw StoreError.decode("column \(name) = '\(s)' is not a number") }
+        return v
+    }
+    public func boolOrNil(_ row: Int, _ name: String) throws -> Bool? {
+        guard let s = try stringOrNil(row, name) else { return nil }
+        guard s == "t" || s == "f" else { throw StoreError.decode("column \(name) = '\(s)' is not a boolean") }
+        return s == "t"
+    }
     /// Raw bytes (binary-format results, e.g. bytea).
-    public func bytes(_ row: Int, _ name: String) throws -> Data? { try rows[row][column(name)] }
+    public func bytesOrNil(_ row: Int, _ name: String) throws -> Data? { try cell(row, name) }
+
+    private func cell(_ row: Int, _ name: String) throws -> Data? {
+        let j = try column(name)
+        guard row >= 0, row < rows.count else { throw StoreError.decode("no row \(row) for column \(name): the result has \(rows.count)") }
+        return rows[row][j]
+    }
+
+    public func string(_ row: Int, _ name: String) throws -> String { try required(stringOrNil(row, name), name) }
+    public func int(_ row: Int, _ name: String) throws -> Int { try required(intOrNil(row, name), name) }
+    public func double(_ row: Int, _ name: String) throws -> Double { try required(doubleOrNil(row, name), name) }
+    public func bool(_ row: Int, _ name: String) throws -> Bool { try required(boolOrNil(row, name), name) }
+    public func bytes(_ row: Int, _ name: String) throws -> Data { try required(bytesOrNil(row, name), name) }
+
+    private func required<T>(_ v: T?, _ name: String) throws -> T {
+        guard let v else { throw StoreError.decode("column \(name) is NULL") }
+        return v
+    }
 }

@@ -83,7 +83,7 @@ public struct RolloutRepository: Sendable {
                     \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns))
             RETURNING id
             """)
-        let id = try res.string(0, "id")!
+        let id = try res.string(0, "id")
         if let p = r.routes { try writeRoutes(c, id: id, p) }
         return id
     }
@@ -113,19 +113,19 @@ public struct RolloutRepository: Sendable {
         """
 
     static func record(_ res: PGResult, _ i: Int) throws -> RolloutRecord {
-        let rows = try res.int(i, "r_rows")
+        let rows = try res.intOrNil(i, "r_rows")
         return RolloutRecord(
-            id: try res.string(i, "id")!, seq: try res.int(i, "seq")!, model: try res.string(i, "model")!,
-            policyVersion: try res.int(i, "policy_version")!,
-            tokenIDs: (parseArray(try res.string(i, "token_ids")) ?? []).compactMap { Int32($0) },
-            promptLength: try res.int(i, "prompt_length")!,
-            logprobs: parseArray(try res.string(i, "logprobs")).map { $0.map { Float($0) ?? .nan } },
-            reward: try res.double(i, "reward"), groupID: try res.string(i, "group_id"),
-            metadataJSON: try res.string(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at")!,
-            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers")!, try res.int(i, "r_top_k")!, try res.int(i, "r_experts")!],
-            routesHiddenLayers: try res.int(i, "r_hidden") ?? (rows == nil ? nil : try res.int(i, "r_layers")),
-            routesMoELayers: try parseArray(res.string(i, "r_moe")).map { $0.compactMap { Int($0) } } ?? (rows == nil ? nil : Array(0..<(try res.int(i, "r_layers") ?? 0))),
-            lossMask: try res.string(i, "loss_mask").map(hexBytes), turns: try res.int(i, "turns") ?? 1)
+            id: try res.string(i, "id"), seq: try res.int(i, "seq"), model: try res.string(i, "model"),
+            policyVersion: try res.int(i, "policy_version"),
+            tokenIDs: (parseArray(try res.stringOrNil(i, "token_ids")) ?? []).compactMap { Int32($0) },
+            promptLength: try res.int(i, "prompt_length"),
+            logprobs: parseArray(try res.stringOrNil(i, "logprobs")).map { $0.map { Float($0) ?? .nan } },
+            reward: try res.doubleOrNil(i, "reward"), groupID: try res.stringOrNil(i, "group_id"),
+            metadataJSON: try res.stringOrNil(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at"),
+            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers"), try res.int(i, "r_top_k"), try res.int(i, "r_experts")],
+            routesHiddenLayers: try res.intOrNil(i, "r_hidden") ?? (rows == nil ? nil : try res.intOrNil(i, "r_layers")),
+            routesMoELayers: try parseArray(res.stringOrNil(i, "r_moe")).map { $0.compactMap { Int($0) } } ?? (rows == nil ? nil : Array(0..<(try res.intOrNil(i, "r_layers") ?? 0))),
+            lossMask: try res.stringOrNil(i, "loss_mask").map(hexBytes), turns: try res.intOrNil(i, "turns") ?? 1)
     }
 
     static func hexBytes(_ s: String) -> [UInt8] {
@@ -182,14 +182,11 @@ public struct RolloutRepository: Sendable {
     /// Packed routes from a binary-format row of rows, layers, top_k, num_experts, width, checksum, data,
     /// hidden_layers and moe_layers (as comma-separated text bytes).
     static func packed(_ res: PGResult, _ row: Int) throws -> PackedRoutes {
-        func int(_ n: String) throws -> Int? {
-            guard let d = try res.bytes(row, n) else { return nil }
-            return d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
-        }
-        func required(_ n: String) throws -> Int { guard let v = try int(n) else { throw StoreError.decode("\(n) is null") }; return v }
-        let moe = try res.bytes(row, "moe_layers").map { String(decoding: $0, as: UTF8.self).split(separator: ",").compactMap { Int($0) } }
+        func int(_ n: String) throws -> Int? { try res.bytesOrNil(row, n).map(RolloutRepository.bigEndianInt) }
+        func required(_ n: String) throws -> Int { try binaryInt(res, row, n) }
+        let moe = try res.bytesOrNil(row, "moe_layers").map { String(decoding: $0, as: UTF8.self).split(separator: ",").compactMap { Int($0) } }
         return PackedRoutes(rows: try required("rows"), layers: try required("layers"), topK: try required("top_k"), numExperts: try required("num_experts"),
-                            width: try required("width"), bytes: try res.bytes(row, "data") ?? Data(), checksum: UInt32(truncatingIfNeeded: try required("checksum")),
+                            width: try required("width"), bytes: try res.bytesOrNil(row, "data") ?? Data(), checksum: UInt32(truncatingIfNeeded: try required("checksum")),
                             hiddenLayers: try int("hidden_layers"), moeLayers: moe)
     }
 
@@ -224,22 +221,24 @@ public struct RolloutRepository: Sendable {
         }
         var out: [String: (PackedRoutes, Int)] = [:]
         for i in 0..<res.count {
-            let id = String(decoding: try res.bytes(i, "rid") ?? Data(), as: UTF8.self).lowercased()
+            let id = String(decoding: try res.bytesOrNil(i, "rid") ?? Data(), as: UTF8.self).lowercased()
             out[id] = (try RolloutRepository.packed(res, i), try RolloutRepository.binaryInt(res, i, "tokens"))
         }
         return out
     }
 
-    static func binaryInt(_ res: PGResult, _ row: Int, _ name: String) throws -> Int {
-        guard let d = try res.bytes(row, name) else { throw StoreError.decode("\(name) is null") }
-        return d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
+    static func binaryInt(_ res: PGResult, _ row: Int, _ name: String) throws -> Int { bigEndianInt(try res.bytes(row, name)) }
+
+    /// A binary-format integer column (int2/int4/int8: big-endian two's complement).
+    static func bigEndianInt(_ d: Data) -> Int {
+        d.reduce(0) { $0 << 8 | Int($1) } - (d.first.map { $0 & 0x80 != 0 ? 1 << (8 * d.count) : 0 } ?? 0)
     }
 
     /// Token count of a rollout of this project, or nil.
     public func tokenCount(project: Int, id: String) throws -> Int? {
         guard UUID(uuidString: id) != nil else { return nil }
         let r = try pool.withRetry { try $0.query("SELECT cardinality(token_ids) AS n FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid") }
-        return r.count == 0 ? nil : try r.int(0, "n")
+        return r.count == 0 ? nil : try r.intOrNil(0, "n")
     }
 
     /// Replaces a rollout's routes; false when the rollout does not exist in this project.
@@ -249,7 +248,7 @@ public struct RolloutRepository: Sendable {
             let r = try c.query("SELECT 1 FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             if r.count == 0 { return false }
             let old = try c.query("SELECT octet_length(data) AS n FROM routes WHERE rollout_id = \(id)::uuid")
-            try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.int(0, "n") ?? 0 : 0))
+            try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.intOrNil(0, "n") ?? 0 : 0))
             try RolloutRepository.writeRoutes(c, id: id, p)
             return true
         }
@@ -258,7 +257,7 @@ public struct RolloutRepository: Sendable {
     /// Total stored route bytes and rows, for /metrics.
     public func storedRouteBytes() throws -> (bytes: Int, count: Int) {
         let r = try pool.withRetry { try $0.query("SELECT coalesce(sum(octet_length(data)), 0) AS b, count(*) AS n FROM routes") }
-        return (try r.int(0, "b") ?? 0, try r.int(0, "n") ?? 0)
+        return (try r.intOrNil(0, "b") ?? 0, try r.intOrNil(0, "n") ?? 0)
     }
 }
 
@@ -269,7 +268,7 @@ extension RolloutRepository {
         let r = try pool.withRetry { c in
             try c.query("SELECT id FROM rollouts WHERE project_id = \(project) AND id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])")
         }
-        let found = Set(try (0..<r.count).map { try r.string($0, "id")!.lowercased() })
+        let found = Set(try (0..<r.count).map { try r.string($0, "id").lowercased() })
         return ids.filter { !found.contains($0.lowercased()) }
     }
 
@@ -282,7 +281,7 @@ extension RolloutRepository {
                   AND loss_mask IS NOT NULL AND position('\\x00'::bytea IN loss_mask) > 0
                 """)
         }
-        return try (0..<r.count).map { try r.string($0, "id")! }
+        return try (0..<r.count).map { try r.string($0, "id") }
     }
 
     /// Rollouts of this project by id, in the order given, each with its packed routes (nil when none).

@@ -61,11 +61,11 @@ public struct WebhookRepository: Sendable {
         \(JobRepository.ts("e.created_at")), \(JobRepository.ts("e.updated_at"))
         """
     static func endpoint(_ r: PGResult, _ i: Int) throws -> WebhookEndpoint {
-        WebhookEndpoint(id: try r.string(i, "id")!, url: try r.string(i, "url")!, events: RolloutRepository.parseArray(try r.string(i, "events")) ?? [],
-                        description: try r.string(i, "description") ?? "", enabled: try r.bool(i, "enabled")!,
-                        disabledReason: try r.string(i, "disabled_reason"),
-                        previousExpiresAt: try r.string(i, "previous_expires_at"),
-                        createdAt: try r.string(i, "created_at")!, updatedAt: try r.string(i, "updated_at")!)
+        WebhookEndpoint(id: try r.string(i, "id"), url: try r.string(i, "url"), events: RolloutRepository.parseArray(try r.stringOrNil(i, "events")) ?? [],
+                        description: try r.stringOrNil(i, "description") ?? "", enabled: try r.bool(i, "enabled"),
+                        disabledReason: try r.stringOrNil(i, "disabled_reason"),
+                        previousExpiresAt: try r.stringOrNil(i, "previous_expires_at"),
+                        createdAt: try r.string(i, "created_at"), updatedAt: try r.string(i, "updated_at"))
     }
 
     // MARK: outbox
@@ -84,13 +84,13 @@ public struct WebhookRepository: Sendable {
     /// subscribes to `type`, on `c` inside the caller's transaction; nothing when nobody subscribes.
     static func enqueue(_ c: PGConnection, job: String, type: String, data: Any) throws {
         let r = try c.query("SELECT project_id, type, model_id, state, error FROM jobs WHERE id = \(job)::uuid")
-        guard r.count == 1, let project = try r.int(0, "project_id") else { return }
+        guard r.count == 1, let project = try r.intOrNil(0, "project_id") else { return }
         var payload: Any = data
         if type.hasPrefix("job.") {
-            var d: [String: Any] = ["job_id": job, "job_type": try r.string(0, "type") ?? "", "model": try r.string(0, "model_id") ?? "",
+            var d: [String: Any] = ["job_id": job, "job_type": try r.stringOrNil(0, "type") ?? "", "model": try r.stringOrNil(0, "model_id") ?? "",
                                     "state": String(type.dropFirst(4)), "job_url": "/v1/jobs/\(job)", "metrics_url": "/v1/jobs/\(job)/metrics",
                                     "events_url": "/v1/jobs/\(job)/events"]
-            if type == "job.failed", let e = try r.string(0, "error") { d["error"] = String(e.prefix(500)) }
+            if type == "job.failed", let e = try r.stringOrNil(0, "error") { d["error"] = String(e.prefix(500)) }
             payload = d
         }
         let id = messageID()
@@ -129,7 +129,7 @@ public struct WebhookRepository: Sendable {
                 WHERE e.project_id = \(project) AND e.seq > \(cursor) ORDER BY e.seq LIMIT \(limit)
                 """)
         }
-        return try (0..<r.count).map { (try WebhookRepository.endpoint(r, $0), try r.int($0, "seq")!) }
+        return try (0..<r.count).map { (try WebhookRepository.endpoint(r, $0), try r.int($0, "seq")) }
     }
 
     public func get(project: Int, id: String) throws -> WebhookEndpoint? {
@@ -188,19 +188,19 @@ public struct WebhookRepository: Sendable {
             """)
         var out: [WebhookDelivery] = []
         for i in 0..<r.count {
-            let id = try r.string(i, "id")!
+            let id = try r.string(i, "id")
             let a = try c.query("""
                 SELECT attempt, \(raw: SQL(stringLiteral: JobRepository.ts("at"))), status_code, latency_ms, error FROM webhook_attempts
                 WHERE delivery_id = \(id)::uuid ORDER BY attempt
                 """)
             let history = try (0..<a.count).map {
-                WebhookAttempt(attempt: try a.int($0, "attempt")!, at: try a.string($0, "at")!, statusCode: try a.int($0, "status_code"),
-                               latencyMs: try a.double($0, "latency_ms") ?? 0, error: try a.string($0, "error"))
+                WebhookAttempt(attempt: try a.int($0, "attempt"), at: try a.string($0, "at"), statusCode: try a.intOrNil($0, "status_code"),
+                               latencyMs: try a.doubleOrNil($0, "latency_ms") ?? 0, error: try a.stringOrNil($0, "error"))
             }
-            out.append(WebhookDelivery(id: id, seq: try r.int(i, "seq")!, eventID: try r.string(i, "event_id")!, eventType: try r.string(i, "event_type")!,
-                                       status: try r.string(i, "status")!, attempts: try r.int(i, "attempts")!,
-                                       nextAttemptAt: try r.string(i, "next_attempt_at"), lastStatus: try r.int(i, "last_status"),
-                                       lastError: try r.string(i, "last_error"), createdAt: try r.string(i, "created_at")!, history: history))
+            out.append(WebhookDelivery(id: id, seq: try r.int(i, "seq"), eventID: try r.string(i, "event_id"), eventType: try r.string(i, "event_type"),
+                                       status: try r.string(i, "status"), attempts: try r.int(i, "attempts"),
+                                       nextAttemptAt: try r.stringOrNil(i, "next_attempt_at"), lastStatus: try r.intOrNil(i, "last_status"),
+                                       lastError: try r.stringOrNil(i, "last_error"), createdAt: try r.string(i, "created_at"), history: history))
         }
         return out
     }
@@ -240,17 +240,17 @@ public struct WebhookRepository: Sendable {
                 RETURNING d.id, d.attempts, d.retry_base, d.endpoint_id, d.event_id
                 """)
             guard r.count == 1 else { return nil }
-            let endpoint = try r.string(0, "endpoint_id")!, event = try r.string(0, "event_id")!
+            let endpoint = try r.string(0, "endpoint_id"), event = try r.string(0, "event_id")
             let e = try c.query("""
                 SELECT url, secret, CASE WHEN previous_expires_at > now() THEN previous_secret END AS previous FROM webhook_endpoints
                 WHERE id = \(endpoint)::uuid
                 """)
             let b = try c.query("SELECT body FROM webhook_events WHERE id = \(event)")
-            let attempts = try r.int(0, "attempts")!
-            return DueDelivery(id: try r.string(0, "id")!, attempt: attempts, scheduleAttempt: attempts - (try r.int(0, "retry_base") ?? 0),
-                               endpointID: endpoint, url: try e.string(0, "url")!,
-                               secrets: [try e.string(0, "secret")!] + [try e.string(0, "previous")].compactMap { $0 },
-                               messageID: event, body: try b.string(0, "body")!)
+            let attempts = try r.int(0, "attempts")
+            return DueDelivery(id: try r.string(0, "id"), attempt: attempts, scheduleAttempt: attempts - (try r.intOrNil(0, "retry_base") ?? 0),
+                               endpointID: endpoint, url: try e.string(0, "url"),
+                               secrets: [try e.string(0, "secret")] + [try e.stringOrNil(0, "previous")].compactMap { $0 },
+                               messageID: event, body: try b.string(0, "body"))
         }
     }
 

@@ -97,7 +97,7 @@ struct RoutesBenchCommand: ParsableCommand {
                            "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
         }
 
-        let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").int(0, "b") } ?? 0
+        let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").intOrNil(0, "b") } ?? 0
         try printJSON(["case": "stored_bytes", "config": base, "bytes": stored, "bytes_per_index": Double(stored) / Double(ids.count)])
 
         if wrkSeconds > 0 && !quick {

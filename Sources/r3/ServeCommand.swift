@@ -103,7 +103,7 @@ struct MigrateCommand: ParsableCommand {
         let (pool, embedded, label) = try openDatabase(config)
         defer { if embedded?.startedHere == true { embedded?.stop() } }
         let r = try pool.with { try $0.query("SELECT count(*) AS n FROM schema_migrations") }
-        print("migrations applied: \(try r.int(0, "n") ?? 0) (\(label))")
+        print("migrations applied: \(try r.intOrNil(0, "n") ?? 0) (\(label))")
     }
 }
 

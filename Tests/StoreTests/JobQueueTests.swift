@@ -13,7 +13,7 @@ extension StoreTests { @Suite struct JobQueueTests {
     /// A project and a model, so jobs can reference them; each test gets its own project.
     func fixture() throws -> (project: Int, model: String) {
         let name = "queue-\(UUID().uuidString)"
-        let p = try pool.with { try $0.query("INSERT INTO projects (name) VALUES (\(name)) RETURNING id").int(0, "id")! }
+        let p = try pool.with { try $0.query("INSERT INTO projects (name) VALUES (\(name)) RETURNING id").int(0, "id") }
         let m = try ModelRepository(pool: pool).create(project: p, name: "m", configJSON: "{}", source: "random") { _ in "/nonexistent" }!
         return (p, m.id)
     }
