@@ -520,7 +520,9 @@ public final class HTTPServer: @unchecked Sendable {
             t.start()
             return
         }
-        let keep = c.keepAlive && !r.close && !c.peerClosed && !stopping && !c.closeAfterWrite
+        // A client that half-closed after pipelining still gets an answer to every request it sent whole:
+        // the connection stays open while bytes of a further request are buffered.
+        let keep = c.keepAlive && !r.close && (!c.peerClosed || c.buffered > 0) && !stopping && !c.closeAfterWrite
         if !keep { c.closeAfterWrite = true }
         c.out.append(r.head(keepAlive: keep, date: httpDate()))
         if let src = r.source { c.out.source = src } else if !r.body.isEmpty { c.out.append(r.body) }
@@ -542,7 +544,8 @@ public final class HTTPServer: @unchecked Sendable {
         if c.closed { return }
         if c.closeAfterWrite && c.phase.isIdle { close(c); return }
         settle(c)
-        if c.out.isEmpty && c.phase.isIdle && c.buffered > 0 { process(c); settle(c) }   // a pipelined request waiting here
+        if c.out.isEmpty && c.phase.isIdle && c.buffered > 0 { process(c); if !c.closed { settle(c) } }   // a pipelined request waiting here
+        if !c.closed && c.peerClosed && c.phase.isIdle && c.out.isEmpty { close(c) }   // what is left can never be a whole request
     }
 
     private func expireDeadlines() {
