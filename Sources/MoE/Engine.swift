@@ -5,6 +5,7 @@
 //   per layer: x += o(attn(rope(qk_norm(qkv(rmsnorm(x))))));  x += moe_or_mlp(rmsnorm(x))
 //   logits = rmsnorm(x) · W_lmᵀ
 import Foundation
+import Routes
 
 public struct ForwardOptions: Sendable {
     /// Packed target ids, one per token (-1: none). Default: the next token of the same sequence.
@@ -32,9 +33,9 @@ public struct ForwardResult: Sendable {
     /// [T, V] when requested, else empty.
     public var logits: [Float]
     /// The experts used, [T, moe_layers, K] (descending router probability when live).
-    public var routes: RouteTable
+    public var routes: RouteArray
     /// The experts the live router picks, whatever was used (equal to `routes` under live routing).
-    public var liveRoutes: RouteTable
+    public var liveRoutes: RouteArray
     /// Gate weights used, [T, moe_layers, K].
     public var gates: [Float]
     /// Replay rows (token, layer) that were all -1 and fell back to the live router.
@@ -174,8 +175,8 @@ public final class Engine {
         return ForwardResult(
             sequenceLengths: lengths, logprobs: logp, entropy: entropy,
             logits: options.keepLogits ? Array(UnsafeBufferPointer(start: ws.logits, count: T * V)) : [],
-            routes: RouteTable(rows: T, layers: moeL, topK: K, ids: routes),
-            liveRoutes: RouteTable(rows: T, layers: moeL, topK: K, ids: live),
+            routes: try RouteArray(rows: T, layers: moeL, topK: K, ids: routes),
+            liveRoutes: try RouteArray(rows: T, layers: moeL, topK: K, ids: live),
             gates: gates, replayFallbackRows: fallbacks)
     }
 

@@ -1,6 +1,7 @@
 // Generator: batched KV-cache decoding with temperature / top-k / top-p sampling from a seed. It records
 // the routes of every token that goes into the model (prompt + generated but the last: T−1 rows, as
 // SGLang's return_routed_experts) and the log-prob of every sampled token.
+import Routes
 
 public struct SamplingParams: Sendable, Equatable {
     public var maxTokens: Int
@@ -36,7 +37,7 @@ public struct Generation: Sendable {
     /// Per generated token: log softmax(logits / τ)[token] (τ = 1 when greedy), before top-k/top-p truncation.
     public var logprobs: [Float]
     /// Routes of every input token: [tokens.count − 1, moe_layers, K].
-    public var routes: RouteTable
+    public var routes: RouteArray
     /// "stop" (a stop token) or "length" (max_tokens).
     public var finishReason: String
     public var generated: ArraySlice<Int32> { tokens[promptLength...] }
@@ -65,8 +66,8 @@ extension Engine {
         let ws = prepare(T: max(prefillT, B), maxLen: capacity, training: false, maxKeys: capacity)
         let cache = KVCache(config: c, slots: B, capacity: capacity)
         var rngs = (0..<B).map { SeededRandom(seed: sampling.seed &+ UInt64($0)) }
-        var out = prompts.enumerated().map { b, p in
-            Generation(promptLength: p.count, tokens: p, logprobs: [], routes: RouteTable(rows: 0, layers: moeL, topK: K, ids: []), finishReason: "length")
+        var out = try prompts.enumerated().map { b, p in
+            Generation(promptLength: p.count, tokens: p, logprobs: [], routes: try RouteArray(rows: 0, layers: moeL, topK: K, ids: []), finishReason: "length")
         }
         for b in 0..<B { out[b].routes.ids.reserveCapacity((capacity - 1) * RW) }
         var routes = [Int32](repeating: 0, count: max(prefillT, B) * RW)

@@ -5,6 +5,7 @@
 //   with ≥ 1 differing layer; routers_differing_per_token: mean count of differing (layer, expert) slots.
 import Foundation
 import MoE
+import Routes
 
 public enum Mismatch {
     public struct LogProb: Sendable, Equatable {
@@ -35,7 +36,7 @@ public enum Mismatch {
     }
 
     /// Compares `a` and `b` ([T, layers, K], packed) over `rows`, skipping (token, layer) rows missing (-1) in either.
-    public static func routers(_ a: RouteTable, _ b: RouteTable, rows: [Range<Int>]) -> Router {
+    public static func routers(_ a: RouteArray, _ b: RouteArray, rows: [Range<Int>]) -> Router {
         precondition(a.layers == b.layers && a.topK == b.topK)
         let L = a.layers, K = a.topK
         var m = Router()

@@ -4,6 +4,7 @@
 //   the routes replayed in later mini-steps; each mini-step then takes one clipped-surrogate step.
 import Foundation
 import MoE
+import Routes
 
 public struct OptimConfig: Sendable {
     public var loss = LossConfig()
@@ -76,14 +77,14 @@ public final class Policy {
         let T = seqs.reduce(0) { $0 + $1.count }
         // inference log-probs and routes, packed
         var inferLP = [Float](repeating: .nan, count: T)
-        var recorded = RouteTable(rows: T, layers: L, topK: K, ids: [Int32](repeating: -1, count: T * L * K))
+        var recorded = try RouteArray(rows: T, layers: L, topK: K, ids: [Int32](repeating: -1, count: T * L * K))
         var recordedRows: [Range<Int>] = []
-        var tables: [RouteTable] = []
+        var tables: [RouteArray] = []
         for (i, s) in samples.enumerated() {
             if let lp = s.inferLogprobs {
                 for j in 0..<lp.count where s.promptLength + j >= 1 { inferLP[offsets[i] + s.promptLength + j - 1] = lp[j] }
             }
-            let table = s.routes ?? RouteTable(rows: s.tokens.count - 1, layers: L, topK: K,
+            let table = try s.routes ?? RouteArray(rows: s.tokens.count - 1, layers: L, topK: K,
                                                ids: [Int32](repeating: -1, count: (s.tokens.count - 1) * L * K))
             for k in 0..<table.ids.count { recorded.ids[offsets[i] * L * K + k] = table.ids[k] }
             recordedRows.append(offsets[i]..<(offsets[i] + table.rows))
@@ -93,7 +94,7 @@ public final class Policy {
 
         var m: [String: Double] = [:]
         var old: [Float] = []
-        var r2: [RouteTable] = []
+        var r2: [RouteArray] = []
         var gradNorms: [Double] = [], clipFracs: [Double] = [], agreements: [Double] = [], losses: [Double] = []
         var fallbackTokens = 0
         for step in 0..<c.miniSteps {
@@ -130,7 +131,7 @@ public final class Policy {
                     for j in 0..<K { let p = Double(f.gates[g + j]) / sum; if p > 0 { ge -= p * log(p) } }
                 }
                 if !f.gates.isEmpty { m["router_gate_entropy"] = ge / Double(f.gates.count / K) }
-                if c.replay == .R2 { r2 = (0..<samples.count).map { f.routes.slice(f.rows(ofSequence: $0)) } }
+                if c.replay == .R2 { r2 = try (0..<samples.count).map { try f.routes.rows(f.rows(ofSequence: $0)) } }
                 if c.replay == .R3 {
                     for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }
                 }

@@ -51,8 +51,8 @@ struct JobExecutor {
     }
 
     /// A sequence's recorded routes in the stored form, with the model's layout (its dense layers too).
-    static func packed(_ t: RouteTable, config c: ModelConfig) throws -> PackedRoutes {
-        var p = try PackedRoutes(try RouteArray(rows: t.rows, layers: t.layers, topK: t.topK, ids: t.ids), numExperts: c.numExperts)
+    static func packed(_ t: RouteArray, config c: ModelConfig) throws -> PackedRoutes {
+        var p = try PackedRoutes(t, numExperts: c.numExperts)
         p.hiddenLayers = c.numLayers
         p.moeLayers = c.moeLayers
         return p
@@ -142,14 +142,13 @@ struct JobExecutor {
                 throw RLError.invalid("rollout \(r.id) has response tokens with loss_mask 0 (multi-turn context); offline training does not take such rollouts yet")
             }
             if let bad = r.tokenIDs.first(where: { Int($0) >= c.vocabSize }) { throw RLError.invalid("rollout \(r.id) has token \(bad) outside the model's vocabulary") }
-            var table: RouteTable?
+            var table: RouteArray?
             if let p = packed {
                 let sameLayers = (p.hiddenLayers == c.numLayers && p.moeLayers == c.moeLayers) || !p.hasDenseLayers   // rows stored without a layout: the MoE layers in order
                 guard p.layers == c.moeLayers.count, sameLayers, p.topK == c.topK, p.numExperts <= c.numExperts else {
                     throw RLError.invalid("rollout \(r.id) routes are [\(p.rows), \(p.layers), \(p.topK)] over \(p.numExperts) experts; the model has \(c.moeLayers.count) MoE layers, top-\(c.topK), \(c.numExperts) experts")
                 }
-                let a = try p.unpack()
-                table = RouteTable(rows: a.rows, layers: a.layers, topK: a.topK, ids: a.ids)
+                table = try p.unpack()
             }
             let g = groups[r.groupID ?? "", default: groups.count]
             groups[r.groupID ?? ""] = g

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import MoE
+import Routes
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -93,7 +94,7 @@ struct EngineBenchCommand: ParsableCommand {
             let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
             // R3: the routes a bf16 inference engine recorded for these tokens
             let rec = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
-            let r3 = Routing.replay(seqs.indices.map { rec.routes.slice(rec.rows(ofSequence: $0)) })
+            let r3 = Routing.replay(try seqs.indices.map { try rec.routes.rows(rec.rows(ofSequence: $0)) })
             var phases: [String: [[Double]]] = [:]
             var fallback = 0
             for step in 0...steps {

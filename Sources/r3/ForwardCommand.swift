@@ -29,7 +29,7 @@ struct ForwardCommand: ParsableCommand {
             guard let data = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read \(path)") }
             let arr = try NPY.decode(data)
             guard arr.shape.count == 3 else { throw ValidationError("\(path): routes must have rank 3 [T or T-1, moe_layers, top_k], got shape \(arr.shape)") }
-            routing = .replay([RouteTable(rows: arr.shape[0], layers: arr.shape[1], topK: arr.shape[2], ids: try arr.int32s())])
+            routing = .replay([try RouteArray(rows: arr.shape[0], layers: arr.shape[1], topK: arr.shape[2], ids: try arr.int32s())])
         }
         let engine = Engine(model: m, numerics: numerics)
         let out = try engine.forward([ids], routing: routing, options: ForwardOptions(keepLogits: true))

@@ -3,6 +3,7 @@
 import Foundation
 import Testing
 @testable import MoE
+import Routes
 
 struct EngineTests {
     let config = Factory.routedConfig()
@@ -15,7 +16,7 @@ struct EngineTests {
         let engine = Engine(model: model, numerics: numerics)
         let seqs = Factory.randomSequences(count: 3, lengths: 10...40, vocab: config.vocabSize, seed: 1)
         let live = try engine.forward(seqs, options: ForwardOptions(keepLogits: true))
-        let tables = seqs.indices.map { live.routes.slice(live.rows(ofSequence: $0)) }
+        let tables = try seqs.indices.map { try live.routes.rows(live.rows(ofSequence: $0)) }
         let replay = try engine.forward(seqs, routing: .replay(tables), options: ForwardOptions(keepLogits: true))
         #expect(replay.logits.map(\.bitPattern) == live.logits.map(\.bitPattern), "logits differ under replay of own routes (\(numerics.name))")
         #expect(replay.gates.map(\.bitPattern) == live.gates.map(\.bitPattern))
@@ -55,16 +56,16 @@ struct EngineTests {
         let engine = Engine(model: model)
         let seq = Factory.randomSequences(count: 1, lengths: 6...6, vocab: config.vocabSize, seed: 6)
         let L = config.moeLayers.count, K = config.topK, E = config.numExperts
-        func err(_ t: RouteTable) -> String {
+        func err(_ t: RouteArray) -> String {
             do { _ = try engine.forward(seq, routing: .replay([t])); return "accepted" } catch { return "\(error)" }
         }
         let good = Factory.randomRoutes(rows: 5, layers: L, topK: K, experts: E, seed: 7)
         #expect(err(Factory.randomRoutes(rows: 4, layers: L, topK: K, experts: E, seed: 7)).contains("4 rows for a sequence of 6 tokens"))
-        #expect(err(RouteTable(rows: 5, layers: L, topK: K - 1, ids: Array(good.ids.prefix(5 * L * (K - 1))))).contains("does not match the model"))
+        #expect(err(try RouteArray(rows: 5, layers: L, topK: K - 1, ids: Array(good.ids.prefix(5 * L * (K - 1))))).contains("does not match the model"))
         var bad = good; bad.ids[7] = Int32(E)
         #expect(err(bad).contains("expert id \(E) at [0, 1, 3] is outside [0, \(E))"))
         bad = good; bad.ids[1] = bad.ids[0]
-        #expect(err(bad).contains("appears twice in row [0, 0]"))
+        #expect(err(bad).contains("expert \(bad.ids[0]) appears twice at [0, 0]"))
         bad = good; bad.ids[0] = -1
         #expect(err(bad).contains("partly missing"))
         #expect(err(good) == "accepted")
@@ -81,7 +82,7 @@ struct EngineTests {
             let part = Array(batch.logits[(r.lowerBound * V)..<(r.upperBound * V)])
             let worst = zip(part, alone.logits).map { abs($0 - $1) }.max() ?? 0
             #expect(worst < 1e-5, "sequence \(s) logits differ by \(worst) in a batch")
-            #expect(batch.routes.slice(r).ids == alone.routes.ids)
+            #expect(try batch.routes.rows(r).ids == alone.routes.ids)
         }
     }
 

@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 @testable import MoE
+import Routes
 
 struct FixtureTests {
     let model: Model
@@ -17,9 +18,9 @@ struct FixtureTests {
         seqs = s
     }
 
-    func refRoutes(_ name: String, seq: Int) throws -> RouteTable {
+    func refRoutes(_ name: String, seq: Int) throws -> RouteArray {
         let e = try ref.entry("seq\(seq).\(name)")
-        return RouteTable(rows: e.shape[0], layers: e.shape[1], topK: e.shape[2], ids: try ref.ints("seq\(seq).\(name)").map { Int32($0) })
+        return try RouteArray(rows: e.shape[0], layers: e.shape[1], topK: e.shape[2], ids: try ref.ints("seq\(seq).\(name)").map { Int32($0) })
     }
 
     @Test func liveLogitsAndRoutesMatchReference() throws {
@@ -31,7 +32,7 @@ struct FixtureTests {
             let logits = Array(out.logits[(rows.lowerBound * V)..<(rows.upperBound * V)])
             if let msg = worstDifference("seq\(s).logits", logits, try ref.doubles("seq\(s).logits"), tol: 1e-4) { Issue.record("\(msg)") }
             let want = try refRoutes("routed_experts", seq: s)
-            let got = out.routes.slice(rows)
+            let got = try out.routes.rows(rows)
             #expect(got.ids == want.ids, "seq\(s).routed_experts differ (order = descending probability)")
             if let msg = worstDifference("seq\(s).router_weights", Array(out.gates[(rows.lowerBound * 8)..<(rows.upperBound * 8)]),
                                          try ref.doubles("seq\(s).router_weights"), tol: 1e-4) { Issue.record("\(msg)") }
@@ -46,7 +47,7 @@ struct FixtureTests {
         #expect(out.replayFallbackRows == 0)
         for s in seqs.indices {
             let rows = out.rows(ofSequence: s)
-            #expect(out.routes.slice(rows).ids == tables[s].ids, "replayed routes are the ones used")
+            #expect(try out.routes.rows(rows).ids == tables[s].ids, "replayed routes are the ones used")
             if let msg = worstDifference("seq\(s).replay_logits", Array(out.logits[(rows.lowerBound * V)..<(rows.upperBound * V)]),
                                          try ref.doubles("seq\(s).replay_logits"), tol: 1e-4) { Issue.record("\(msg)") }
             if let msg = worstDifference("seq\(s).replay_router_weights", Array(out.gates[(rows.lowerBound * 8)..<(rows.upperBound * 8)]),

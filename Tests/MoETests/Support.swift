@@ -1,6 +1,7 @@
 // Support: fixture location and comparison helpers whose failure messages name tensor, index and tolerance.
 import Foundation
 import MoE
+import Routes
 
 enum Fixture {
     /// ../shared/fixtures beside the repository (R3_SHARED overrides the shared directory).
@@ -55,7 +56,7 @@ enum Factory {
     }
 
     /// Random distinct experts for every (token, layer).
-    static func randomRoutes(rows: Int, layers: Int, topK: Int, experts: Int, seed: UInt64) -> RouteTable {
+    static func randomRoutes(rows: Int, layers: Int, topK: Int, experts: Int, seed: UInt64) -> RouteArray {
         var rng = SeededRandom(seed: seed)
         var ids: [Int32] = []
         for _ in 0..<(rows * layers) {
@@ -66,6 +67,6 @@ enum Factory {
             }
             ids += row
         }
-        return RouteTable(rows: rows, layers: layers, topK: topK, ids: ids)
+        return try! RouteArray(rows: rows, layers: layers, topK: topK, ids: ids)
     }
 }

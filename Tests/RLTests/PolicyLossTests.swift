@@ -3,6 +3,7 @@
 import MoE
 import XCTest
 @testable import RL
+import Routes
 
 final class PolicyLossTests: XCTestCase {
     func testAdvantagesAreNormalisedWithinEachGroup() {
@@ -77,10 +78,10 @@ final class PolicyLossTests: XCTestCase {
         XCTAssertEqual(m.extremeFracTau5, 0.25)
     }
 
-    func testRouterMismatchComparesExpertSetsNotOrder() {
+    func testRouterMismatchComparesExpertSetsNotOrder() throws {
         // 3 tokens × 2 layers × top-2
-        let a = RouteTable(rows: 3, layers: 2, topK: 2, ids: [0, 1, 2, 3,   4, 5, 6, 7,   1, 2, 3, 4])
-        let b = RouteTable(rows: 3, layers: 2, topK: 2, ids: [1, 0, 2, 3,   4, 6, 0, 1,   -1, -1, 3, 4])
+        let a = try RouteArray(rows: 3, layers: 2, topK: 2, ids: [0, 1, 2, 3,   4, 5, 6, 7,   1, 2, 3, 4])
+        let b = try RouteArray(rows: 3, layers: 2, topK: 2, ids: [1, 0, 2, 3,   4, 6, 0, 1,   -1, -1, 3, 4])
         let m = Mismatch.routers(a, b, rows: [0..<3])
         XCTAssertEqual(m.pairs, 5)                               // the missing row is skipped
         XCTAssertEqual(m.routerDisagreement, 2.0 / 5.0)         // token 1: both layers differ
