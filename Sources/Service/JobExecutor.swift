@@ -114,7 +114,7 @@ struct JobExecutor {
                 NewRollout(model: job.modelID, policyVersion: version, tokenIDs: g.tokens, promptLength: g.promptLength,
                            logprobs: g.logprobs, reward: nil, groupID: "\(job.id):\(p)",
                            metadataJSON: JobExecutor.metadata(["job_id": job.id, "prompt_index": p, "finish_reason": g.finishReason,
-                                                               "precision": spec.precision]),
+                                                               "precision": spec.precision.rawValue]),
                            routes: try JobExecutor.packed(g.routes, config: c))
             }
             try RolloutRepository.reserveRouteBytes(conn, project: job.projectID, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
@@ -209,10 +209,10 @@ struct JobExecutor {
             }
             if task == nil { samples = [] }   // offline: the rollouts are already stored
             let alarms = spec.type == .train ? detector.observe(step: step, metrics) : []
-            let action = alarms.isEmpty ? "continue" : spec.onCollapse
+            let action = alarms.isEmpty ? CollapseAction.continue : spec.onCollapse
             let done = step + 1
             // stop: this step's update is not kept (the last checkpoint is the last good policy); pause: it is, to resume from
-            let save = action == "pause" || (action != "stop" && (done % spec.checkpointEvery == 0 || done == spec.steps))
+            let save = action == .pause || (action != .stop && (done % spec.checkpointEvery == 0 || done == spec.steps))
             var path: String?
             let t2 = ContinuousClock.now
             if save {
@@ -239,15 +239,15 @@ struct JobExecutor {
                 for a in alarms {
                     try JobRepository.addEvent(conn, job: job.id, type: "training.collapse_detected", data: [
                         "job_id": job.id, "step": a.step, "rule": a.rule, "metric": a.metric, "value": JobExecutor.jsonNumber(a.value),
-                        "threshold": a.threshold, "action": spec.onCollapse, "history": a.history.map { $0.mapValues(JobExecutor.jsonNumber) },
+                        "threshold": a.threshold, "action": spec.onCollapse.rawValue, "history": a.history.map { $0.mapValues(JobExecutor.jsonNumber) },
                         "job_url": "/v1/jobs/\(job.id)", "metrics_url": "/v1/jobs/\(job.id)/metrics"])
                 }
                 try JobRepository.putMetrics(conn, job: job.id, step: step, metricsJSON: text)
-                if action == "stop" {
+                if action == .stop {
                     // the last good policy: the job's last checkpoint, or the version it started from
                     let good: Any = try JobRepository.checkpoint(conn, job: job.id).map { ["policy_version": $0.version, "step": $0.step] }
                         ?? ["policy_version": startVersion, "step": 0]
-                    try JobRepository.end(conn, job: job.id, state: "collapsed", result: [
+                    try JobRepository.end(conn, job: job.id, state: .collapsed, result: [
                         "collapsed_at_step": step, "rules": alarms.map(\.rule), "last_good_checkpoint": good], event: [
                         "state": "collapsed", "job_id": job.id, "step": step, "rules": alarms.map(\.rule)])
                     return generatingVersion
@@ -256,10 +256,10 @@ struct JobExecutor {
                 try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
                 try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": object])
                 if let path { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
-                if action == "pause" { try JobRepository.pause(conn, job: job.id, step: done) }
+                if action == .pause { try JobRepository.pause(conn, job: job.id, step: done) }
                 return v
             }
-            if action != "continue" { throw JobInterruption.ended }
+            if action != .continue { throw JobInterruption.ended }
             version = newVersion
             control.set(cancel: cancel)
             last = object

@@ -15,7 +15,7 @@ extension App {
         var params = parseJSON(j.paramsJSON) as? [String: Any] ?? [:]
         if let prompts = params["prompts"] as? [Any] { params["prompts"] = ["count": prompts.count] }   // the list itself can be large
         if let ids = params["rollout_ids"] as? [Any] { params["rollout_ids"] = ["count": ids.count] }
-        return ["id": j.id, "type": j.type, "model": j.modelID, "state": j.state, "progress": parseJSON(j.progressJSON),
+        return ["id": j.id, "type": j.type, "model": j.modelID, "state": j.state.rawValue, "progress": parseJSON(j.progressJSON),
                 "attempts": j.attempts, "max_attempts": j.maxAttempts, "cancel_requested": j.cancelRequested,
                 "error": j.error ?? NSNull(), "result": parseJSON(j.resultJSON), "params": params,
                 "created_at": j.createdAt, "started_at": j.startedAt ?? NSNull(), "finished_at": j.finishedAt ?? NSNull(),
@@ -82,11 +82,14 @@ extension App {
     func listJobs(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
         let q = req.query
         let (limit, cursor) = try page(q)
-        if let s = q["state"], !["queued", "running", "paused", "succeeded", "failed", "cancelled", "collapsed"].contains(s) {
-            throw ServiceError.badRequest("state must be queued, running, paused, succeeded, failed, cancelled or collapsed")
+        let state = try q["state"].map { s in
+            guard let st = JobState(rawValue: s) else {
+                throw ServiceError.badRequest("state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return st
         }
         if let t = q["type"], !["rollout", "sft", "train"].contains(t) { throw ServiceError.badRequest("type must be rollout, sft or train") }
-        let rows = try jobs.list(project: project, state: q["state"], type: q["type"], after: cursor, limit: limit + 1)
+        let rows = try jobs.list(project: project, state: state, type: q["type"], after: cursor, limit: limit + 1)
         let page = rows.prefix(limit)
         return .json(200, ["data": page.map(jobJSON), "next_cursor": rows.count > limit ? String(page.last!.seq) as Any : NSNull(),
                            "page_url": pageURL(project: project) as Any? ?? NSNull()])
@@ -95,9 +98,9 @@ extension App {
     func cancelJob(_ id: String, project: Int) throws -> HTTPResponse {
         guard let j = try jobs.requestCancel(project: project, id: id) else { throw ServiceError.notFound("job \(id)") }
         switch j.state {
-        case "cancelled": return .json(200, jobJSON(j))
-        case "running": return .json(202, jobJSON(j))
-        default: throw ServiceError(409, "job \(id) already ended (\(j.state))")
+        case .cancelled: return .json(200, jobJSON(j))
+        case .running: return .json(202, jobJSON(j))
+        default: throw ServiceError(409, "job \(id) already ended (\(j.state.rawValue))")
         }
     }
 
@@ -154,11 +157,11 @@ extension App {
                     guard w.write("id: \(e.id)\nevent: \(e.type)\ndata: \(data)\n\n") else { return }
                     last = e.id
                     quiet = .now
-                    if ["job.succeeded", "job.failed", "job.cancelled", "job.collapsed"].contains(e.type) { return }
+                    if let st = JobState(rawValue: String(e.type.dropFirst(4))), e.type.hasPrefix("job."), st.isTerminal { return }
                 }
                 if events.isEmpty {
                     // the job ended and its last event was already sent (or skipped by Last-Event-ID): the stream ends too
-                    if let j = try? jobs.get(project: project, id: id), ["succeeded", "failed", "cancelled", "collapsed"].contains(j.state),
+                    if let j = try? jobs.get(project: project, id: id), j.state.isTerminal,
                        (try? jobs.events(job: id, after: last, limit: 1))?.isEmpty ?? false { return }
                     if ContinuousClock.now - quiet > .seconds(15) { guard w.write(": keep-alive\n\n") else { return }; quiet = .now }
                     Thread.sleep(forTimeInterval: 0.25)

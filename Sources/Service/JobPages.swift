@@ -78,7 +78,7 @@ extension App {
         let total = (progress["steps"] as? Int) ?? (progress["total"] as? Int) ?? 0
         let pct = total > 0 ? 100 * done / total : 0
         var body = "<h1>Job \(SVGChart.esc(j.id))</h1>"
-        body += "<p><b>\(SVGChart.esc(j.type))</b> on model <code>\(SVGChart.esc(j.modelID))</code> — state <b id=\"state\">\(SVGChart.esc(j.state))</b>"
+        body += "<p><b>\(SVGChart.esc(j.type))</b> on model <code>\(SVGChart.esc(j.modelID))</code> — state <b id=\"state\">\(j.state.rawValue)</b>"
         body += ", attempt \(j.attempts) of \(j.maxAttempts)</p>"
         body += "<div><div class=\"bar\"><div style=\"width:\(pct)%\"></div></div> \(done) / \(total)</div>"
         if let e = j.error { body += "<p class=\"alarm\">error: \(SVGChart.esc(e))</p>" }
@@ -100,7 +100,7 @@ extension App {
         }
         if rows.isEmpty { body += "<p>no steps yet</p>" }
         body += "</div>"
-        return html("R3 job \(j.id)", body, refresh: ["queued", "running"].contains(j.state))
+        return html("R3 job \(j.id)", body, refresh: j.state == .queued || j.state == .running)
     }
 
     func jobsPage(_ req: HTTPRequest) throws -> HTTPResponse {
@@ -110,9 +110,9 @@ extension App {
         var body = "<h1>Jobs</h1><table><tr><th>job</th><th>type</th><th>state</th><th>progress</th><th>created</th></tr>"
         for j in list.reversed() {
             let link = pageURL(job: j.id).map { "<a href=\"\(SVGChart.esc($0))\">\(SVGChart.esc(j.id))</a>" } ?? SVGChart.esc(j.id)
-            body += "<tr><td>\(link)</td><td>\(j.type)</td><td>\(j.state)</td><td>\(SVGChart.esc(j.progressJSON))</td><td>\(j.createdAt)</td></tr>"
+            body += "<tr><td>\(link)</td><td>\(j.type)</td><td>\(j.state.rawValue)</td><td>\(SVGChart.esc(j.progressJSON))</td><td>\(j.createdAt)</td></tr>"
         }
         body += "</table>"
-        return html("R3 jobs", body, refresh: list.contains { ["queued", "running"].contains($0.state) })
+        return html("R3 jobs", body, refresh: list.contains { $0.state == .queued || $0.state == .running })
     }
 }

@@ -140,10 +140,10 @@ public final class JobRunner: @unchecked Sendable {
             }
             transition(claim, "running")
             let result = try JobExecutor(app: app, claim: claim, control: control, threads: config.threadsPerWorker).run()
-            try jobs.finish(claim, state: "succeeded", result: result, event: ["state": "succeeded", "result": result])
+            try jobs.finish(claim, state: .succeeded, result: result, event: ["state": "succeeded", "result": result])
             transition(claim, "succeeded")
         } catch JobInterruption.cancelled {
-            try? jobs.finish(claim, state: "cancelled", result: ["cancelled": true], event: ["state": "cancelled"])
+            try? jobs.finish(claim, state: .cancelled, result: ["cancelled": true], event: ["state": "cancelled"])
             transition(claim, "cancelled")
         } catch JobInterruption.leaseLost {
             transition(claim, "lease_lost", .warning)   // another worker owns the job now; write nothing

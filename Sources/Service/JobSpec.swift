@@ -5,6 +5,23 @@ import JSON
 import MoE
 import RL
 
+/// The numerics a job's inference engine samples with (training is always fp32).
+enum Precision: String, CaseIterable, Sendable {
+    case bf16, fp32, deterministic
+    var numerics: Numerics {
+        switch self {
+        case .bf16: return .bf16
+        case .fp32: return .fp32
+        case .deterministic: return .deterministic
+        }
+    }
+}
+
+/// What a collapse alarm does to a train job: continue (alert only), pause (resumable), or stop (state collapsed).
+enum CollapseAction: String, CaseIterable, Sendable {
+    case `continue`, pause, stop
+}
+
 struct JobSpec {
     enum Kind: String, CaseIterable { case rollout, sft, train }
     var type: Kind
@@ -21,7 +38,7 @@ struct JobSpec {
     var topP = 1.0
     var topK = 0
     var stopTokenIDs: [Int] = []
-    var precision = "bf16"
+    var precision = Precision.bf16
     // sft / train
     var task: String?
     var difficulty: Int?
@@ -38,10 +55,10 @@ struct JobSpec {
     var checkpointEvery = 5
     var evalEvery = 10
     /// What a collapse alarm does to a train job: continue (alert only), pause, or stop (state collapsed).
-    var onCollapse = "continue"
+    var onCollapse = CollapseAction.continue
     var collapse = CollapseRules()
 
-    var numerics: Numerics { precision == "fp32" ? .fp32 : precision == "deterministic" ? .deterministic : .bf16 }
+    var numerics: Numerics { precision.numerics }
     var builtInTask: Task? { task.flatMap { Task.Kind(rawValue: $0) }.flatMap { try? Task(kind: $0, difficulty: difficulty) } }
 
     /// Parses and validates a request body (`vocab`: the model's vocabulary, for token checks).
@@ -61,12 +78,14 @@ struct JobSpec {
         policyVersion = try f.int("policy_version", range: 0...1_000_000_000)
         maxAttempts = try f.int("max_attempts", range: 1...20) ?? maxAttempts
         seed = try f.int("seed", range: 0...Int(Int32.max)) ?? seed
-        func choice(_ k: String, _ allowed: [String]) throws -> String? {
+        func choice<E: RawRepresentable & CaseIterable>(_ k: String, _: E.Type) throws -> E? where E.RawValue == String {
             guard let v = try f.string(k, max: 40) else { return nil }
-            guard allowed.contains(v) else { throw ServiceError.unprocessable("\(k) must be one of \(allowed.joined(separator: ", "))") }
-            return v
+            guard let e = E(rawValue: v) else {
+                throw ServiceError.unprocessable("\(k) must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return e
         }
-        task = try choice("task", Task.Kind.allCases.map(\.rawValue))
+        task = try choice("task", Task.Kind.self)?.rawValue
         difficulty = try f.int("difficulty", range: 1...12)
         if let k = task.flatMap(Task.Kind.init) {
             do { _ = try Task(kind: k, difficulty: difficulty) } catch { throw ServiceError.unprocessable("\(error)") }
@@ -75,7 +94,7 @@ struct JobSpec {
         maxTokens = try f.int("max_tokens", range: 1...4096)
         temperature = try f.number("temperature") ?? temperature
         guard (0...10).contains(temperature) else { throw ServiceError.unprocessable("temperature must be in 0...10") }
-        precision = try choice("precision", ["bf16", "fp32", "deterministic"]) ?? precision
+        precision = try choice("precision", Precision.self) ?? precision
         steps = try f.int("steps", range: 1...100_000) ?? steps
         switch kind {
         case .rollout:
@@ -128,15 +147,15 @@ struct JobSpec {
             n = try f.int("n", range: 2...64) ?? 8
             guard batchSize * n <= 4096 else { throw ServiceError.unprocessable("batch_size × n must be at most 4096 samples") }
             learningRate = try f.number("learning_rate") ?? learningRate
-            algorithm = try choice("algorithm", Algorithm.allCases.map(\.rawValue)).flatMap(Algorithm.init) ?? algorithm
-            replay = try choice("replay", ReplayMode.allCases.map(\.rawValue)).flatMap(ReplayMode.init) ?? replay
+            algorithm = try choice("algorithm", Algorithm.self) ?? algorithm
+            replay = try choice("replay", ReplayMode.self) ?? replay
             tis = try f.bool("tis") ?? tis
             tisCap = try f.number("tis_cap") ?? tisCap
             guard tisCap >= 1 && tisCap <= 100 else { throw ServiceError.unprocessable("tis_cap must be in 1...100") }
             miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
             maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
             guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
-            onCollapse = try choice("on_collapse", ["continue", "pause", "stop"]) ?? onCollapse
+            onCollapse = try choice("on_collapse", CollapseAction.self) ?? onCollapse
             if f.has("collapse") {
                 guard let d = try? f.object("collapse") else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
                 do { collapse = try CollapseRules(json: JSONValue.object(d).foundation as? [String: Any] ?? [:]) } catch { throw ServiceError.unprocessable("\(error)") }
@@ -153,7 +172,7 @@ struct JobSpec {
 
     /// The normalised params, stored with the job (every default explicit).
     var json: [String: Any] {
-        var o: [String: Any] = ["type": type.rawValue, "model": model, "max_attempts": maxAttempts, "seed": seed, "precision": precision,
+        var o: [String: Any] = ["type": type.rawValue, "model": model, "max_attempts": maxAttempts, "seed": seed, "precision": precision.rawValue,
                                 "temperature": temperature]
         if let v = policyVersion { o["policy_version"] = v }
         if let t = task { o["task"] = t; o["difficulty"] = difficulty ?? Task.defaultDifficulty(Task.Kind(rawValue: t)!) }
@@ -169,7 +188,7 @@ struct JobSpec {
             o["steps"] = steps; o["batch_size"] = batchSize; o["n"] = n; o["learning_rate"] = learningRate
             o["algorithm"] = algorithm.rawValue; o["replay"] = replay.rawValue; o["tis"] = tis; o["tis_cap"] = tisCap
             o["mini_steps"] = miniSteps; o["max_grad_norm"] = maxGradNorm; o["checkpoint_every"] = checkpointEvery
-            o["on_collapse"] = onCollapse; o["collapse"] = collapse.json
+            o["on_collapse"] = onCollapse.rawValue; o["collapse"] = collapse.json
             if let ids = rolloutIDs { o["rollout_ids"] = ids }
         }
         return o

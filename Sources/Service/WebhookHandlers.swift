@@ -117,7 +117,7 @@ extension App {
 
     func resumeJob(_ id: String, project: Int) throws -> HTTPResponse {
         guard let (j, resumed) = try jobs.resume(project: project, id: id) else { throw ServiceError.notFound("job \(id)") }
-        guard resumed else { throw ServiceError(409, "job \(id) is \(j.state), not paused") }
+        guard resumed else { throw ServiceError(409, "job \(id) is \(j.state.rawValue), not paused") }
         return .json(202, jobJSON(j))
     }
 }

@@ -4,13 +4,26 @@
 // worker whose lease was taken over cannot overwrite anything.
 import Foundation
 
+/// A job's state, as the jobs.state column holds it.
+public enum JobState: String, Sendable, CaseIterable {
+    case queued, running, paused, succeeded, failed, cancelled, collapsed
+
+    /// Ended: no worker runs it again and its event stream is complete.
+    public var isTerminal: Bool {
+        switch self {
+        case .succeeded, .failed, .cancelled, .collapsed: return true
+        case .queued, .running, .paused: return false
+        }
+    }
+}
+
 public struct JobRecord: Sendable {
     public var id: String
     public var seq: Int
     public var type: String
     public var modelID: String
     public var paramsJSON: String
-    public var state: String
+    public var state: JobState
     public var progressJSON: String
     public var attempts: Int
     public var maxAttempts: Int
@@ -50,9 +63,15 @@ public struct JobRepository: Sendable {
         \(ts("j.updated_at")), \(ts("j.run_after"))
         """
 
+    static func state(_ r: PGResult, _ i: Int) throws -> JobState {
+        let s = try r.string(i, "state")
+        guard let st = JobState(rawValue: s) else { throw StoreError.decode("column state = '\(s)' is not a job state") }
+        return st
+    }
+
     static func record(_ r: PGResult, _ i: Int) throws -> JobRecord {
         JobRecord(id: try r.string(i, "id"), seq: try r.int(i, "seq"), type: try r.string(i, "type"), modelID: try r.string(i, "model_id"),
-                  paramsJSON: try r.string(i, "params"), state: try r.string(i, "state"), progressJSON: try r.string(i, "progress"),
+                  paramsJSON: try r.string(i, "params"), state: try JobRepository.state(r, i), progressJSON: try r.string(i, "progress"),
                   attempts: try r.int(i, "attempts"), maxAttempts: try r.int(i, "max_attempts"),
                   cancelRequested: try r.bool(i, "cancel_requested"), error: try r.stringOrNil(i, "error"),
                   resultJSON: try r.stringOrNil(i, "result"), checkpointJSON: try r.stringOrNil(i, "checkpoint"),
@@ -114,11 +133,11 @@ public struct JobRepository: Sendable {
         return r.count == 0 ? nil : try JobRepository.record(r, 0)
     }
 
-    public func list(project: Int, state: String?, type: String?, after cursor: Int, limit: Int) throws -> [JobRecord] {
+    public func list(project: Int, state: JobState?, type: String?, after cursor: Int, limit: Int) throws -> [JobRecord] {
         let r = try pool.withRetry { c in
             try c.query("""
                 SELECT \(raw: SQL(stringLiteral: JobRepository.columns)) FROM jobs j
-                WHERE j.project_id = \(project) AND j.seq > \(cursor) AND (\(state)::text IS NULL OR j.state = \(state))
+                WHERE j.project_id = \(project) AND j.seq > \(cursor) AND (\(state?.rawValue)::text IS NULL OR j.state = \(state?.rawValue))
                   AND (\(type)::text IS NULL OR j.type = \(type))
                 ORDER BY j.seq LIMIT \(limit)
                 """)
@@ -132,13 +151,13 @@ public struct JobRepository: Sendable {
         return try pool.transaction { c in
             let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             guard r.count == 1 else { return nil }
-            switch try r.stringOrNil(0, "state") {
-            case "queued", "paused":
+            switch try JobRepository.state(r, 0) {
+            case .queued, .paused:
                 try c.query("""
                     UPDATE jobs SET state = 'cancelled', cancel_requested = true, finished_at = now(), updated_at = now() WHERE id = \(id)::uuid
                     """)
                 try JobRepository.addEvent(c, job: id, type: "job.cancelled", data: ["state": "cancelled"])
-            case "running":
+            case .running:
                 try c.query("UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = \(id)::uuid")
                 try JobRepository.addEvent(c, job: id, type: "job.cancel_requested", data: ["state": "running"])
             default: break
@@ -219,13 +238,13 @@ public struct JobRepository: Sendable {
     }
 
     /// Ends the attempt: succeeded or cancelled with a result.
-    public func finish(_ claim: JobClaim, state: String, result: Any, event data: Any) throws {
+    public func finish(_ claim: JobClaim, state: JobState, result: Any, event data: Any) throws {
         _ = try fenced(claim) { c in
             try c.query("""
-                UPDATE jobs SET state = \(state), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
+                UPDATE jobs SET state = \(state.rawValue), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
                     lease_token = NULL, lease_expires_at = NULL WHERE id = \(claim.job.id)::uuid
                 """)
-            try JobRepository.addEvent(c, job: claim.job.id, type: "job.\(state)", data: data)
+            try JobRepository.addEvent(c, job: claim.job.id, type: "job.\(state.rawValue)", data: data)
         }
     }
 
@@ -290,12 +309,12 @@ extension JobRepository {
 
 extension JobRepository {
     /// Ends a running job from inside its fenced step transaction (collapsed).
-    public static func end(_ c: PGConnection, job: String, state: String, result: Any, event data: Any) throws {
+    public static func end(_ c: PGConnection, job: String, state: JobState, result: Any, event data: Any) throws {
         try c.query("""
-            UPDATE jobs SET state = \(state), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
+            UPDATE jobs SET state = \(state.rawValue), result = \(json: result)::jsonb, finished_at = now(), updated_at = now(),
                 lease_token = NULL, lease_expires_at = NULL WHERE id = \(job)::uuid
             """)
-        try addEvent(c, job: job, type: "job.\(state)", data: data)
+        try addEvent(c, job: job, type: "job.\(state.rawValue)", data: data)
     }
 
     /// Pauses a running job after `step` (from inside its fenced step transaction); `resume` queues it again.
@@ -318,7 +337,7 @@ extension JobRepository {
         return try pool.transaction { c in
             let r = try c.query("SELECT state FROM jobs WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             guard r.count == 1 else { return nil }
-            let paused = try r.stringOrNil(0, "state") == "paused"
+            let paused = try JobRepository.state(r, 0) == .paused
             if paused {
                 try c.query("""
                     UPDATE jobs SET state = 'queued', attempts = greatest(attempts - 1, 0), run_after = now(), updated_at = now()

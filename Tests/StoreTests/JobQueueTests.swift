@@ -27,7 +27,7 @@ extension StoreTests { @Suite struct JobQueueTests {
     }
 
     /// Claims until the queue has nothing runnable for this fixture's jobs.
-    func drainOthers() throws { while let c = try jobs.claim(worker: "drain", leaseSeconds: 60) { try jobs.finish(c, state: "succeeded", result: [:], event: [:]) } }
+    func drainOthers() throws { while let c = try jobs.claim(worker: "drain", leaseSeconds: 60) { try jobs.finish(c, state: .succeeded, result: [:], event: [:]) } }
 
     @Test func concurrentClaimsNeverShareAJob() throws {
         try drainOthers()
@@ -39,7 +39,7 @@ extension StoreTests { @Suite struct JobQueueTests {
         DispatchQueue.concurrentPerform(iterations: 4) { w in
             while let c = try? jobs.claim(worker: "w\(w)", leaseSeconds: 60) {
                 box.lock.lock(); box.ids.append(c.job.id); box.lock.unlock()
-                try? jobs.finish(c, state: "succeeded", result: ["by": w], event: [:])
+                try? jobs.finish(c, state: .succeeded, result: ["by": w], event: [:])
             }
         }
         let claimed = box.ids
@@ -58,11 +58,11 @@ extension StoreTests { @Suite struct JobQueueTests {
         let rescuer = try #require(try jobs.claim(worker: "rescuer", leaseSeconds: 60))
         #expect(rescuer.job.id == id && rescuer.job.attempts == 2 && rescuer.token != zombie.token)
         #expect(throws: JobRepository.LeaseLost.self) { try jobs.heartbeat(zombie, leaseSeconds: 60) }
-        #expect(throws: JobRepository.LeaseLost.self) { try jobs.finish(zombie, state: "succeeded", result: ["zombie": true], event: [:]) }
+        #expect(throws: JobRepository.LeaseLost.self) { try jobs.finish(zombie, state: .succeeded, result: ["zombie": true], event: [:]) }
         #expect(throws: JobRepository.LeaseLost.self) { try jobs.fail(zombie, error: "zombie", retryIn: nil) }
-        try jobs.finish(rescuer, state: "succeeded", result: ["ok": true], event: [:])
+        try jobs.finish(rescuer, state: .succeeded, result: ["ok": true], event: [:])
         let j = try #require(try jobs.get(project: f.project, id: id))
-        #expect(j.state == "succeeded" && j.resultJSON == "{\"ok\": true}")
+        #expect(j.state == .succeeded && j.resultJSON == "{\"ok\": true}")
     }
 
     @Test func aFailedAttemptWaitsOutItsBackoffThenRunsAgain() throws {
@@ -72,13 +72,13 @@ extension StoreTests { @Suite struct JobQueueTests {
         let first = try #require(try jobs.claim(worker: "a", leaseSeconds: 60))
         try jobs.fail(first, error: "transient", retryIn: 0.5)
         let queued = try #require(try jobs.get(project: f.project, id: id))
-        #expect(queued.state == "queued" && queued.error == "transient" && queued.attempts == 1)
+        #expect(queued.state == .queued && queued.error == "transient" && queued.attempts == 1)
         #expect(try jobs.claim(worker: "b", leaseSeconds: 60) == nil, "not before run_after")
         Thread.sleep(forTimeInterval: 0.7)
         let second = try #require(try jobs.claim(worker: "b", leaseSeconds: 60))
         #expect(second.job.id == id && second.job.attempts == 2)
         try jobs.fail(second, error: "permanent", retryIn: nil)
-        #expect(try jobs.get(project: f.project, id: id)?.state == "failed")
+        #expect(try jobs.get(project: f.project, id: id)?.state == .failed)
         let types = try jobs.events(job: id, after: 0).map(\.type)
         #expect(types == ["job.queued", "job.retrying", "job.failed"])
     }
@@ -90,10 +90,10 @@ extension StoreTests { @Suite struct JobQueueTests {
         let c = try #require(try jobs.claim(worker: "a", leaseSeconds: 60))
         try jobs.release(c)
         let j = try #require(try jobs.get(project: f.project, id: id))
-        #expect(j.state == "queued" && j.attempts == 0)
+        #expect(j.state == .queued && j.attempts == 0)
         let again = try #require(try jobs.claim(worker: "b", leaseSeconds: 60))
         #expect(again.job.attempts == 1)
-        try jobs.finish(again, state: "succeeded", result: [:], event: [:])
+        try jobs.finish(again, state: .succeeded, result: [:], event: [:])
     }
 
     @Test func idempotencyKeysReturnTheFirstJobAndRefuseADifferentRequest() throws {
@@ -113,14 +113,14 @@ extension StoreTests { @Suite struct JobQueueTests {
         try drainOthers()
         let f = try fixture()
         let ids = try queue(f, count: 2)
-        #expect(try jobs.requestCancel(project: f.project, id: ids[0])?.state == "cancelled")
+        #expect(try jobs.requestCancel(project: f.project, id: ids[0])?.state == .cancelled)
         let c = try #require(try jobs.claim(worker: "a", leaseSeconds: 60))
         #expect(c.job.id == ids[1], "a cancelled job is never claimed")
         #expect(try jobs.heartbeat(c, leaseSeconds: 60) == false)
-        #expect(try jobs.requestCancel(project: f.project, id: ids[1])?.state == "running")
+        #expect(try jobs.requestCancel(project: f.project, id: ids[1])?.state == .running)
         #expect(try jobs.heartbeat(c, leaseSeconds: 60) == true)
         #expect(try jobs.requestCancel(project: f.project + 999_999, id: ids[1]) == nil, "another project's job is invisible")
-        try jobs.finish(c, state: "cancelled", result: [:], event: [:])
+        try jobs.finish(c, state: .cancelled, result: [:], event: [:])
     }
 
     @Test func backoffGrowsExponentiallyWithJitterUpToItsCap() {
