@@ -51,11 +51,7 @@ public final class JobRunner: @unchecked Sendable {
     let app: App
     let config: JobRunnerConfig
     let jobs: JobRepository
-    private let cond = NSCondition()
-    private var stopping = false
-    private var wakeups = 0
-    private var threads: [Thread] = []
-    private let done = DispatchGroup()
+    private var queue: QueueWorkers<JobClaim>!
     /// One line per job transition: claimed (running), succeeded, cancelled, failed (queued again or not),
     /// released at shutdown, lease lost.
     let logger = R3Log.logger("r3.jobs")
@@ -64,52 +60,20 @@ public final class JobRunner: @unchecked Sendable {
         self.app = app
         self.config = config
         jobs = JobRepository(pool: app.pool)
+        queue = QueueWorkers(name: "job-worker", conninfo: app.pool.conninfo, channel: JobRepository.channel, workers: config.workers,
+                             pollSeconds: config.pollSeconds, stackSize: 8 << 20,
+                             claim: { [jobs, config] i in try jobs.claim(worker: "\(config.name)/\(i)", leaseSeconds: config.leaseSeconds) },
+                             handle: { [unowned self] claim in run(claim) })
     }
 
-    public func start() {
-        let listener = Thread { [self] in listen() }
-        listener.name = "r3-jobs-listen"
-        listener.start()
-        for i in 0..<config.workers {
-            done.enter()
-            let t = Thread { [self] in work(i); done.leave() }
-            t.name = "r3-job-worker-\(i)"
-            t.stackSize = 8 << 20
-            threads.append(t)
-            t.start()
-        }
-    }
+    public func start() { queue.start() }
 
     /// Stops claiming; running jobs stop at their next step boundary and go back to the queue.
-    public func stop() {
-        cond.lock(); stopping = true; cond.broadcast(); cond.unlock()
-    }
+    public func stop() { queue.stop() }
 
-    public func waitUntilStopped() { done.wait() }
+    public func waitUntilStopped() { queue.waitUntilStopped() }
 
-    var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
-
-    private func listen() {
-        PGConnection.listenLoop(conninfo: app.pool.conninfo, channel: JobRepository.channel, stopping: { isStopping }) {
-            cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
-        }
-    }
-
-    private func work(_ index: Int) {
-        let name = "\(config.name)/\(index)"
-        while !isStopping {
-            cond.lock(); let seen = wakeups; cond.unlock()
-            var claimed: JobClaim?
-            do { claimed = try jobs.claim(worker: name, leaseSeconds: config.leaseSeconds) } catch { claimed = nil }
-            guard let claim = claimed else {
-                cond.lock()
-                if !stopping && wakeups == seen { _ = cond.wait(until: Date().addingTimeInterval(config.pollSeconds)) }
-                cond.unlock()
-                continue
-            }
-            run(claim)
-        }
-    }
+    var isStopping: Bool { queue.isStopping }
 
     private func transition(_ claim: JobClaim, _ state: String, _ level: Logger.Level = .info, _ extra: Logger.Metadata = [:]) {
         var m: Logger.Metadata = ["job_id": .string(claim.job.id), "type": .string(claim.job.type), "project": .stringConvertible(claim.job.projectID),

@@ -88,10 +88,7 @@ public final class WebhookDispatcher: @unchecked Sendable {
     let workers: Int
     let allowPrivate: Bool
     let sender: WebhookSender
-    private let cond = NSCondition()
-    private var stopping = false
-    private var wakeups = 0
-    private let done = DispatchGroup()
+    private var queue: QueueWorkers<DueDelivery>!
 
     public init(pool: ConnectionPool, workers: Int, timeout: Double, allowPrivate: Bool) {
         repo = WebhookRepository(pool: pool)
@@ -99,45 +96,17 @@ public final class WebhookDispatcher: @unchecked Sendable {
         self.workers = workers
         self.allowPrivate = allowPrivate
         sender = WebhookSender(timeout: timeout)
+        queue = QueueWorkers(name: "webhooks", conninfo: conninfo, channel: WebhookRepository.channel, workers: workers, pollSeconds: 1,
+                             claim: { [repo, sender] _ in try repo.claimDue(leaseSeconds: sender.timeout + 45) },
+                             handle: { [unowned self] d in deliver(d) })
     }
 
     let logger = R3Log.logger("r3.webhooks")
 
-    public func start() {
-        guard workers > 0 else { return }
-        let l = Thread { [self] in listen() }
-        l.name = "r3-webhooks-listen"
-        l.start()
-        for i in 0..<workers {
-            done.enter()
-            let t = Thread { [self] in work(); done.leave() }
-            t.name = "r3-webhooks-\(i)"
-            t.start()
-        }
-    }
-
-    public func stop() { cond.lock(); stopping = true; cond.broadcast(); cond.unlock() }
-    public func waitUntilStopped() { done.wait() }
-    var isStopping: Bool { cond.lock(); defer { cond.unlock() }; return stopping }
-
-    private func listen() {
-        PGConnection.listenLoop(conninfo: conninfo, channel: WebhookRepository.channel, stopping: { isStopping }) {
-            cond.lock(); wakeups += 1; cond.broadcast(); cond.unlock()
-        }
-    }
-
-    private func work() {
-        while !isStopping {
-            cond.lock(); let seen = wakeups; cond.unlock()
-            guard let d = try? repo.claimDue(leaseSeconds: sender.timeout + 45) else {
-                cond.lock()
-                if !stopping && wakeups == seen { _ = cond.wait(until: Date().addingTimeInterval(1)) }
-                cond.unlock()
-                continue
-            }
-            deliver(d)
-        }
-    }
+    public func start() { queue.start() }
+    public func stop() { queue.stop() }
+    public func waitUntilStopped() { queue.waitUntilStopped() }
+    var isStopping: Bool { queue.isStopping }
 
     func deliver(_ d: DueDelivery) {
         let result: WebhookSender.Result
