@@ -42,35 +42,58 @@ struct EngineBenchCommand: ParsableCommand {
         let cfg = try ModelConfig(json: json)
         let want = cases.map { Set($0.split(separator: ",").map(String.init)) }
         func on(_ c: String) -> Bool { want?.contains(c) ?? true }
-        let steps = quick ? 1 : max(1, self.steps)
-        let B = quick ? 2 : batch, S = quick ? 128 : seqLen
-        let newTokens = quick ? 16 : 128, promptLen = quick ? 32 : 128
         let base: [String: Any] = ["model": configName, "workers": workers, "experts": cfg.numExperts, "top_k": cfg.topK,
                                    "layers": cfg.numLayers, "hidden": cfg.hiddenSize, "vocab": cfg.vocabSize]
-        func emit(_ name: String, _ fields: [String: Any], _ extra: [String: Any]) throws {
-            var o = fields
-            o["case"] = name
-            o["config"] = base.merging(extra) { $1 }
-            o["peak_rss_mb"] = peakRSSMegabytes()
-            try printJSON(o)
-        }
-
         var peak = 0.0
         if on("sgemm_peak") {
             for threads in Set([1, workers]).sorted() {
-                let g = sgemmPeak(n: quick ? 512 : 1536, threads: threads)
+                let n = quick ? 512 : 1536
+                let g = sgemmPeak(n: n, threads: threads)
                 if threads == workers { peak = g }
-                try emit("sgemm_peak", ["gflops": g, "threads": threads], ["m": quick ? 512 : 1536, "n": quick ? 512 : 1536, "k": quick ? 512 : 1536])
+                try EngineBenchCommand.emit("sgemm_peak", ["gflops": g, "threads": threads], base, ["m": n, "n": n, "k": n])
             }
             BLASThreads.useSingleThreadedBLAS()
         }
-        let model = try Model(config: cfg, seed: 1, std: 0.02, routerStd: 0.02)
-        var rng = SeededRandom(seed: 2)
-        let seqs = (0..<B).map { _ in (0..<S).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
-        let lengths = seqs.map(\.count), T = B * S
-        let trainFlops = FlopCount.trainStep(cfg, lengths: lengths)
+        var bench = try Bench(cfg: cfg, workers: workers, steps: quick ? 1 : max(1, steps), B: quick ? 2 : batch, S: quick ? 128 : seqLen,
+                              newTokens: quick ? 16 : 128, promptLen: quick ? 32 : 128, peak: peak, base: base)
+        if on("route_disagreement") { try bench.routeDisagreement() }
+        try bench.trainSteps([("train_step", false), ("train_step_r3", true)].filter { on($0.0) })
+        if on("prefill") { try bench.prefill() }
+        for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) { try bench.decode(name, batch: b) }
+    }
 
-        if on("route_disagreement") {   // the mismatch R3 removes: bf16 inference vs fp32 training routes, on the initial weights
+    static func emit(_ name: String, _ fields: [String: Any], _ base: [String: Any], _ extra: [String: Any]) throws {
+        var o = fields
+        o["case"] = name
+        o["config"] = base.merging(extra) { $1 }
+        o["peak_rss_mb"] = peakRSSMegabytes()
+        try printJSON(o)
+    }
+
+    /// One run's model, token batch and settings; each case a method.
+    struct Bench {
+        let cfg: ModelConfig, model: Model, workers: Int, steps: Int
+        let B: Int, S: Int, newTokens: Int, promptLen: Int
+        let peak: Double, base: [String: Any]
+        let seqs: [[Int32]]
+        var rng = SeededRandom(seed: 2)
+        var T: Int { B * S }
+
+        init(cfg: ModelConfig, workers: Int, steps: Int, B: Int, S: Int, newTokens: Int, promptLen: Int, peak: Double, base: [String: Any]) throws {
+            self.cfg = cfg; self.workers = workers; self.steps = steps; self.B = B; self.S = S
+            self.newTokens = newTokens; self.promptLen = promptLen; self.peak = peak; self.base = base
+            model = try Model(config: cfg, seed: 1, std: 0.02, routerStd: 0.02)
+            var r = rng
+            seqs = (0..<B).map { _ in (0..<S).map { _ in Int32(r.next() % UInt64(cfg.vocabSize)) } }
+            rng = r
+        }
+
+        func emit(_ name: String, _ fields: [String: Any], _ extra: [String: Any]) throws {
+            try EngineBenchCommand.emit(name, fields, base, extra)
+        }
+
+        /// The mismatch R3 removes: bf16 inference vs fp32 training routes, on the initial weights.
+        func routeDisagreement() throws {
             let a = try Engine(model: model, numerics: .fp32, workers: workers).forward(seqs)
             let b = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
             let L = cfg.moeLayers.count, K = cfg.topK
@@ -87,9 +110,9 @@ struct EngineBenchCommand: ParsableCommand {
                      ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
         }
 
-        // Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.
-        let modes = [("train_step", false), ("train_step_r3", true)].filter { on($0.0) }
-        if !modes.isEmpty {
+        /// Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.
+        func trainSteps(_ modes: [(String, Bool)]) throws {
+            guard !modes.isEmpty else { return }
             let trainer = Engine(model: model, numerics: .fp32, workers: workers)
             let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
             // R3: the routes a bf16 inference engine recorded for these tokens
@@ -113,6 +136,7 @@ struct EngineBenchCommand: ParsableCommand {
                     if step > 0 { phases[name, default: []].append([f + b + o, f, b, o]) }   // step 0 warms up
                 }
             }
+            let trainFlops = FlopCount.trainStep(cfg, lengths: seqs.map(\.count))
             let off = phases["train_step"].map { median($0.map { $0[0] }) }
             for (name, replay) in modes {
                 let ph = (0..<4).map { i in median(phases[name]!.map { $0[i] }) }
@@ -129,7 +153,7 @@ struct EngineBenchCommand: ParsableCommand {
             }
         }
 
-        if on("prefill") {
+        func prefill() throws {
             let infer = Engine(model: model, numerics: .bf16, workers: workers)
             _ = try infer.forward(seqs)
             var times: [Double] = []
@@ -137,11 +161,11 @@ struct EngineBenchCommand: ParsableCommand {
                 let t0 = Date(); _ = try infer.forward(seqs); times.append(Date().timeIntervalSince(t0))
             }
             let t = median(times)
-            try emit("prefill", ["gflops": FlopCount.forward(cfg, lengths: lengths) / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t],
+            try emit("prefill", ["gflops": FlopCount.forward(cfg, lengths: seqs.map(\.count)) / t / 1e9, "tokens_per_s": Double(T) / t, "seconds": t],
                      ["sequences": B, "seq_len": S, "precision": "bf16"])
         }
 
-        for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) {
+        mutating func decode(_ name: String, batch b: Int) throws {
             let infer = Engine(model: model, numerics: .bf16, workers: workers)
             let prompts = (0..<b).map { _ in (0..<promptLen).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
             let params = SamplingParams(maxTokens: newTokens, temperature: 0)
