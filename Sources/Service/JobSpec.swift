@@ -78,14 +78,7 @@ struct JobSpec {
         policyVersion = try f.int("policy_version", range: 0...1_000_000_000)
         maxAttempts = try f.int("max_attempts", range: 1...20) ?? maxAttempts
         seed = try f.int("seed", range: 0...Int(Int32.max)) ?? seed
-        func choice<E: RawRepresentable & CaseIterable>(_ k: String, _: E.Type) throws -> E? where E.RawValue == String {
-            guard let v = try f.string(k, max: 40) else { return nil }
-            guard let e = E(rawValue: v) else {
-                throw ServiceError.unprocessable("\(k) must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            return e
-        }
-        task = try choice("task", Task.Kind.self)?.rawValue
+        task = try JobSpec.choice(f, "task", Task.Kind.self)?.rawValue
         difficulty = try f.int("difficulty", range: 1...12)
         if let k = task.flatMap(Task.Kind.init) {
             do { _ = try Task(kind: k, difficulty: difficulty) } catch { throw ServiceError.unprocessable("\(error)") }
@@ -94,72 +87,12 @@ struct JobSpec {
         maxTokens = try f.int("max_tokens", range: 1...4096)
         temperature = try f.number("temperature") ?? temperature
         guard (0...10).contains(temperature) else { throw ServiceError.unprocessable("temperature must be in 0...10") }
-        precision = try choice("precision", Precision.self) ?? precision
+        precision = try JobSpec.choice(f, "precision", Precision.self) ?? precision
         steps = try f.int("steps", range: 1...100_000) ?? steps
         switch kind {
-        case .rollout:
-            n = try f.int("n", range: 1...64) ?? n
-            topP = try f.number("top_p") ?? topP
-            guard topP > 0 && topP <= 1 else { throw ServiceError.unprocessable("top_p must be in (0, 1]") }
-            topK = try f.int("top_k", range: 0...100_000) ?? topK
-            stopTokenIDs = try f.intList("stop_token_ids") ?? []
-            guard stopTokenIDs.count <= 64 else { throw ServiceError.unprocessable("stop_token_ids has more than 64 entries") }
-            if let bad = stopTokenIDs.first(where: { $0 >= V }) { throw ServiceError.unprocessable("stop_token_ids: \(bad) is outside [0, \(V))") }
-            guard let list = try? f.list("prompts"), !list.isEmpty, list.count <= 1024 else {
-                throw ServiceError.unprocessable("prompts must be a list of 1 to 1024 prompts")
-            }
-            guard list.count * n <= 4096 else { throw ServiceError.unprocessable("prompts × n must be at most 4096 samples") }
-            var usedText = false
-            for (i, p) in list.enumerated() {
-                guard let d = p.objectValue, d.count == 1 else { throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}") }
-                let pf = Fields(d, path: "prompts[\(i)]")
-                if d["text"] != nil {
-                    let text = try pf.string("text", required: true, max: 8192)!
-                    guard V >= CharTokenizer.vocabSize else { throw ServiceError.unprocessable("prompts[\(i)].text needs a model with vocab_size >= \(CharTokenizer.vocabSize) (the built-in tokenizer)") }
-                    do { prompts.append(try CharTokenizer().encode(text)) } catch { throw ServiceError.unprocessable("prompts[\(i)].\(error)") }
-                    usedText = true
-                } else if d["token_ids"] != nil {
-                    let ids = try pf.intList("token_ids", required: true)!
-                    guard !ids.isEmpty, ids.count <= 8192 else { throw ServiceError.unprocessable("prompts[\(i)].token_ids must have 1 to 8192 entries") }
-                    if let bad = ids.first(where: { $0 >= V }) { throw ServiceError.unprocessable("prompts[\(i)].token_ids: \(bad) is outside [0, \(V))") }
-                    prompts.append(ids.map(Int32.init))
-                } else {
-                    throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}")
-                }
-            }
-            if usedText && o["stop_token_ids"] == nil { stopTokenIDs = [Int(CharTokenizer.eos)] }
-            if maxTokens == nil { maxTokens = 64 }
-        case .sft:
-            guard task != nil else { throw ServiceError.unprocessable("an sft job needs task (addition, sort or reverse)") }
-            batchSize = try f.int("batch_size", range: 1...512) ?? 32
-            learningRate = try f.number("learning_rate") ?? 1e-3
-            evalEvery = try f.int("eval_every", range: 1...100_000) ?? evalEvery
-        case .train:
-            if f.has("rollout_ids") {
-                guard let l = try? f.list("rollout_ids"), !l.isEmpty, l.count <= 4096 else { throw ServiceError.unprocessable("rollout_ids must be a list of 1 to 4096 ids") }
-                rolloutIDs = try l.enumerated().map { i, v in
-                    guard let s = v.stringValue, UUID(uuidString: s) != nil else { throw ServiceError.unprocessable("rollout_ids[\(i)] must be a rollout id (a UUID)") }
-                    return s.lowercased()
-                }
-            }
-            guard (task == nil) != (rolloutIDs == nil) else { throw ServiceError.unprocessable("a train job needs exactly one of task or rollout_ids") }
-            batchSize = try f.int("batch_size", range: 1...256) ?? batchSize
-            n = try f.int("n", range: 2...64) ?? 8
-            guard batchSize * n <= 4096 else { throw ServiceError.unprocessable("batch_size × n must be at most 4096 samples") }
-            learningRate = try f.number("learning_rate") ?? learningRate
-            algorithm = try choice("algorithm", Algorithm.self) ?? algorithm
-            replay = try choice("replay", ReplayMode.self) ?? replay
-            tis = try f.bool("tis") ?? tis
-            tisCap = try f.number("tis_cap") ?? tisCap
-            guard tisCap >= 1 && tisCap <= 100 else { throw ServiceError.unprocessable("tis_cap must be in 1...100") }
-            miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
-            maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
-            guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
-            onCollapse = try choice("on_collapse", CollapseAction.self) ?? onCollapse
-            if f.has("collapse") {
-                guard let d = try? f.object("collapse") else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
-                do { collapse = try CollapseRules(json: JSONValue.object(d).foundation as? [String: Any] ?? [:]) } catch { throw ServiceError.unprocessable("\(error)") }
-            }
+        case .rollout: try parseRollout(f, o, vocab: V)
+        case .sft: try parseSFT(f)
+        case .train: try parseTrain(f)
         }
         if kind != .train && (o["on_collapse"] != nil || o["collapse"] != nil) {
             throw ServiceError.unprocessable("on_collapse and collapse apply to train jobs")
@@ -167,6 +100,91 @@ struct JobSpec {
         if kind != .rollout {
             guard learningRate > 0 && learningRate <= 1 else { throw ServiceError.unprocessable("learning_rate must be in (0, 1]") }
             checkpointEvery = try f.int("checkpoint_every", range: 1...100_000) ?? checkpointEvery
+        }
+    }
+
+    static func choice<E: RawRepresentable & CaseIterable>(_ f: Fields, _ k: String, _: E.Type) throws -> E? where E.RawValue == String {
+        guard let v = try f.string(k, max: 40) else { return nil }
+        guard let e = E(rawValue: v) else {
+            throw ServiceError.unprocessable("\(k) must be one of \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return e
+    }
+
+    /// A rollout job's sampling settings and prompts.
+    private mutating func parseRollout(_ f: Fields, _ o: JSONObject, vocab V: Int) throws {
+        n = try f.int("n", range: 1...64) ?? n
+        topP = try f.number("top_p") ?? topP
+        guard topP > 0 && topP <= 1 else { throw ServiceError.unprocessable("top_p must be in (0, 1]") }
+        topK = try f.int("top_k", range: 0...100_000) ?? topK
+        stopTokenIDs = try f.intList("stop_token_ids") ?? []
+        guard stopTokenIDs.count <= 64 else { throw ServiceError.unprocessable("stop_token_ids has more than 64 entries") }
+        if let bad = stopTokenIDs.first(where: { $0 >= V }) { throw ServiceError.unprocessable("stop_token_ids: \(bad) is outside [0, \(V))") }
+        guard let list = try? f.list("prompts"), !list.isEmpty, list.count <= 1024 else {
+            throw ServiceError.unprocessable("prompts must be a list of 1 to 1024 prompts")
+        }
+        guard list.count * n <= 4096 else { throw ServiceError.unprocessable("prompts × n must be at most 4096 samples") }
+        let usedText = try parsePrompts(list, vocab: V)
+        if usedText && o["stop_token_ids"] == nil { stopTokenIDs = [Int(CharTokenizer.eos)] }
+        if maxTokens == nil { maxTokens = 64 }
+    }
+
+    /// The prompts, as token ids or text for the built-in tokenizer; whether any was text.
+    private mutating func parsePrompts(_ list: [JSONValue], vocab V: Int) throws -> Bool {
+        var usedText = false
+        for (i, p) in list.enumerated() {
+            guard let d = p.objectValue, d.count == 1 else { throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}") }
+            let pf = Fields(d, path: "prompts[\(i)]")
+            if d["text"] != nil {
+                let text = try pf.string("text", required: true, max: 8192)!
+                guard V >= CharTokenizer.vocabSize else { throw ServiceError.unprocessable("prompts[\(i)].text needs a model with vocab_size >= \(CharTokenizer.vocabSize) (the built-in tokenizer)") }
+                do { prompts.append(try CharTokenizer().encode(text)) } catch { throw ServiceError.unprocessable("prompts[\(i)].\(error)") }
+                usedText = true
+            } else if d["token_ids"] != nil {
+                let ids = try pf.intList("token_ids", required: true)!
+                guard !ids.isEmpty, ids.count <= 8192 else { throw ServiceError.unprocessable("prompts[\(i)].token_ids must have 1 to 8192 entries") }
+                if let bad = ids.first(where: { $0 >= V }) { throw ServiceError.unprocessable("prompts[\(i)].token_ids: \(bad) is outside [0, \(V))") }
+                prompts.append(ids.map(Int32.init))
+            } else {
+                throw ServiceError.unprocessable("prompts[\(i)] must be {\"token_ids\": [...]} or {\"text\": \"...\"}")
+            }
+        }
+        return usedText
+    }
+
+    private mutating func parseSFT(_ f: Fields) throws {
+        guard task != nil else { throw ServiceError.unprocessable("an sft job needs task (addition, sort or reverse)") }
+        batchSize = try f.int("batch_size", range: 1...512) ?? 32
+        learningRate = try f.number("learning_rate") ?? 1e-3
+        evalEvery = try f.int("eval_every", range: 1...100_000) ?? evalEvery
+    }
+
+    /// A train job: online on a task or offline on stored rollouts, its algorithm and its collapse rules.
+    private mutating func parseTrain(_ f: Fields) throws {
+        if f.has("rollout_ids") {
+            guard let l = try? f.list("rollout_ids"), !l.isEmpty, l.count <= 4096 else { throw ServiceError.unprocessable("rollout_ids must be a list of 1 to 4096 ids") }
+            rolloutIDs = try l.enumerated().map { i, v in
+                guard let s = v.stringValue, UUID(uuidString: s) != nil else { throw ServiceError.unprocessable("rollout_ids[\(i)] must be a rollout id (a UUID)") }
+                return s.lowercased()
+            }
+        }
+        guard (task == nil) != (rolloutIDs == nil) else { throw ServiceError.unprocessable("a train job needs exactly one of task or rollout_ids") }
+        batchSize = try f.int("batch_size", range: 1...256) ?? batchSize
+        n = try f.int("n", range: 2...64) ?? 8
+        guard batchSize * n <= 4096 else { throw ServiceError.unprocessable("batch_size × n must be at most 4096 samples") }
+        learningRate = try f.number("learning_rate") ?? learningRate
+        algorithm = try JobSpec.choice(f, "algorithm", Algorithm.self) ?? algorithm
+        replay = try JobSpec.choice(f, "replay", ReplayMode.self) ?? replay
+        tis = try f.bool("tis") ?? tis
+        tisCap = try f.number("tis_cap") ?? tisCap
+        guard tisCap >= 1 && tisCap <= 100 else { throw ServiceError.unprocessable("tis_cap must be in 1...100") }
+        miniSteps = try f.int("mini_steps", range: 1...64) ?? miniSteps
+        maxGradNorm = try f.number("max_grad_norm") ?? maxGradNorm
+        guard maxGradNorm > 0 && maxGradNorm <= 1e6 else { throw ServiceError.unprocessable("max_grad_norm must be in (0, 1e6]") }
+        onCollapse = try JobSpec.choice(f, "on_collapse", CollapseAction.self) ?? onCollapse
+        if f.has("collapse") {
+            guard let d = try? f.object("collapse") else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
+            do { collapse = try CollapseRules(json: JSONValue.object(d).foundation as? [String: Any] ?? [:]) } catch { throw ServiceError.unprocessable("\(error)") }
         }
     }
 
