@@ -167,13 +167,7 @@ struct JobExecutor {
                 try JobRepository.addEvent(c, job: job.id, type: "job.resumed", data: ["from_step": first, "policy_version": version])
             }
         }
-        var opt = OptimConfig()
-        opt.loss = LossConfig(algorithm: spec.algorithm, tis: spec.tis, tisCap: spec.tisCap)
-        opt.replay = spec.replay; opt.miniSteps = spec.miniSteps; opt.maxGradNorm = spec.maxGradNorm
-        opt.temperature = Float(spec.temperature == 0 ? 1 : spec.temperature)
-        var rc = RolloutConfig()
-        rc.promptsPerStep = spec.batchSize; rc.samplesPerPrompt = spec.n; rc.maxTokens = spec.maxTokens
-        rc.temperature = opt.temperature; rc.seed = UInt64(spec.seed)
+        let (opt, rc) = JobExecutor.configs(spec)
         var last: [String: Any] = [:]
         var lastEval: Double?
         var detector = CollapseDetector(rules: spec.collapse)
@@ -184,29 +178,9 @@ struct JobExecutor {
         for step in first..<spec.steps {
             try control.check()
             let t0 = ContinuousClock.now
-            var metrics: [String: Double], samples: [Sample] = []
             var extra: [String: Any] = ["step": step, "policy_version": version]
-            if spec.type == .sft {
-                let batch = try policy.supervisedBatch(task: task!, step: step, batch: spec.batchSize, seed: UInt64(spec.seed))
-                let (loss, gn) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm)
-                extra["train_seconds"] = JobExecutor.seconds(since: t0)
-                metrics = ["loss": loss, "grad_norm": gn]
-                if (step + 1) % spec.evalEvery == 0 || step + 1 == spec.steps {
-                    let e = try policy.evaluate(task: task!, count: 32, seed: UInt64(spec.seed))
-                    metrics["reward_mean"] = e; lastEval = e
-                }
-            } else {
-                if let task {
-                    samples = try policy.rollout(task: task, step: step, rc).samples
-                } else {
-                    samples = stored!
-                }
-                let tRollout = JobExecutor.seconds(since: t0)
-                let t1 = ContinuousClock.now
-                metrics = try policy.optimise(samples, opt)
-                extra["rollout_seconds"] = tRollout
-                extra["train_seconds"] = JobExecutor.seconds(since: t1)
-            }
+            var (metrics, samples) = try compute(step: step, spec, policy, task: task, stored: stored, opt, rc, extra: &extra)
+            if spec.type == .sft, let e = metrics["reward_mean"] { lastEval = e }
             if task == nil { samples = [] }   // offline: the rollouts are already stored
             let alarms = spec.type == .train ? detector.observe(step: step, metrics) : []
             let action = alarms.isEmpty ? CollapseAction.continue : spec.onCollapse
@@ -225,40 +199,9 @@ struct JobExecutor {
             extra["step_seconds"] = JobExecutor.seconds(since: t0)
             if spec.type == .train { for k in App.metricColumns where metrics[k] == nil && extra[k] == nil { extra[k] = NSNull() } }
             let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
-            let generatingVersion = version
-            let ((newVersion), cancel) = try jobs.fenced(claim) { conn -> Int in
-                let rows = try samples.map { s in
-                    NewRollout(model: job.modelID, policyVersion: generatingVersion, tokenIDs: s.tokens, promptLength: s.promptLength,
-                               logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(step):\(s.group)",
-                               metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": step, "finish_reason": s.finishReason,
-                                                                   "task": spec.task ?? ""]),
-                               routes: try s.routes.map { try JobExecutor.packed($0, config: c) })
-                }
-                try RolloutRepository.reserveRouteBytes(conn, project: job.projectID, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
-                for (i, r) in rows.enumerated() { _ = try RolloutRepository.insert(conn, project: job.projectID, r, job: (job.id, step, i)) }
-                for a in alarms {
-                    try JobRepository.addEvent(conn, job: job.id, type: "training.collapse_detected", data: [
-                        "job_id": job.id, "step": a.step, "rule": a.rule, "metric": a.metric, "value": JobExecutor.jsonNumber(a.value),
-                        "threshold": a.threshold, "action": spec.onCollapse.rawValue, "history": a.history.map { $0.mapValues(JobExecutor.jsonNumber) },
-                        "job_url": "/v1/jobs/\(job.id)", "metrics_url": "/v1/jobs/\(job.id)/metrics"])
-                }
-                try JobRepository.putMetrics(conn, job: job.id, step: step, metricsJSON: text)
-                if action == .stop {
-                    // the last good policy: the job's last checkpoint, or the version it started from
-                    let good: Any = try JobRepository.checkpoint(conn, job: job.id).map { ["policy_version": $0.version, "step": $0.step] }
-                        ?? ["policy_version": startVersion, "step": 0]
-                    try JobRepository.end(conn, job: job.id, state: .collapsed, result: [
-                        "collapsed_at_step": step, "rules": alarms.map(\.rule), "last_good_checkpoint": good], event: [
-                        "state": "collapsed", "job_id": job.id, "step": step, "rules": alarms.map(\.rule)])
-                    return generatingVersion
-                }
-                let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: path)
-                try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
-                try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": object])
-                if let path { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
-                if action == .pause { try JobRepository.pause(conn, job: job.id, step: done) }
-                return v
-            }
+            let record = StepRecord(step: step, samples: samples, metricsText: text, metricsObject: object, alarms: alarms, action: action,
+                                    checkpointPath: path, generatingVersion: version, startVersion: startVersion)
+            let (newVersion, cancel) = try jobs.fenced(claim) { conn in try commit(conn, record, spec, config: c) }
             if action != .continue { throw JobInterruption.ended }
             version = newVersion
             control.set(cancel: cancel)
@@ -268,6 +211,94 @@ struct JobExecutor {
         if let e = lastEval { result["eval_reward_mean"] = e }
         if let ck = try app.models.checkpoint(model: job.modelID, version: version) { result["checkpoint_path"] = ck.path }
         return result
+    }
+
+    /// The train/sft settings of the RL library, from the job's spec.
+    static func configs(_ spec: JobSpec) -> (OptimConfig, RolloutConfig) {
+        var opt = OptimConfig()
+        opt.loss = LossConfig(algorithm: spec.algorithm, tis: spec.tis, tisCap: spec.tisCap)
+        opt.replay = spec.replay; opt.miniSteps = spec.miniSteps; opt.maxGradNorm = spec.maxGradNorm
+        opt.temperature = Float(spec.temperature == 0 ? 1 : spec.temperature)
+        var rc = RolloutConfig()
+        rc.promptsPerStep = spec.batchSize; rc.samplesPerPrompt = spec.n; rc.maxTokens = spec.maxTokens
+        rc.temperature = opt.temperature; rc.seed = UInt64(spec.seed)
+        return (opt, rc)
+    }
+
+    /// One step's compute: an SFT update (with an evaluation every eval_every steps), or rollouts (online
+    /// on the task, or the stored ones) and the policy update. Times go into `extra`.
+    func compute(step: Int, _ spec: JobSpec, _ policy: Policy, task: Task?, stored: [Sample]?, _ opt: OptimConfig, _ rc: RolloutConfig,
+                 extra: inout [String: Any]) throws -> ([String: Double], [Sample]) {
+        let t0 = ContinuousClock.now
+        if spec.type == .sft {
+            let batch = try policy.supervisedBatch(task: task!, step: step, batch: spec.batchSize, seed: UInt64(spec.seed))
+            let (loss, gn) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm)
+            extra["train_seconds"] = JobExecutor.seconds(since: t0)
+            var metrics = ["loss": loss, "grad_norm": gn]
+            if (step + 1) % spec.evalEvery == 0 || step + 1 == spec.steps {
+                metrics["reward_mean"] = try policy.evaluate(task: task!, count: 32, seed: UInt64(spec.seed))
+            }
+            return (metrics, [])
+        }
+        let samples = try task.map { try policy.rollout(task: $0, step: step, rc).samples } ?? stored!
+        extra["rollout_seconds"] = JobExecutor.seconds(since: t0)
+        let t1 = ContinuousClock.now
+        let metrics = try policy.optimise(samples, opt)
+        extra["train_seconds"] = JobExecutor.seconds(since: t1)
+        return (metrics, samples)
+    }
+
+    /// What one step's transaction writes.
+    struct StepRecord {
+        var step: Int
+        var samples: [Sample]
+        var metricsText: String
+        var metricsObject: Any
+        var alarms: [CollapseAlarm]
+        var action: CollapseAction
+        var checkpointPath: String?
+        /// The policy version that generated this step's rollouts.
+        var generatingVersion: Int
+        /// The version the job started from (the last good policy when no checkpoint exists).
+        var startVersion: Int
+    }
+
+    /// One step's transaction (fenced on the claim): its rollouts with routes, alarms, metrics, then either
+    /// the job's end (collapse with stop) or the new policy version, progress, checkpoint and a pause.
+    /// Returns the policy version the next step samples with.
+    func commit(_ conn: PGConnection, _ r: StepRecord, _ spec: JobSpec, config c: ModelConfig) throws -> Int {
+        let done = r.step + 1
+        let rows = try r.samples.map { s in
+            NewRollout(model: job.modelID, policyVersion: r.generatingVersion, tokenIDs: s.tokens, promptLength: s.promptLength,
+                       logprobs: s.inferLogprobs, reward: s.reward, groupID: "\(job.id):\(r.step):\(s.group)",
+                       metadataJSON: JobExecutor.metadata(["job_id": job.id, "step": r.step, "finish_reason": s.finishReason,
+                                                           "task": spec.task ?? ""]),
+                       routes: try s.routes.map { try JobExecutor.packed($0, config: c) })
+        }
+        try RolloutRepository.reserveRouteBytes(conn, project: job.projectID, adding: rows.reduce(0) { $0 + ($1.routes?.bytes.count ?? 0) })
+        for (i, row) in rows.enumerated() { _ = try RolloutRepository.insert(conn, project: job.projectID, row, job: (job.id, r.step, i)) }
+        for a in r.alarms {
+            try JobRepository.addEvent(conn, job: job.id, type: "training.collapse_detected", data: [
+                "job_id": job.id, "step": a.step, "rule": a.rule, "metric": a.metric, "value": JobExecutor.jsonNumber(a.value),
+                "threshold": a.threshold, "action": spec.onCollapse.rawValue, "history": a.history.map { $0.mapValues(JobExecutor.jsonNumber) },
+                "job_url": "/v1/jobs/\(job.id)", "metrics_url": "/v1/jobs/\(job.id)/metrics"])
+        }
+        try JobRepository.putMetrics(conn, job: job.id, step: r.step, metricsJSON: r.metricsText)
+        if r.action == .stop {
+            // the last good policy: the job's last checkpoint, or the version it started from
+            let good: Any = try JobRepository.checkpoint(conn, job: job.id).map { ["policy_version": $0.version, "step": $0.step] }
+                ?? ["policy_version": r.startVersion, "step": 0]
+            try JobRepository.end(conn, job: job.id, state: .collapsed, result: [
+                "collapsed_at_step": r.step, "rules": r.alarms.map(\.rule), "last_good_checkpoint": good], event: [
+                "state": "collapsed", "job_id": job.id, "step": r.step, "rules": r.alarms.map(\.rule)])
+            return r.generatingVersion
+        }
+        let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: r.checkpointPath)
+        try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
+        try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": r.metricsObject])
+        if let path = r.checkpointPath { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
+        if r.action == .pause { try JobRepository.pause(conn, job: job.id, step: done) }
+        return v
     }
 
     // MARK: errors
