@@ -58,38 +58,12 @@ public final class Policy {
     public func optimise(_ samples: [Sample], _ c: OptimConfig) throws -> [String: Double] {
         guard !samples.isEmpty else { throw RLError.invalid("no samples to train on") }
         guard c.miniSteps >= 1 else { throw RLError.invalid("mini_steps must be at least 1") }
-        let E = config.numExperts, L = config.moeLayers.count, K = config.topK
-        for (i, s) in samples.enumerated() {
-            guard s.tokens.count >= 2, s.promptLength >= 0, s.promptLength < s.tokens.count else {
-                throw RLError.invalid("sample \(i) needs at least one response token and two tokens in all")
-            }
-            if let lp = s.inferLogprobs, lp.count != s.responseLength {
-                throw RLError.invalid("sample \(i) has \(lp.count) inference log-probs for \(s.responseLength) response tokens")
-            }
-            if let r = s.routes {
-                do { try r.validate(tokens: s.tokens.count, moeLayers: L, topK: K, experts: E) } catch {
-                    throw RLError.invalid("sample \(i) routes: \(error)")
-                }
-            }
-        }
+        try check(samples)
+        let L = config.moeLayers.count, K = config.topK
         let seqs = samples.map(\.tokens)
         let (segments, offsets) = Policy.responseRows(samples)
         let T = seqs.reduce(0) { $0 + $1.count }
-        // inference log-probs and routes, packed
-        var inferLP = [Float](repeating: .nan, count: T)
-        var recorded = try RouteArray(rows: T, layers: L, topK: K, ids: [Int32](repeating: -1, count: T * L * K))
-        var recordedRows: [Range<Int>] = []
-        var tables: [RouteArray] = []
-        for (i, s) in samples.enumerated() {
-            if let lp = s.inferLogprobs {
-                for j in 0..<lp.count where s.promptLength + j >= 1 { inferLP[offsets[i] + s.promptLength + j - 1] = lp[j] }
-            }
-            let table = try s.routes ?? RouteArray(rows: s.tokens.count - 1, layers: L, topK: K,
-                                               ids: [Int32](repeating: -1, count: (s.tokens.count - 1) * L * K))
-            for k in 0..<table.ids.count { recorded.ids[offsets[i] * L * K + k] = table.ids[k] }
-            recordedRows.append(offsets[i]..<(offsets[i] + table.rows))
-            tables.append(table)
-        }
+        let (inferLP, recorded, recordedRows, tables) = try packInference(samples, offsets: offsets, tokens: T)
         let advantages = PolicyLoss.advantages(rewards: samples.map(\.reward), groups: samples.map(\.group))
 
         var m: [String: Double] = [:]
@@ -107,30 +81,7 @@ public final class Policy {
             let f = try train.forward(seqs, routing: routing, options: ForwardOptions(temperature: c.temperature, training: true, entropy: step == 0))
             if step == 0 {
                 old = f.logprobs
-                let lp = Mismatch.logprobs(train: old, infer: inferLP, rows: segments)
-                let rt = Mismatch.routers(f.liveRoutes, recorded, rows: recordedRows)
-                // metrics that do not apply (no inference log-probs or routes) are left out, never NaN:
-                // a NaN in the metrics is a real one, which the collapse detector acts on
-                if lp.tokens > 0 {
-                    m["k3_kl"] = lp.k3KL; m["extreme_frac_tau2"] = lp.extremeFracTau2; m["extreme_frac_tau5"] = lp.extremeFracTau5
-                }
-                if rt.pairs > 0 {
-                    m["router_disagreement"] = rt.routerDisagreement; m["token_disagreement"] = rt.tokenDisagreement
-                    m["routers_differing_per_token"] = rt.routersDifferingPerToken
-                }
-                var ent = 0.0, n = 0
-                for r in segments { for t in r { ent += Double(f.entropy[t]); n += 1 } }   // a NaN stays visible
-                m["entropy"] = ent / Double(max(1, n))
-                // how spread the used gate weights are (nats, of the K weights normalised): near 0 means one
-                // expert carries the token, and a flipped lower expert barely matters (replay cannot help)
-                var ge = 0.0
-                for g in stride(from: 0, to: f.gates.count, by: K) {
-                    var sum = 0.0
-                    for j in 0..<K { sum += Double(f.gates[g + j]) }
-                    guard sum > 0 else { continue }
-                    for j in 0..<K { let p = Double(f.gates[g + j]) / sum; if p > 0 { ge -= p * log(p) } }
-                }
-                if !f.gates.isEmpty { m["router_gate_entropy"] = ge / Double(f.gates.count / K) }
+                m = Policy.mismatchMetrics(f, inferLP: inferLP, recorded: recorded, recordedRows: recordedRows, segments: segments, topK: K)
                 if c.replay == .R2 { r2 = try (0..<samples.count).map { try f.routes.rows(f.rows(ofSequence: $0)) } }
                 if c.replay == .R3 {
                     for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }
@@ -156,6 +107,78 @@ public final class Policy {
         m["replay_fallback_tokens"] = Double(fallbackTokens)
         m["reward_mean"] = samples.reduce(0) { $0 + $1.reward } / Double(samples.count)
         m["response_len_mean"] = Double(samples.reduce(0) { $0 + $1.responseLength }) / Double(samples.count)
+        return m
+    }
+
+    /// Every sample has a response, log-probs of its length and routes that fit the model.
+    func check(_ samples: [Sample]) throws {
+        let E = config.numExperts, L = config.moeLayers.count, K = config.topK
+        for (i, s) in samples.enumerated() {
+            guard s.tokens.count >= 2, s.promptLength >= 0, s.promptLength < s.tokens.count else {
+                throw RLError.invalid("sample \(i) needs at least one response token and two tokens in all")
+            }
+            if let lp = s.inferLogprobs, lp.count != s.responseLength {
+                throw RLError.invalid("sample \(i) has \(lp.count) inference log-probs for \(s.responseLength) response tokens")
+            }
+            if let r = s.routes {
+                do { try r.validate(tokens: s.tokens.count, moeLayers: L, topK: K, experts: E) } catch {
+                    throw RLError.invalid("sample \(i) routes: \(error)")
+                }
+            }
+        }
+    }
+
+    /// The inference side, packed like the training batch: log-probs per position (NaN where none) and
+    /// recorded routes (all -1 where none), with each sequence's rows and its replay table.
+    func packInference(_ samples: [Sample], offsets: [Int], tokens T: Int) throws
+        -> (inferLP: [Float], recorded: RouteArray, recordedRows: [Range<Int>], tables: [RouteArray]) {
+        let L = config.moeLayers.count, K = config.topK
+        var inferLP = [Float](repeating: .nan, count: T)
+        var recorded = try RouteArray(rows: T, layers: L, topK: K, ids: [Int32](repeating: -1, count: T * L * K))
+        var recordedRows: [Range<Int>] = []
+        var tables: [RouteArray] = []
+        for (i, s) in samples.enumerated() {
+            if let lp = s.inferLogprobs {
+                for j in 0..<lp.count where s.promptLength + j >= 1 { inferLP[offsets[i] + s.promptLength + j - 1] = lp[j] }
+            }
+            let table = try s.routes ?? RouteArray(rows: s.tokens.count - 1, layers: L, topK: K,
+                                               ids: [Int32](repeating: -1, count: (s.tokens.count - 1) * L * K))
+            for k in 0..<table.ids.count { recorded.ids[offsets[i] * L * K + k] = table.ids[k] }
+            recordedRows.append(offsets[i]..<(offsets[i] + table.rows))
+            tables.append(table)
+        }
+        return (inferLP, recorded, recordedRows, tables)
+    }
+
+    /// The train/inference mismatch of the first mini-step's forward pass: log-prob k3 and tails, router
+    /// disagreement, entropy and gate spread. Metrics that do not apply (no inference log-probs or routes)
+    /// are left out, never NaN: a NaN in the metrics is a real one, which the collapse detector acts on.
+    static func mismatchMetrics(_ f: ForwardResult, inferLP: [Float], recorded: RouteArray, recordedRows: [Range<Int>],
+                                segments: [Range<Int>], topK K: Int) -> [String: Double] {
+        var m: [String: Double] = [:]
+        let old = f.logprobs
+        let lp = Mismatch.logprobs(train: old, infer: inferLP, rows: segments)
+        let rt = Mismatch.routers(f.liveRoutes, recorded, rows: recordedRows)
+        if lp.tokens > 0 {
+            m["k3_kl"] = lp.k3KL; m["extreme_frac_tau2"] = lp.extremeFracTau2; m["extreme_frac_tau5"] = lp.extremeFracTau5
+        }
+        if rt.pairs > 0 {
+            m["router_disagreement"] = rt.routerDisagreement; m["token_disagreement"] = rt.tokenDisagreement
+            m["routers_differing_per_token"] = rt.routersDifferingPerToken
+        }
+        var ent = 0.0, n = 0
+        for r in segments { for t in r { ent += Double(f.entropy[t]); n += 1 } }   // a NaN stays visible
+        m["entropy"] = ent / Double(max(1, n))
+        // how spread the used gate weights are (nats, of the K weights normalised): near 0 means one
+        // expert carries the token, and a flipped lower expert barely matters (replay cannot help)
+        var ge = 0.0
+        for g in stride(from: 0, to: f.gates.count, by: K) {
+            var sum = 0.0
+            for j in 0..<K { sum += Double(f.gates[g + j]) }
+            guard sum > 0 else { continue }
+            for j in 0..<K { let p = Double(f.gates[g + j]) / sum; if p > 0 { ge -= p * log(p) } }
+        }
+        if !f.gates.isEmpty { m["router_gate_entropy"] = ge / Double(f.gates.count / K) }
         return m
     }
 
