@@ -22,7 +22,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
-        .target(name: "MoE", dependencies: ["CBLAS", "Routes"], swiftSettings: engine),
+        .target(name: "MoE", dependencies: ["CBLAS", "JSON", "Routes"], swiftSettings: engine),
         .target(name: "JSON", dependencies: ["CPosix"], swiftSettings: cpu),
         .target(name: "Routes", dependencies: ["CPosix", "JSON"], swiftSettings: cpu),
         .target(name: "CPosix"),
@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
         .target(name: "Log", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix", .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
-        .target(name: "RL", dependencies: ["MoE", "Routes"], swiftSettings: cpu),
+        .target(name: "RL", dependencies: ["JSON", "MoE", "Routes"], swiftSettings: cpu),
         .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON", "CPosix", "Log",
                                                 .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .executableTarget(
@@ -43,7 +43,7 @@ let package = Package(
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
-        .testTarget(name: "RLTests", dependencies: ["RL", "MoE", "Routes"], swiftSettings: cpu),
+        .testTarget(name: "RLTests", dependencies: ["RL", "MoE", "Routes", "JSON"], swiftSettings: cpu),
         .testTarget(name: "ServiceTests", dependencies: ["Service", "Routes", "JSON", "HTTP", "CPosix", "Log",
                                                      .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
     ]

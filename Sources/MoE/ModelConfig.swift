@@ -1,5 +1,6 @@
 // ModelConfig: the Qwen3-MoE hyper-parameters that change the maths, read from and written to config.json.
 import Foundation
+import JSON
 
 public struct ModelConfig: Sendable, Equatable {
     public var vocabSize: Int            // V
@@ -74,34 +75,36 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Parses a Hugging Face `config.json` object. Fields that would change the maths in a way the
     /// engine does not implement (biases, rope scaling, sliding windows, other activations) are refused.
-    public init(json: [String: Any]) throws {
+    public init(json: JSONObject) throws {
+        func present(_ key: String) -> JSONValue? {
+            guard let v = json[key], !v.isNull else { return nil }
+            return v
+        }
         func int(_ key: String, default d: Int? = nil) throws -> Int {
-            guard let v = json[key], !(v is NSNull) else {
+            guard let v = present(key) else {
                 if let d { return d }
                 throw MoEError.config(field: key, reason: "is missing")
             }
-            if let n = v as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e15 {
-                return n.intValue
-            }
-            throw MoEError.config(field: key, reason: "must be an integer, got \(v)")
+            guard let i = v.intValue, abs(i) < 1_000_000_000_000_000 else { throw MoEError.config(field: key, reason: "must be an integer, got \(v.serialized())") }
+            return Int(i)
         }
         func double(_ key: String, default d: Double) throws -> Double {
-            guard let v = json[key], !(v is NSNull) else { return d }
-            if let n = v as? NSNumber, !isJSONBool(n) { return n.doubleValue }
-            throw MoEError.config(field: key, reason: "must be a number, got \(v)")
+            guard let v = present(key) else { return d }
+            guard let x = v.doubleValue else { throw MoEError.config(field: key, reason: "must be a number, got \(v.serialized())") }
+            return x
         }
         func bool(_ key: String, default d: Bool) throws -> Bool {
-            guard let v = json[key], !(v is NSNull) else { return d }
-            if let n = v as? NSNumber, isJSONBool(n) { return n.boolValue }
-            throw MoEError.config(field: key, reason: "must be true or false, got \(v)")
+            guard let v = present(key) else { return d }
+            guard case let .bool(b) = v else { throw MoEError.config(field: key, reason: "must be true or false, got \(v.serialized())") }
+            return b
         }
-        if let t = json["model_type"], !(t is NSNull) {
-            guard let s = t as? String, s == "qwen3_moe" || s == "qwen3" else {
-                throw MoEError.config(field: "model_type", reason: "expected \"qwen3_moe\", got \(t)")
+        if let t = present("model_type") {
+            guard let s = t.stringValue, s == "qwen3_moe" || s == "qwen3" else {
+                throw MoEError.config(field: "model_type", reason: "expected \"qwen3_moe\", got \(t.serialized())")
             }
         }
-        if let act = json["hidden_act"], !(act is NSNull), (act as? String) != "silu" {
-            throw MoEError.config(field: "hidden_act", reason: "only \"silu\" is supported, got \(act)")
+        if let act = present("hidden_act"), act.stringValue != "silu" {
+            throw MoEError.config(field: "hidden_act", reason: "only \"silu\" is supported, got \(act.serialized())")
         }
         if try bool("attention_bias", default: false) {
             throw MoEError.config(field: "attention_bias", reason: "attention biases are not supported")
@@ -109,22 +112,22 @@ public struct ModelConfig: Sendable, Equatable {
         if try bool("use_sliding_window", default: false) {
             throw MoEError.config(field: "use_sliding_window", reason: "sliding-window attention is not supported")
         }
-        if let rs = json["rope_scaling"], !(rs is NSNull) {
-            let type = (rs as? [String: Any]).flatMap { ($0["rope_type"] ?? $0["type"]) as? String }
+        if let rs = present("rope_scaling") {
+            let type = rs.objectValue.flatMap { ($0["rope_type"] ?? $0["type"])?.stringValue }
             if type != "default" {
-                throw MoEError.config(field: "rope_scaling", reason: "only the default rotary embedding is supported, got \(type ?? "\(rs)")")
+                throw MoEError.config(field: "rope_scaling", reason: "only the default rotary embedding is supported, got \(type ?? rs.serialized())")
             }
         }
         let hidden = try int("hidden_size"), heads = try int("num_attention_heads")
         guard heads > 0 else { throw MoEError.config(field: "num_attention_heads", reason: "must be a positive integer, got \(heads)") }
         var mlpOnly: [Int] = []
-        if let v = json["mlp_only_layers"], !(v is NSNull) {
-            guard let list = v as? [Any] else { throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices") }
+        if let v = present("mlp_only_layers") {
+            guard let list = v.arrayValue else { throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices") }
             for item in list {
-                guard let n = item as? NSNumber, !isJSONBool(n), n.doubleValue == n.doubleValue.rounded() else {
-                    throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices, got \(item)")
+                guard let n = item.intValue, abs(n) < 1 << 31 else {
+                    throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices, got \(item.serialized())")
                 }
-                mlpOnly.append(n.intValue)
+                mlpOnly.append(Int(n))
             }
         }
         let eps = try double("rms_norm_eps", default: 1e-6)
@@ -144,6 +147,23 @@ public struct ModelConfig: Sendable, Equatable {
         try validate()
     }
 
+    /// A config built in code (a dictionary of Swift values): written as JSON text and read back by the
+    /// same reader as a config.json, so a Bool is never taken for an integer.
+    public init(json: [String: Any]) throws {
+        guard JSONSerialization.isValidJSONObject(json), let data = try? JSONSerialization.data(withJSONObject: json) else {
+            throw MoEError.config(field: "config", reason: "is not a JSON object")
+        }
+        try self.init(json: try ModelConfig.object(data, what: "config"))
+    }
+
+    /// A JSON object from bytes, or a one-line error.
+    static func object(_ data: Data, what: String) throws -> JSONObject {
+        guard let v = try? JSONReader.parse([UInt8](data), maxValues: 1_000_000), let o = v.objectValue else {
+            throw MoEError.config(field: what, reason: "is not a JSON object")
+        }
+        return o
+    }
+
     /// Reads `dir/config.json`.
     public static func load(directory: URL) throws -> ModelConfig {
         let url = directory.appendingPathComponent("config.json")
@@ -151,10 +171,10 @@ public struct ModelConfig: Sendable, Equatable {
         do { data = try Data(contentsOf: url) } catch {
             throw MoEError.file(path: url.path, reason: "cannot read config.json")
         }
-        guard let obj = try? JSONSerialization.jsonObject(with: data), let dict = obj as? [String: Any] else {
+        guard let v = try? JSONReader.parse([UInt8](data), maxValues: 1_000_000), let o = v.objectValue else {
             throw MoEError.file(path: url.path, reason: "not a JSON object")
         }
-        return try ModelConfig(json: dict)
+        return try ModelConfig(json: o)
     }
 
     /// The Hugging Face `config.json` object for this config (Qwen3MoeForCausalLM).
@@ -178,5 +198,3 @@ public struct ModelConfig: Sendable, Equatable {
     }
 }
 
-/// JSONSerialization boxes JSON booleans as a Boolean subclass of NSNumber; tell them apart from integers.
-@inline(__always) func isJSONBool(_ v: Any) -> Bool { String(describing: type(of: v)).contains("Boolean") }

@@ -11,6 +11,7 @@
 //                        that best is ≥ 0.1 (a mean, so one unlucky small batch does not raise it)
 // The median rules need `warmup` (5) earlier steps; medians are over the last `window` (20) steps.
 import Foundation
+import JSON
 
 public struct CollapseRules: Sendable, Equatable {
     public var extremeFracTau2: Double? = 0.1
@@ -25,18 +26,18 @@ public struct CollapseRules: Sendable, Equatable {
     public init() {}
 
     /// Reads per-job overrides (`collapse` object of a train job); a rule set to null is off.
-    public init(json o: [String: Any]) throws {
+    public init(json o: JSONObject) throws {
         self.init()
         let known: Set<String> = ["extreme_frac_tau2", "k3_factor", "k3_floor", "grad_norm_factor", "grad_norm_patience", "entropy_fraction",
                                   "reward_drop", "window", "warmup"]
         if let k = o.keys.sorted().first(where: { !known.contains($0) }) { throw RLError.invalid("collapse.\(k) is not a rule") }
         func num(_ k: String, _ range: ClosedRange<Double>) throws -> Double?? {
             guard let v = o[k] else { return .none }
-            if v is NSNull { return .some(nil) }
-            guard let n = v as? NSNumber, !String(describing: type(of: v)).contains("Bool"), range.contains(n.doubleValue) else {
+            if v.isNull { return .some(nil) }
+            guard let n = v.doubleValue, range.contains(n) else {
                 throw RLError.invalid("collapse.\(k) must be null or a number in \(range.lowerBound)...\(range.upperBound)")
             }
-            return .some(n.doubleValue)
+            return .some(n)
         }
         if let v = try num("extreme_frac_tau2", 0...1) { extremeFracTau2 = v }
         if let v = try num("k3_factor", 1...1e6) { k3Factor = v }

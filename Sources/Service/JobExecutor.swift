@@ -22,7 +22,7 @@ struct JobExecutor {
             throw RLError.invalid("the job's params are not a JSON object")
         }
         guard let model = try app.models.get(project: job.projectID, id: job.modelID) else { throw RLError.invalid("model \(job.modelID) no longer exists") }
-        let config = try ModelConfig(json: (try? JSONSerialization.jsonObject(with: Data(model.configJSON.utf8)) as? [String: Any]) ?? [:])
+        let config = try ModelConfig(json: (try? JSONReader.parse(Array(model.configJSON.utf8)))?.objectValue ?? JSONObject())
         let spec = try JobSpec(params, vocab: { _ in config.vocabSize })
         switch spec.type {
         case .rollout: return try rollout(spec)

@@ -1,6 +1,7 @@
 // JobHandlers: submit (202 + Location, Idempotency-Key), read, list, cancel, per-step metrics (JSON or
 // CSV) and a live Server-Sent Events stream of a job's events (Last-Event-ID resumes it).
 import Foundation
+import JSON
 import HTTP
 import MoE
 import Store
@@ -39,7 +40,7 @@ extension App {
             if m.source == "config" {
                 throw ServiceError.unprocessable("model \(id) was registered from its config.json alone (hf_config): it has no weights to run a job on")
             }
-            guard let cfg = try? ModelConfig(json: (parseJSON(m.configJSON) as? [String: Any]) ?? [:]) else { throw ServiceError(500, "stored model config is unreadable") }
+            guard let cfg = try? ModelConfig(json: (try? JSONReader.parse(Array(m.configJSON.utf8)))?.objectValue ?? JSONObject()) else { throw ServiceError(500, "stored model config is unreadable") }
             return cfg.vocabSize
         }
         // this server's limits (R3_MAX_JOB_STEPS, R3_MAX_JOB_SAMPLES, R3_MAX_NEW_TOKENS)

@@ -184,7 +184,7 @@ struct JobSpec {
         onCollapse = try JobSpec.choice(f, "on_collapse", CollapseAction.self) ?? onCollapse
         if f.has("collapse") {
             guard let d = try? f.object("collapse") else { throw ServiceError.unprocessable("collapse must be an object of rule overrides") }
-            do { collapse = try CollapseRules(json: JSONValue.object(d).foundation as? [String: Any] ?? [:]) } catch { throw ServiceError.unprocessable("\(error)") }
+            do { collapse = try CollapseRules(json: d) } catch { throw ServiceError.unprocessable("\(error)") }
         }
     }
 

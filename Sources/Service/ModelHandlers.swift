@@ -61,7 +61,7 @@ extension App {
             source = "checkpoint"
         } else {
             let cfg: ModelConfig
-            do { cfg = try ModelConfig(json: JSONValue.object(cfgObject!).foundation as! [String: Any]) } catch { throw ServiceError.unprocessable("config: \(error)") }
+            do { cfg = try ModelConfig(json: cfgObject!) } catch { throw ServiceError.unprocessable("config: \(error)") }
             guard ParameterLayout(cfg).total <= config.maxModelParams else {
                 throw ServiceError.unprocessable("the model has more than \(config.maxModelParams) parameters (R3_MAX_MODEL_PARAMS)")
             }

@@ -58,6 +58,9 @@ struct CheckpointTests {
         #expect(configError { $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] }.hasPrefix("config field 'rope_scaling'"))
         #expect(configError { $0["mlp_only_layers"] = [9] }.hasPrefix("config field 'mlp_only_layers'"))
         #expect(configError { $0["vocab_size"] = "many" }.hasPrefix("config field 'vocab_size': must be an integer"))
+        // a JSON boolean is never an integer, and 1 is never a boolean (typed JSON values, not NSNumber)
+        #expect(configError { $0["vocab_size"] = true } == "config field 'vocab_size': must be an integer, got true")
+        #expect(configError { $0["norm_topk_prob"] = 1 } == "config field 'norm_topk_prob': must be true or false, got 1")
         #expect(configError { $0["norm_topk_prob"] = 1 }.hasPrefix("config field 'norm_topk_prob'"))
         #expect(configError { _ in } == "accepted")
     }

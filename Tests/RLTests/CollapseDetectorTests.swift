@@ -1,5 +1,6 @@
 // Tests of the collapse detector: each rule on a synthetic run, the latch, warm-up, overrides.
 import XCTest
+import JSON
 @testable import RL
 
 final class CollapseDetectorTests: XCTestCase {
@@ -68,10 +69,15 @@ final class CollapseDetectorTests: XCTestCase {
     }
 
     func testOverridesTurnRulesOffAndRejectUnknownOnes() throws {
-        let r = try CollapseRules(json: ["extreme_frac_tau2": NSNull(), "grad_norm_factor": 100])
+        let r = try CollapseRules(json: rules(#"{"extreme_frac_tau2": null, "grad_norm_factor": 100}"#))
         XCTAssertNil(r.extremeFracTau2)
         XCTAssertEqual(run(r) { $0["extreme_frac_tau2"] = 0.9; $0["grad_norm"] = 50 }, [])
-        XCTAssertThrowsError(try CollapseRules(json: ["kl": 1])) { XCTAssertTrue("\($0)".contains("collapse.kl")) }
-        XCTAssertThrowsError(try CollapseRules(json: ["k3_factor": true]))
+        XCTAssertThrowsError(try CollapseRules(json: rules(#"{"kl": 1}"#))) { XCTAssertTrue("\($0)".contains("collapse.kl")) }
+        XCTAssertThrowsError(try CollapseRules(json: rules(#"{"k3_factor": true}"#))) { XCTAssertTrue("\($0)".contains("collapse.k3_factor must be null or a number")) }
     }
+}
+
+private func rules(_ text: String) throws -> JSONObject {
+    guard let o = try JSONReader.parse(Array(text.utf8)).objectValue else { throw RLError.invalid("not an object") }
+    return o
 }
