@@ -45,8 +45,49 @@ enum PerSample<T> {
     case many([T])
 }
 
+/// What an engine import's body holds, read in one pass.
+struct EngineImportBody {
+    var template = RolloutDraft()
+    var samples: [EngineSample] = []
+    var prompts: PerSample<[Int32]>?
+    var rewards: PerSample<Double?>?
+    var groups: PerSample<String>?
+    var startLen = 0
+    var appendTo: String?
+    var sawResponse = false
+}
+
+extension InferenceEngine {
+    var promptsKey: String { self == .sglang ? "input_ids" : "prompt_token_ids" }
+    var startKey: String { self == .sglang ? "routed_experts_start_len" : "routed_experts_prompt_start" }
+}
+
 extension App {
+    /// An SGLang or vLLM response, unchanged, with its prompts: read, checked, paired, then stored as
+    /// rollouts (or, with append_to, as the next turn of one).
     func importEngine(_ engine: InferenceEngine, _ req: HTTPRequest, _ body: HTTPBodyStream, project: Int) throws -> HTTPResponse {
+        let b = try readEngineImport(engine, body, project: project)
+        try checkEngineImport(engine, b)
+        let drafts = try engineDrafts(engine, b)
+        if let id = b.appendTo {
+            guard drafts.count == 1, let d = drafts.first else {
+                throw ServiceError.unprocessable("append_to takes one sequence; response holds \(drafts.count)")
+            }
+            var t = TurnDraft()
+            t.tokens = d.tokens; t.responseStart = d.promptLength; t.logprobs = d.logprobs
+            t.routes = d.routes ?? d.packed.map(App.incoming)
+            t.routesStart = d.routesStart; t.path = d.path
+            if b.rewards != nil { t.reward = d.reward; t.rewardGiven = true }
+            t.metadata = d.metadata
+            return try appendTurn(t, id: id, project: project)
+        }
+        return try storeEngineDrafts(drafts, model: b.template.model, project: project)
+    }
+
+    /// Reads the body in one pass. When model (and the prompts) came before the response, as they usually
+    /// do, each sequence's routes are checked and packed as soon as it has been read: the request then
+    /// holds one byte per expert id.
+    func readEngineImport(_ engine: InferenceEngine, _ body: HTTPBodyStream, project: Int) throws -> EngineImportBody {
         let r = reader(body)
         var template = RolloutDraft()
         var samples: [EngineSample] = []
@@ -56,8 +97,7 @@ extension App {
         var startLen = 0
         var appendTo: String?
         var sawResponse = false
-        let promptsKey = engine == .sglang ? "input_ids" : "prompt_token_ids"
-        let startKey = engine == .sglang ? "routed_experts_start_len" : "routed_experts_prompt_start"
+        let promptsKey = engine.promptsKey, startKey = engine.startKey
         try readBody(r) { key in
             switch key {
             case "model": template.model = try r.string(max: 200)
@@ -80,8 +120,6 @@ extension App {
             case "append_to" where engine == .sglang: appendTo = try r.string(max: 64)
             case "response":
                 sawResponse = true
-                // When model (and the prompts) came first, as they usually do, each sequence's routes are
-                // checked and packed as soon as it has been read: the request then holds one byte per id.
                 let registered = appendTo == nil ? try registeredLayout(project: project, model: template.model) : nil
                 let early: (inout EngineSample) throws -> Void = { s in
                     guard appendTo == nil, template.model != nil, s.promptRoutes == nil, let routes = s.routes, let out = s.outputIDs else { return }
@@ -102,7 +140,15 @@ extension App {
                 if try !readLayoutField(key, r, into: &template) { throw ServiceError.unprocessable("unknown field \(key)") }
             }
         }
-        guard sawResponse else { throw ServiceError.unprocessable("response is required: the engine's response, unchanged") }
+        return EngineImportBody(template: template, samples: samples, prompts: prompts, rewards: rewards, groups: groups,
+                                startLen: startLen, appendTo: appendTo, sawResponse: sawResponse)
+    }
+
+    /// What the body must hold: a response with 1 to R3_MAX_IMPORT_ROLLOUTS sequences, and rows from the
+    /// first token unless the response is appended to the rollout that holds the earlier ones.
+    func checkEngineImport(_ engine: InferenceEngine, _ b: EngineImportBody) throws {
+        let samples = b.samples, startLen = b.startLen, appendTo = b.appendTo
+        guard b.sawResponse else { throw ServiceError.unprocessable("response is required: the engine's response, unchanged") }
         guard !samples.isEmpty else { throw ServiceError.unprocessable("response holds no sampled sequence") }
         guard samples.count <= config.maxImportRollouts else {
             throw ServiceError.unprocessable("response holds \(samples.count) sequences; this server stores at most \(config.maxImportRollouts) per request (R3_MAX_IMPORT_ROLLOUTS)")
@@ -116,6 +162,12 @@ extension App {
         if engine == .sglang && startLen > 0 && appendTo == nil {
             throw ServiceError.unprocessable("routed_experts_start_len \(startLen) without append_to: the rows before it are not in the response; send the first turn with 0, then append_to that rollout")
         }
+    }
+
+    /// One rollout draft per sampled sequence: paired with its prompt, its log-probs checked against its
+    /// tokens, its routes (packed early, or as received), reward, group and the engine's meta_info.
+    func engineDrafts(_ engine: InferenceEngine, _ b: EngineImportBody) throws -> [RolloutDraft] {
+        let samples = b.samples, prompts = b.prompts, template = b.template, promptsKey = engine.promptsKey
         // pair every sample with its prompt
         let promptOf = try pairPrompts(samples, prompts, key: promptsKey)
         var promptIndex = [Int](repeating: 0, count: samples.count)   // consecutive samples of one prompt share an index
@@ -125,7 +177,7 @@ extension App {
             for i in 1..<max(1, samples.count) { promptIndex[i] = promptIndex[i - 1] + (promptOf[i] == promptOf[i - 1] ? 0 : 1) }
         }
         let promptCount = (promptIndex.last ?? 0) + 1
-        let drafts = try samples.enumerated().map { i, s -> RolloutDraft in
+        return try samples.enumerated().map { i, s -> RolloutDraft in
             var d = template
             d.path = s.path
             let prompt = promptOf[i]
@@ -171,27 +223,20 @@ extension App {
                 d.routes = routes
             }
             }
-            d.routesStart = appendTo == nil ? 0 : min(s.startLen ?? startLen, max(0, d.tokens.count - 1))
+            d.routesStart = b.appendTo == nil ? 0 : min(s.startLen ?? b.startLen, max(0, d.tokens.count - 1))
             if d.policyVersion == nil, let w = s.weightVersion, let v = Int(w), v >= 0 { d.policyVersion = v }
-            d.reward = try pick(rewards, i, count: samples.count, prompt: promptIndex[i], prompts: nil, field: "reward") ?? nil
-            d.groupID = try pick(groups, i, count: samples.count, prompt: promptIndex[i], prompts: promptCount, field: "group_id")
+            d.reward = try pick(b.rewards, i, count: samples.count, prompt: promptIndex[i], prompts: nil, field: "reward") ?? nil
+            d.groupID = try pick(b.groups, i, count: samples.count, prompt: promptIndex[i], prompts: promptCount, field: "group_id")
             d.metadata.append(engine.rawValue, .object(s.engineMeta))
             return d
         }
-        if let id = appendTo {
-            guard drafts.count == 1, let d = drafts.first else {
-                throw ServiceError.unprocessable("append_to takes one sequence; response holds \(drafts.count)")
-            }
-            var t = TurnDraft()
-            t.tokens = d.tokens; t.responseStart = d.promptLength; t.logprobs = d.logprobs
-            t.routes = d.routes ?? d.packed.map(App.incoming)
-            t.routesStart = d.routesStart; t.path = d.path
-            if rewards != nil { t.reward = d.reward; t.rewardGiven = true }
-            t.metadata = d.metadata
-            return try appendTurn(t, id: id, project: project)
-        }
-        let registered = try registeredLayout(project: project, model: template.model)
-        guard template.model != nil else { throw ServiceError.unprocessable("model is required: a registered model's id or name (it gives the route layout), or any name with num_experts, top_k and num_hidden_layers") }
+    }
+
+    /// Stores the drafts as new rollouts in one transaction, each under its layout (routes packed early
+    /// are packed again only if the final layout or length differs).
+    func storeEngineDrafts(_ drafts: [RolloutDraft], model: String?, project: Int) throws -> HTTPResponse {
+        let registered = try registeredLayout(project: project, model: model)
+        guard model != nil else { throw ServiceError.unprocessable("model is required: a registered model's id or name (it gives the route layout), or any name with num_experts, top_k and num_hidden_layers") }
         var rows: [NewRollout] = []
         for d in drafts {
             let l = try layout(d, registered: registered)
