@@ -89,38 +89,32 @@ extension App {
     /// holds one byte per expert id.
     func readEngineImport(_ engine: InferenceEngine, _ body: HTTPBodyStream, project: Int) throws -> EngineImportBody {
         let r = reader(body)
-        var template = RolloutDraft()
-        var samples: [EngineSample] = []
-        var prompts: PerSample<[Int32]>?
-        var rewards: PerSample<Double?>?
-        var groups: PerSample<String>?
-        var startLen = 0
-        var appendTo: String?
-        var sawResponse = false
+        var b = EngineImportBody()
         let promptsKey = engine.promptsKey, startKey = engine.startKey
         try readBody(r) { key in
             switch key {
-            case "model": template.model = try r.string(max: 200)
-            case "policy_version": template.policyVersion = try r.readNullIfPresent() ? nil : try r.int(0...Int(Int64.max / 2))
-            case promptsKey: prompts = try r.readNullIfPresent() ? nil : try r.tokenLists()
+            case "model": b.template.model = try r.string(max: 200)
+            case "policy_version": b.template.policyVersion = try r.readNullIfPresent() ? nil : try r.int(0...Int(Int64.max / 2))
+            case promptsKey: b.prompts = try r.readNullIfPresent() ? nil : try r.tokenLists()
             case "reward":
                 if try r.peek() == .array {
                     var l: [Double?] = []
                     try r.readArray { _ in l.append(try r.optionalDouble()) }
-                    rewards = .many(l)
-                } else { rewards = .one(try r.optionalDouble()) }
+                    b.rewards = .many(l)
+                } else { b.rewards = .one(try r.optionalDouble()) }
             case "group_id":
-                if try r.readNullIfPresent() { groups = nil } else if try r.peek() == .array {
+                if try r.readNullIfPresent() { b.groups = nil } else if try r.peek() == .array {
                     var l: [String] = []
                     try r.readArray { _ in l.append(try r.string(max: 200)) }
-                    groups = .many(l)
-                } else { groups = .one(try r.string(max: 200)) }
-            case "metadata": template.metadata = try r.readNullIfPresent() ? JSONObject() : try r.metadataObject()
-            case startKey: startLen = try r.int(0...4_000_000)
-            case "append_to" where engine == .sglang: appendTo = try r.string(max: 64)
+                    b.groups = .many(l)
+                } else { b.groups = .one(try r.string(max: 200)) }
+            case "metadata": b.template.metadata = try r.readNullIfPresent() ? JSONObject() : try r.metadataObject()
+            case startKey: b.startLen = try r.int(0...4_000_000)
+            case "append_to" where engine == .sglang: b.appendTo = try r.string(max: 64)
             case "response":
-                sawResponse = true
-                let registered = appendTo == nil ? try registeredLayout(project: project, model: template.model) : nil
+                b.sawResponse = true
+                let registered = b.appendTo == nil ? try registeredLayout(project: project, model: b.template.model) : nil
+                let (template, prompts, appendTo) = (b.template, b.prompts, b.appendTo)   // nothing else is read while the response is
                 let early: (inout EngineSample) throws -> Void = { s in
                     guard appendTo == nil, template.model != nil, s.promptRoutes == nil, let routes = s.routes, let out = s.outputIDs else { return }
                     var promptLength: Int? = s.promptIDs?.count ?? s.promptTokens
@@ -135,13 +129,13 @@ extension App {
                     s.routesEncoding = routes.encoding
                     s.routes = nil
                 }
-                samples = engine == .sglang ? try sglangResponse(r, early) : try vllmResponse(r)
+                let read = engine == .sglang ? try sglangResponse(r, early) : try vllmResponse(r)
+                b.samples = read
             default:
-                if try !readLayoutField(key, r, into: &template) { throw ServiceError.unprocessable("unknown field \(key)") }
+                if try !readLayoutField(key, r, into: &b.template) { throw ServiceError.unprocessable("unknown field \(key)") }
             }
         }
-        return EngineImportBody(template: template, samples: samples, prompts: prompts, rewards: rewards, groups: groups,
-                                startLen: startLen, appendTo: appendTo, sawResponse: sawResponse)
+        return b
     }
 
     /// What the body must hold: a response with 1 to R3_MAX_IMPORT_ROLLOUTS sequences, and rows from the
