@@ -42,7 +42,7 @@ enum URLGuard {
                 var sin6 = a.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee }
                 inet_ntop(AF_INET6, &sin6.sin6_addr, &buf, socklen_t(buf.count))
             }
-            let s = String(cString: buf)
+            let s = String(decoding: buf.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
             if !s.isEmpty && !out.contains(s) { out.append(s) }
             p = a.pointee.ai_next
         }
