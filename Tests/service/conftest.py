@@ -77,6 +77,15 @@ class Server:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
 
+def stop_with_cluster(s):
+    """Stops the server, then its embedded PostgreSQL cluster (if it is still up)."""
+    s.stop()
+    try:
+        s.pg_ctl("-m", "fast", "stop")
+    except subprocess.CalledProcessError:
+        pass
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("r3data")
@@ -85,11 +94,7 @@ def server(tmp_path_factory):
     s.keys = {"a": s.key("project-a"), "b": s.key("project-b")}
     s.start()
     yield s
-    s.stop()
-    try:
-        s.pg_ctl("-m", "fast", "stop")
-    except subprocess.CalledProcessError:
-        pass
+    stop_with_cluster(s)
 
 
 @pytest.fixture
@@ -116,11 +121,7 @@ def private_server(tmp_path):
         return s
     yield make
     for s in made:
-        s.stop()
-        try:
-            s.pg_ctl("-m", "fast", "stop")
-        except subprocess.CalledProcessError:
-            pass
+        stop_with_cluster(s)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,4 @@ def private_server_module(tmp_path_factory):
     s.keys = {"a": s.key("project-a")}
     s.start()
     yield s
-    s.stop()
-    try:
-        s.pg_ctl("-m", "fast", "stop")
-    except subprocess.CalledProcessError:
-        pass
+    stop_with_cluster(s)

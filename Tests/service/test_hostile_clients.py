@@ -54,14 +54,16 @@ def served(sess, url, rid, routes):
     assert np.array_equal(np.load(io.BytesIO(r.content)), routes)
 
 
-def warm_up(s, sess, rid, routes):
-    """As many fetches at once as handler threads, so that what every handler and pooled database
-    connection keeps (libpq's buffers, malloc's arenas) is counted before a measurement."""
+def baseline(s, sess, rid, routes):
+    """The server's pid, its RSS, the key's header line and the routes path, after as many fetches at once
+    as handler threads, so that what every handler and pooled database connection keeps (libpq's buffers,
+    malloc's arenas) is counted before a measurement."""
     warm = [threading.Thread(target=served, args=(sess, s.url, rid, routes)) for _ in range(8)]
     for t in warm:
         t.start()
     for t in warm:
         t.join()
+    return s.proc.pid, rss_mb(s.proc.pid), "Authorization: Bearer " + s.keys["a"], f"/v1/rollouts/{rid}/routes"
 
 
 def peak_rss(pid, seconds=2):
@@ -72,11 +74,7 @@ def test_pipelined_unread_and_a_slow_reader_pushing_bytes_grow_rss_under_64_mb(b
     """The issue's two cases: 12 pipelined int64 fetches (105 MB each) never read, on one connection; a JSON
     fetch read 1 KB at a time while its client pushes pipelined requests as fast as the server takes them."""
     s, sess, rid, routes = big
-    warm_up(s, sess, rid, routes)
-    pid = s.proc.pid
-    before = rss_mb(pid)
-    auth = "Authorization: Bearer " + s.keys["a"]
-    path = f"/v1/rollouts/{rid}/routes"
+    pid, before, auth, path = baseline(s, sess, rid, routes)
     hog = raw_request(s.port, "".join(f"GET {path}?format=raw&dtype=int64 HTTP/1.1\nHost: x\n{auth}\n\n" for _ in range(12)))
     slow = raw_request(s.port, f"GET {path}?format=json HTTP/1.1\nHost: x\n{auth}\n\n")
     stop = threading.Event()
@@ -120,11 +118,7 @@ def test_many_unread_and_slow_read_responses_each_hold_their_packed_routes_only(
     """8 connections x 4 pipelined unread int64 fetches and 4 slow JSON readers: each open response keeps
     its rollout's packed routes (one byte per id) and a 256 KiB piece, never its 105 MB body."""
     s, sess, rid, routes = big
-    warm_up(s, sess, rid, routes)
-    pid = s.proc.pid
-    before = rss_mb(pid)
-    auth = "Authorization: Bearer " + s.keys["a"]
-    path = f"/v1/rollouts/{rid}/routes"
+    pid, before, auth, path = baseline(s, sess, rid, routes)
     # 8 clients pipeline 4 int64 fetches (105 MB each) and read nothing
     hogs = [raw_request(s.port, "".join(f"GET {path}?format=raw&dtype=int64 HTTP/1.1\nHost: x\n{auth}\n\n" for _ in range(4)))
             for _ in range(8)]
