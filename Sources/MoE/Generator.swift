@@ -194,7 +194,10 @@ struct Sampler {
     }
 }
 
-@inline(__always) func seconds(since t: ContinuousClock.Instant) -> Double {
-    let d = ContinuousClock.now - t
-    return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+extension Duration {
+    /// The duration in seconds.
+    public var inSeconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }
+
+/// Seconds elapsed since `t`.
+public func seconds(since t: ContinuousClock.Instant) -> Double { (ContinuousClock.now - t).inSeconds }

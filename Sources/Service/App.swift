@@ -4,6 +4,7 @@ import Foundation
 import HTTP
 import Log
 import Logging
+import MoE
 import Routes
 import Store
 
@@ -230,13 +231,12 @@ public final class App: @unchecked Sendable {
             }
         }
         resp.headers.set("X-Request-Id", ctx.id)
-        let d = ContinuousClock.now - start
-        let seconds = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-        metrics.observe(route: ctx.route, method: req.method, status: resp.status, seconds: seconds)
+        let elapsed = seconds(since: start)
+        metrics.observe(route: ctx.route, method: req.method, status: resp.status, seconds: elapsed)
         if logger.logLevel <= .info {
             var m: Logger.Metadata = ["request_id": .string(ctx.id), "method": .string(req.method), "route": .string(ctx.route),
                                       "status": .stringConvertible(resp.status), "bytes_in": .stringConvertible(bytesIn()),
-                                      "duration_ms": .stringConvertible((seconds * 1e5).rounded() / 100)]
+                                      "duration_ms": .stringConvertible((elapsed * 1e5).rounded() / 100)]
             if resp.stream == nil { m["bytes_out"] = .stringConvertible(resp.headLength ?? resp.source?.length ?? resp.body.count) }
             if let p = ctx.project { m["project"] = .stringConvertible(p) }
             if let k = ctx.keyID { m["key_id"] = .stringConvertible(k) }

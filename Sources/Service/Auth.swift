@@ -3,6 +3,7 @@
 // each route needs (scopes), and each project's request rate (a token bucket per project and process).
 import Foundation
 import HTTP
+import MoE
 import Store
 
 final class AuthCache: @unchecked Sendable {
@@ -41,8 +42,7 @@ final class RateLimiter: @unchecked Sendable {
         let now = ContinuousClock.now
         lock.lock(); defer { lock.unlock() }
         var b = buckets[project] ?? (Double(burst), now)
-        let d = now - b.at
-        let elapsed = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        let elapsed = (now - b.at).inSeconds
         b.tokens = min(Double(burst), b.tokens + elapsed * rate)
         b.at = now
         if b.tokens >= 1 { b.tokens -= 1; buckets[project] = b; return nil }

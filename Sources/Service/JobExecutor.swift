@@ -77,10 +77,6 @@ struct JobExecutor {
         return o.compactMapValues { ($0 as? NSNumber)?.doubleValue }
     }
 
-    static func seconds(since t: ContinuousClock.Instant) -> Double {
-        let d = ContinuousClock.now - t
-        return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-    }
 
     // MARK: rollout
 
@@ -125,7 +121,7 @@ struct JobExecutor {
             try JobRepository.setProgress(conn, job: job.id, progress: ["samples": flat.count, "total": flat.count])
         }
         return ["rollout_ids": ids, "policy_version": version, "samples": ids.count, "generated_tokens": generated,
-                "seconds": JobExecutor.seconds(since: t0)]
+                "seconds": seconds(since: t0)]
     }
 
     // MARK: sft and train
@@ -195,8 +191,8 @@ struct JobExecutor {
                 try policy.save(directory: dir, meta: ["job_id": job.id, "step": done])
                 path = dir.path
             }
-            extra["checkpoint_seconds"] = JobExecutor.seconds(since: t2)
-            extra["step_seconds"] = JobExecutor.seconds(since: t0)
+            extra["checkpoint_seconds"] = seconds(since: t2)
+            extra["step_seconds"] = seconds(since: t0)
             if spec.type == .train { for k in App.metricColumns where metrics[k] == nil && extra[k] == nil { extra[k] = NSNull() } }
             let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
             let record = StepRecord(step: step, samples: samples, metricsText: text, metricsObject: object, alarms: alarms, action: action,
@@ -233,7 +229,7 @@ struct JobExecutor {
         if spec.type == .sft {
             let batch = try policy.supervisedBatch(task: task!, step: step, batch: spec.batchSize, seed: UInt64(spec.seed))
             let (loss, gn) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm)
-            extra["train_seconds"] = JobExecutor.seconds(since: t0)
+            extra["train_seconds"] = seconds(since: t0)
             var metrics = ["loss": loss, "grad_norm": gn]
             if (step + 1) % spec.evalEvery == 0 || step + 1 == spec.steps {
                 metrics["reward_mean"] = try policy.evaluate(task: task!, count: 32, seed: UInt64(spec.seed))
@@ -241,10 +237,10 @@ struct JobExecutor {
             return (metrics, [])
         }
         let samples = try task.map { try policy.rollout(task: $0, step: step, rc).samples } ?? stored!
-        extra["rollout_seconds"] = JobExecutor.seconds(since: t0)
+        extra["rollout_seconds"] = seconds(since: t0)
         let t1 = ContinuousClock.now
         let metrics = try policy.optimise(samples, opt)
-        extra["train_seconds"] = JobExecutor.seconds(since: t1)
+        extra["train_seconds"] = seconds(since: t1)
         return (metrics, samples)
     }
 

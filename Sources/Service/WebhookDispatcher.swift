@@ -5,6 +5,7 @@
 import Foundation
 import Log
 import Logging
+import MoE
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -42,8 +43,7 @@ final class WebhookSender: NSObject, URLSessionTaskDelegate, @unchecked Sendable
         let box = Box(), done = DispatchSemaphore(value: 0)
         let start = ContinuousClock.now
         let task = session.dataTask(with: req) { _, response, error in
-            let d = ContinuousClock.now - start
-            box.result.milliseconds = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) * 1e-15
+            box.result.milliseconds = seconds(since: start) * 1000
             if let http = response as? HTTPURLResponse {
                 box.result.status = http.statusCode
                 box.result.error = (200..<300).contains(http.statusCode) ? nil : "HTTP \(http.statusCode)"

@@ -81,8 +81,4 @@ struct RLBenchCommand: ParsableCommand {
         }
     }
 
-    func seconds(since t: ContinuousClock.Instant) -> Double {
-        let d = ContinuousClock.now - t
-        return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
-    }
 }
