@@ -44,7 +44,7 @@ let package = Package(
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE", "Routes", "JSON"], swiftSettings: cpu),
-        .testTarget(name: "ServiceTests", dependencies: ["Service", "Routes", "JSON", "HTTP", "CPosix", "Log",
+        .testTarget(name: "ServiceTests", dependencies: ["Service", "RL", "MoE", "Store", "Routes", "JSON", "HTTP", "CPosix", "Log",
                                                      .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
     ]
 )

@@ -70,7 +70,6 @@ public final class Policy {
         var old: [Float] = []
         var r2: [RouteArray] = []
         var gradNorms: [Double] = [], clipFracs: [Double] = [], agreements: [Double] = [], losses: [Double] = []
-        var fallbackTokens = 0
         for step in 0..<c.miniSteps {
             let routing: Routing
             switch c.replay {
@@ -81,11 +80,13 @@ public final class Policy {
             let f = try train.forward(seqs, routing: routing, options: ForwardOptions(temperature: c.temperature, training: true, entropy: step == 0))
             if step == 0 {
                 old = f.logprobs
-                m = Policy.mismatchMetrics(f, inferLP: inferLP, recorded: recorded, recordedRows: recordedRows, segments: segments, topK: K)
-                if c.replay == .R2 { r2 = try (0..<samples.count).map { try f.routes.rows(f.rows(ofSequence: $0)) } }
-                if c.replay == .R3 {
-                    for tb in tables { for t in 0..<tb.rows where (0..<L).contains(where: { tb.ids[(t * L + $0) * K] < 0 }) { fallbackTokens += 1 } }
+                let replayed = samples.indices.map { i in
+                    Mismatch.ReplayedSequence(replayed: c.replay == .R3, rows: tables[i].rows, responseRows: segments[i].lowerBound - offsets[i]..<segments[i].upperBound - offsets[i],
+                                              missingRows: c.replay == .R3 ? tables[i].missingRowIndices : [])
                 }
+                m = Policy.mismatchMetrics(f, inferLP: inferLP, recorded: recorded, recordedRows: recordedRows, segments: segments, topK: K,
+                                           tisCap: c.loss.tisCap, replay: Mismatch.replayShare(replayed))
+                if c.replay == .R2 { r2 = try (0..<samples.count).map { try f.routes.rows(f.rows(ofSequence: $0)) } }
             }
             if case .replay = routing {
                 let a = Mismatch.routers(f.liveRoutes, f.routes, rows: c.replay == .R3 ? recordedRows : segments.indices.map { offsets[$0]..<(offsets[$0] + seqs[$0].count) })
@@ -104,10 +105,24 @@ public final class Policy {
         m["clip_frac"] = mean(clipFracs)
         m["loss"] = mean(losses)
         if !agreements.isEmpty { m["replay_live_agreement"] = mean(agreements) }
-        m["replay_fallback_tokens"] = Double(fallbackTokens)
         m["reward_mean"] = samples.reduce(0) { $0 + $1.reward } / Double(samples.count)
         m["response_len_mean"] = Double(samples.reduce(0) { $0 + $1.responseLength }) / Double(samples.count)
         return m
+    }
+
+    /// What the training engine sees of `samples` before an update (mini-step 0's forward, as `optimise`
+    /// runs it): per sample, the log-probs of its response tokens and the live router's routes. What an
+    /// external trainer reports to a run.
+    public func trainingView(_ samples: [Sample], replay: ReplayMode, temperature: Float = 1) throws -> [(logprobs: [Float], routes: RouteArray)] {
+        try check(samples)
+        let (segments, offsets) = Policy.responseRows(samples)
+        let T = samples.reduce(0) { $0 + $1.tokens.count }
+        let tables = try packInference(samples, offsets: offsets, tokens: T).tables
+        let f = try train.forward(samples.map(\.tokens), routing: replay == .R3 ? .replay(tables) : .live,
+                                  options: ForwardOptions(temperature: temperature, training: true, entropy: true))
+        return try samples.indices.map { i in
+            (Array(f.logprobs[segments[i]]), try f.liveRoutes.rows(f.rows(ofSequence: i)))
+        }
     }
 
     /// Every sample has a response, log-probs of its length and routes that fit the model.
@@ -154,18 +169,10 @@ public final class Policy {
     /// disagreement, entropy and gate spread. Metrics that do not apply (no inference log-probs or routes)
     /// are left out, never NaN: a NaN in the metrics is a real one, which the collapse detector acts on.
     static func mismatchMetrics(_ f: ForwardResult, inferLP: [Float], recorded: RouteArray, recordedRows: [Range<Int>],
-                                segments: [Range<Int>], topK K: Int) -> [String: Double] {
-        var m: [String: Double] = [:]
-        let old = f.logprobs
-        let lp = Mismatch.logprobs(train: old, infer: inferLP, rows: segments)
+                                segments: [Range<Int>], topK K: Int, tisCap: Double, replay: (replayedTokenFrac: Double, fallbackTokens: Int)) -> [String: Double] {
+        let lp = Mismatch.logprobs(train: f.logprobs, infer: inferLP, rows: segments, tisCap: tisCap)
         let rt = Mismatch.routers(f.liveRoutes, recorded, rows: recordedRows)
-        if lp.tokens > 0 {
-            m["k3_kl"] = lp.k3KL; m["extreme_frac_tau2"] = lp.extremeFracTau2; m["extreme_frac_tau5"] = lp.extremeFracTau5
-        }
-        if rt.pairs > 0 {
-            m["router_disagreement"] = rt.routerDisagreement; m["token_disagreement"] = rt.tokenDisagreement
-            m["routers_differing_per_token"] = rt.routersDifferingPerToken
-        }
+        var m = Mismatch.metrics(lp, routers: rt, replay: replay)
         var ent = 0.0, n = 0
         for r in segments { for t in r { ent += Double(f.entropy[t]); n += 1 } }   // a NaN stays visible
         m["entropy"] = ent / Double(max(1, n))

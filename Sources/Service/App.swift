@@ -15,6 +15,7 @@ public final class App: @unchecked Sendable {
     let rollouts: RolloutRepository
     let models: ModelRepository
     let jobs: JobRepository
+    let runs: RunRepository
     let metrics = Metrics()
     let authCache: AuthCache
     let rateLimiter = RateLimiter()
@@ -35,7 +36,7 @@ public final class App: @unchecked Sendable {
         /// Buffered up to this many bytes, of one of these media types, then the handler runs.
         case buffered(Int, [String])
         /// The handler runs at once and reads the body as it streams in (JSON ingest of any size).
-        case streamed([String])
+        case streamed([String], max: Int)
     }
     /// Immutable after init; its closures only call into the App.
     struct Route: @unchecked Sendable {
@@ -53,17 +54,20 @@ public final class App: @unchecked Sendable {
         rollouts = RolloutRepository(pool: pool)
         models = ModelRepository(pool: pool)
         jobs = JobRepository(pool: pool)
+        runs = RunRepository(pool: pool)
         authCache = AuthCache(ttl: config.authCacheSeconds)
         uploadGate = UploadGate(limit: config.maxUploadsPerProject)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
         let json = ["application/json"]
         let small = 1 << 20
         let read: [Scope] = [.routesRead], write: [Scope] = [.routesWrite], jobsScope: [Scope] = [.jobs], admin: [Scope] = [.admin]
+        // a trainer reporting steps holds a routes key (it stores the rollouts) or a jobs key
+        let runScope: [Scope] = [.jobs, .routesWrite]
         func r(_ m: String, _ p: String, auth: Bool = true, _ scopes: [Scope] = [], body: BodyMode = .none, _ h: @escaping Handler) -> Route {
             Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, body: body, scopes: scopes, handler: h, stream: nil)
         }
-        func s(_ m: String, _ p: String, _ scopes: [Scope], _ h: @escaping StreamHandler) -> Route {
-            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json), scopes: scopes, handler: nil, stream: h)
+        func s(_ m: String, _ p: String, _ scopes: [Scope], max: Int = config.maxImportBytes, _ h: @escaping StreamHandler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json, max: max), scopes: scopes, handler: nil, stream: h)
         }
         routes = [
             r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
@@ -71,6 +75,7 @@ public final class App: @unchecked Sendable {
             r("GET", "/metrics", auth: false) { app, _, _, _ in try app.renderMetrics() },
             r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
             r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
+            r("GET", "/runs/{id}", auth: false) { app, req, v, _ in try app.runPage(req, id: v["id"]!) },
             s("POST", "/v1/rollouts", write) { app, req, body, _, p in try app.createRollout(req, body, project: p) },
             s("POST", "/v1/rollouts:sglang", write) { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
             s("POST", "/v1/rollouts:vllm", write) { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
@@ -83,6 +88,7 @@ public final class App: @unchecked Sendable {
                 try app.putRoutes(req, id: v["id"]!, project: p)
             },
             r("POST", "/v1/routes:batchGet", read, body: .buffered(small, json)) { app, req, _, p in try app.batchGet(req, project: p) },
+            r("POST", "/v1/routes:stats", read, body: .buffered(small, json)) { app, req, _, p in try app.routeStats(req, project: p) },
             r("POST", "/v1/models", write + jobsScope, body: .buffered(small, json)) { app, req, _, p in try app.createModel(req, project: p) },
             r("GET", "/v1/models", read + jobsScope) { app, _, _, p in try app.listModels(project: p) },
             r("GET", "/v1/models/{id}", read + jobsScope) { app, _, v, p in try app.getModel(v["id"]!, project: p) },
@@ -94,6 +100,16 @@ public final class App: @unchecked Sendable {
             r("GET", "/v1/jobs/{id}/events", jobsScope) { app, req, v, p in try app.jobEvents(req, id: v["id"]!, project: p) },
             r("GET", "/v1/jobs/{id}/metrics", jobsScope) { app, req, v, p in try app.jobMetrics(req, id: v["id"]!, project: p) },
             r("POST", "/v1/jobs/{id}/resume", jobsScope) { app, _, v, p in try app.resumeJob(v["id"]!, project: p) },
+            r("POST", "/v1/runs", runScope, body: .buffered(small, json)) { app, req, _, p in try app.createRun(req, project: p) },
+            r("GET", "/v1/runs", runScope) { app, req, _, p in try app.listRuns(req, project: p) },
+            r("GET", "/v1/runs/{id}", runScope) { app, _, v, p in try app.getRun(v["id"]!, project: p) },
+            s("POST", "/v1/runs/{id}/steps", runScope, max: config.maxBodyBytes) { app, req, body, v, p in try app.reportStep(req, body, id: v["id"]!, project: p) },
+            r("GET", "/v1/runs/{id}/steps/{step}", runScope) { app, _, v, p in try app.runStep(v["id"]!, step: v["step"]!, project: p) },
+            r("GET", "/v1/runs/{id}/metrics", runScope) { app, req, v, p in try app.runMetrics(req, id: v["id"]!, project: p) },
+            r("GET", "/v1/runs/{id}/events", runScope) { app, req, v, p in try app.runEvents(req, id: v["id"]!, project: p) },
+            r("POST", "/v1/runs/{id}/pause", runScope) { app, _, v, p in try app.transitionRun(v["id"]!, project: p, to: .paused) },
+            r("POST", "/v1/runs/{id}/resume", runScope) { app, _, v, p in try app.transitionRun(v["id"]!, project: p, to: .active) },
+            r("POST", "/v1/runs/{id}/finish", runScope) { app, _, v, p in try app.transitionRun(v["id"]!, project: p, to: .finished) },
             r("POST", "/v1/webhooks", jobsScope, body: .buffered(small, json)) { app, req, _, p in try app.createWebhook(req, project: p) },
             r("GET", "/v1/webhooks", jobsScope) { app, req, _, p in try app.listWebhooks(req, project: p) },
             r("GET", "/v1/webhooks/{id}", jobsScope) { app, _, v, p in try app.getWebhook(v["id"]!, project: p) },
@@ -138,10 +154,10 @@ public final class App: @unchecked Sendable {
                     var r = req; r.body = body
                     return self.finish(ctx, req, start, bytesIn: { body.count }) { try self.run(route, r, vars, project) }
                 }
-            case let .streamed(types):
+            case let .streamed(types, max):
                 _ = try requireContentType(req, types)
-                if let n = req.declaredLength, n > config.maxImportBytes {
-                    throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(config.maxImportBytes) bytes (R3_MAX_IMPORT_BYTES)")
+                if let n = req.declaredLength, n > max {
+                    throw ServiceError(413, "the body of \(n) bytes exceeds the limit of \(max) bytes (\(max == config.maxImportBytes ? "R3_MAX_IMPORT_BYTES" : "R3_MAX_BODY_BYTES"))")
                 }
                 return .stream { body in
                     self.finish(ctx, req, start, bytesIn: { body.bytesRead }) {
@@ -283,11 +299,34 @@ public final class App: @unchecked Sendable {
             extra.append(("r3_routes_stored_bytes", "Bytes of packed routes stored.", Double(stored.bytes)))
             extra.append(("r3_routes_stored_count", "Rollouts with stored routes.", Double(stored.count)))
         }
-        return .text(200, metrics.render(extra: extra), contentType: "text/plain; version=0.0.4")
+        return .text(200, metrics.render(extra: extra) + runGauges(), contentType: "text/plain; version=0.0.4")
+    }
+
+    /// Gauges of the latest step of every active or paused run: its step and each numeric metric.
+    func runGauges() -> String {
+        guard let latest = try? runs.latestOfActive() else { return "" }
+        func label(_ s: String) -> String { s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n") }
+        var steps = "# HELP r3_run_step The latest reported step of each active or paused run.\n# TYPE r3_run_step gauge\n"
+        var values = "# HELP r3_run_metric The latest step's metrics of each active or paused run.\n# TYPE r3_run_metric gauge\n"
+        for r in latest {
+            let l = "run_id=\"\(r.run)\",run=\"\(label(r.name))\",project=\"\(r.project)\""
+            steps += "r3_run_step{\(l)} \(r.step)\n"
+            for (k, v) in JobExecutor.numbers(r.json).sorted(by: { $0.key < $1.key }) where k != "step" {
+                values += "r3_run_metric{\(l),metric=\"\(label(k))\"} \(v)\n"
+            }
+        }
+        return steps + values
     }
 }
 
 extension HTTPResponse {
+    /// A body that is JSON text already (a stored reply).
+    static func rawJSON(_ status: Int, _ text: String, headers: [(String, String)] = []) -> HTTPResponse {
+        var h = HTTPHeaders([("Content-Type", "application/json")])
+        for (n, v) in headers { h.set(n, v) }
+        return HTTPResponse(status: status, headers: h, body: Data(text.utf8))
+    }
+
     static func json(_ status: Int, _ obj: Any, headers: [(String, String)] = []) -> HTTPResponse {
         let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         var h = HTTPHeaders([("Content-Type", "application/json")])

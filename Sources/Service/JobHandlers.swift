@@ -4,6 +4,7 @@ import Foundation
 import JSON
 import HTTP
 import MoE
+import RL
 import Store
 
 extension App {
@@ -105,26 +106,33 @@ extension App {
         }
     }
 
-    static let metricColumns = ["step", "policy_version", "reward_mean", "response_len_mean", "k3_kl", "extreme_frac_tau2", "extreme_frac_tau5",
-                                "router_disagreement", "token_disagreement", "routers_differing_per_token", "replay_live_agreement",
-                                "replay_fallback_tokens", "router_gate_entropy", "grad_norm", "entropy", "clip_frac", "loss", "rollout_seconds", "train_seconds",
-                                "checkpoint_seconds", "step_seconds"]
+    /// A train job's metric columns: the mismatch metrics (RL's Mismatch, shared with runs) after reward and length.
+    static let metricColumns = ["step", "policy_version", "reward_mean", "response_len_mean"] + Mismatch.metricNames
+        + ["replay_live_agreement", "router_gate_entropy", "grad_norm", "entropy", "clip_frac", "loss", "rollout_seconds", "train_seconds",
+           "checkpoint_seconds", "step_seconds"]
 
     func jobMetrics(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
         guard try jobs.get(project: project, id: id) != nil else { throw ServiceError.notFound("job \(id)") }
         let rows = try jobs.metrics(job: id).map { parseJSON($0.json) as? [String: Any] ?? [:] }
+        return try metricsResponse(req, rows: rows, columns: App.metricColumns)
+    }
+
+    /// Per-step metrics as JSON ({"data": rows}) or CSV (known columns first, then the rest by name; only numbers and strings).
+    func metricsResponse(_ req: HTTPRequest, rows: [[String: Any]], columns: [String]) throws -> HTTPResponse {
         let accept = (req.headers["Accept"] ?? "").lowercased()
         let wantsCSV = req.query["format"] == "csv" || (req.query["format"] == nil && accept.contains("text/csv"))
         if let f = req.query["format"], f != "csv" && f != "json" { throw ServiceError.badRequest("format must be json or csv") }
         guard wantsCSV else { return .json(200, ["data": rows]) }
-        var cols = App.metricColumns.filter { c in rows.contains { $0[c] != nil } }
-        cols += Set(rows.flatMap(\.keys)).subtracting(cols).sorted()
-        var csv = cols.joined(separator: ",") + "\n"
+        func scalar(_ v: Any?) -> Bool { v is NSNumber || v is String }
+        var cols = columns.filter { c in rows.contains { scalar($0[c]) } }
+        cols += Set(rows.flatMap { r in r.keys.filter { scalar(r[$0]) } }).subtracting(cols).sorted()
+        func cell(_ s: String) -> String { s.contains(",") || s.contains("\"") || s.contains("\n") ? "\"" + s.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : s }
+        var csv = cols.map(cell).joined(separator: ",") + "\n"
         for r in rows {
             csv += cols.map { c -> String in
                 switch r[c] {
                 case let n as NSNumber: return Int(exactly: n.doubleValue).map(String.init) ?? "\(n.doubleValue)"
-                case let s as String: return s.contains(",") ? "\"\(s)\"" : s
+                case let s as String: return cell(s)
                 default: return ""
                 }
             }.joined(separator: ",") + "\n"
@@ -136,6 +144,19 @@ extension App {
     /// ends; a comment line every 15 s keeps proxies from closing an idle stream.
     func jobEvents(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
         guard try jobs.get(project: project, id: id) != nil else { throw ServiceError.notFound("job \(id)") }
+        let jobs = self.jobs
+        return try eventStream(req, key: "job_id", id: id, fetch: { try jobs.events(job: id, after: $0, limit: $1) }, ended: { e in
+            e.type.hasPrefix("job.") && (JobState(rawValue: String(e.type.dropFirst(4)))?.isTerminal ?? false)
+        }, isOver: { (try? jobs.get(project: project, id: id))??.state.isTerminal ?? false })
+    }
+
+    /// An SSE stream of a job's or run's events: `fetch(after, limit)` reads them, `ended` marks the last
+    /// one, `isOver` says the stream is complete once no event is left.
+    /// `?follow=false` sends the events so far and ends.
+    func eventStream(_ req: HTTPRequest, key: String, id: String, fetch: @escaping @Sendable (Int, Int) throws -> [JobEvent],
+                     ended: @escaping @Sendable (JobEvent) -> Bool, isOver: @escaping @Sendable () -> Bool) throws -> HTTPResponse {
+        guard ["true", "false", nil].contains(req.query["follow"]) else { throw ServiceError.badRequest("follow must be true or false") }
+        let follow = req.query["follow"] != "false"
         func eventID(_ v: String?, _ name: String) throws -> Int? {
             guard let v else { return nil }
             guard (1...18).contains(v.count), v.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(v) else {
@@ -145,25 +166,24 @@ extension App {
         }
         let header = try eventID(req.headers["Last-Event-ID"], "Last-Event-ID"), query = try eventID(req.query["after"], "after")
         let after = header ?? query ?? 0
-        let jobs = self.jobs
         let headers = HTTPHeaders([("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
         return HTTPResponse(status: 200, headers: headers, stream: { w in
             var last = after
             var quiet = ContinuousClock.now
             _ = w.write("retry: 2000\n\n")
             while w.isOpen {
-                guard let events = try? jobs.events(job: id, after: last) else { Thread.sleep(forTimeInterval: 1); continue }
+                guard let events = try? fetch(last, 500) else { Thread.sleep(forTimeInterval: 1); continue }
                 for e in events {
-                    let data = "{\"id\":\(e.id),\"type\":\"\(e.type)\",\"job_id\":\"\(id)\",\"created_at\":\"\(e.createdAt)\",\"data\":\(e.dataJSON)}"
+                    let data = "{\"id\":\(e.id),\"type\":\"\(e.type)\",\"\(key)\":\"\(id)\",\"created_at\":\"\(e.createdAt)\",\"data\":\(e.dataJSON)}"
                     guard w.write("id: \(e.id)\nevent: \(e.type)\ndata: \(data)\n\n") else { return }
                     last = e.id
                     quiet = .now
-                    if let st = JobState(rawValue: String(e.type.dropFirst(4))), e.type.hasPrefix("job."), st.isTerminal { return }
+                    if ended(e) { return }
                 }
                 if events.isEmpty {
-                    // the job ended and its last event was already sent (or skipped by Last-Event-ID): the stream ends too
-                    if let j = try? jobs.get(project: project, id: id), j.state.isTerminal,
-                       (try? jobs.events(job: id, after: last, limit: 1))?.isEmpty ?? false { return }
+                    if !follow { return }
+                    // it ended and its last event was already sent (or skipped by Last-Event-ID): the stream ends too
+                    if isOver(), (try? fetch(last, 1))?.isEmpty ?? false { return }
                     if ContinuousClock.now - quiet > .seconds(15) { guard w.write(": keep-alive\n\n") else { return }; quiet = .now }
                     Thread.sleep(forTimeInterval: 0.25)
                 }

@@ -1,9 +1,10 @@
-// JobPages: the browser view of jobs. `GET /jobs/{id}` shows a job's state, progress, server-rendered
-// SVG charts of its metrics and its collapse alarms, refreshing itself while the job runs; `GET /jobs`
-// lists a project's jobs. No scripts, no external assets. A browser cannot send a bearer key, so pages
+// JobPages: the browser view of jobs and runs. `GET /jobs/{id}` and `GET /runs/{id}` show a job's or run's
+// state, parameters, collapse alarms and server-rendered SVG charts of its metrics (StatusPage),
+// refreshing themselves while it runs; `GET /jobs` lists a project's jobs. No scripts, no external assets. A browser cannot send a bearer key, so pages
 // take a signed, expiring, read-only link token (minted into the API's `links.page` / `page_url`).
 import Foundation
 import HTTP
+import JSON
 import Store
 
 extension App {
@@ -48,11 +49,8 @@ extension App {
     }
 
     func pageURL(job: String) -> String? { pageToken(scope: "job:\(job)").map { "/jobs/\(job)?token=\($0)" } }
+    func pageURL(run: String) -> String? { pageToken(scope: "run:\(run)").map { "/runs/\(run)?token=\($0)" } }
     func pageURL(project: Int) -> String? { pageToken(scope: "project:\(project)").map { "/jobs?token=\($0)&project=\(project)" } }
-
-    static let chartMetrics: [(key: String, title: String, log: Bool)] = [
-        ("reward_mean", "reward", false), ("k3_kl", "k3 KL (train vs inference)", true), ("extreme_frac_tau2", "F(2): tokens with ratio outside [1/2, 2]", false),
-        ("router_disagreement", "router disagreement", false), ("grad_norm", "grad norm", true), ("entropy", "entropy", false), ("loss", "loss", false)]
 
     func html(_ title: String, _ body: String, refresh: Bool) -> HTTPResponse {
         let page = """
@@ -76,31 +74,33 @@ extension App {
         let progress = parseJSON(j.progressJSON) as? [String: Any] ?? [:]
         let done = (progress["step"] as? Int) ?? (progress["samples"] as? Int) ?? 0
         let total = (progress["steps"] as? Int) ?? (progress["total"] as? Int) ?? 0
-        let pct = total > 0 ? 100 * done / total : 0
-        var body = "<h1>Job \(SVGChart.esc(j.id))</h1>"
-        body += "<p><b>\(SVGChart.esc(j.type))</b> on model <code>\(SVGChart.esc(j.modelID))</code> — state <b id=\"state\">\(j.state.rawValue)</b>"
-        body += ", attempt \(j.attempts) of \(j.maxAttempts)</p>"
-        body += "<div><div class=\"bar\"><div style=\"width:\(pct)%\"></div></div> \(done) / \(total)</div>"
-        if let e = j.error { body += "<p class=\"alarm\">error: \(SVGChart.esc(e))</p>" }
-        let alarms = try jobs.events(job: id, after: 0, limit: 5000).filter { $0.type == "training.collapse_detected" }
-        body += "<h2>Collapse alarms</h2>"
-        if alarms.isEmpty { body += "<p>none</p>" } else {
-            body += "<table><tr><th>step</th><th>rule</th><th>value</th><th>threshold</th><th>action</th></tr>"
-            for a in alarms {
-                let d = parseJSON(a.dataJSON) as? [String: Any] ?? [:]
-                body += "<tr class=\"alarm\"><td>\(d["step"] ?? "")</td><td>\(SVGChart.esc("\(d["rule"] ?? "")"))</td><td>\(d["value"].map { "\($0)" } ?? "")</td>"
-                body += "<td>\(d["threshold"].map { "\($0)" } ?? "")</td><td>\(SVGChart.esc("\(d["action"] ?? "")"))</td></tr>"
-            }
-            body += "</table>"
+        var facts: [(String, String)] = [("created", j.createdAt), ("started", j.startedAt ?? "—"), ("finished", j.finishedAt ?? "—")]
+        facts += App.facts(j.paramsJSON, skip: ["model"])
+        let page = StatusPage(
+            heading: "Job \(j.id)",
+            summary: "<b>\(SVGChart.esc(j.type))</b> on model <code>\(SVGChart.esc(j.modelID))</code> — state <b id=\"state\">\(j.state.rawValue)</b>, attempt \(j.attempts) of \(j.maxAttempts)",
+            facts: facts, progress: (done, total), error: j.error,
+            alarms: pageAlarms(try jobs.events(job: id, after: 0, limit: 5000).filter { $0.type == "training.collapse_detected" }), rows: rows)
+        return html("R3 job \(j.id)", page.render(), refresh: j.state == .queued || j.state == .running)
+    }
+
+    func runPage(_ req: HTTPRequest, id: String) throws -> HTTPResponse {
+        try checkPageToken(req.query["token"], scope: "run:\(id)")
+        guard let r = try runs.getAny(id: id) else { throw ServiceError.notFound("run \(id)") }
+        let rows = try runs.metrics(run: id).map { (step: $0.step, m: JobExecutor.numbers($0.json)) }
+        var facts: [(String, String)] = [("created", r.createdAt), ("updated", r.updatedAt), ("finished", r.finishedAt ?? "—"),
+                                         ("last step", r.lastStep.map(String.init) ?? "—")]
+        if let o = (try? JSONReader.parse(Array(r.paramsJSON.utf8)))?.objectValue {
+            facts += App.facts(o["params"]?.objectValue ?? JSONObject())   // the trainer's own settings first
+            facts += App.facts(o, skip: ["params", "model"])
         }
-        body += "<h2>Metrics</h2><div class=\"charts\">"
-        for (key, title, log) in App.chartMetrics where rows.contains(where: { $0.m[key] != nil }) {
-            let s = SVGChart.Series(name: key, color: SVGChart.palette[0], points: rows.map { (Double($0.step), $0.m[key]) })
-            body += SVGChart(title: title, series: [s], logY: log).render()
-        }
-        if rows.isEmpty { body += "<p>no steps yet</p>" }
-        body += "</div>"
-        return html("R3 job \(j.id)", body, refresh: j.state == .queued || j.state == .running)
+        let model = r.modelID.map { " on model <code>\(SVGChart.esc($0))</code>" } ?? ""
+        let page = StatusPage(
+            heading: "Run \(r.name)",
+            summary: "external training run <code>\(SVGChart.esc(r.id))</code>\(model) — state <b id=\"state\">\(r.state.rawValue)</b>",
+            facts: facts, progress: nil, error: nil,
+            alarms: pageAlarms(try runs.events(run: id, after: 0, limit: 5000).filter { $0.type == "run.collapse_detected" }), rows: rows)
+        return html("R3 run \(r.name)", page.render(), refresh: r.state == .active)
     }
 
     func jobsPage(_ req: HTTPRequest) throws -> HTTPResponse {

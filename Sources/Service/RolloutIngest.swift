@@ -14,12 +14,13 @@ extension HTTPBodyStream: JSONSource {}
 final class LimitedSource: JSONSource {
     let inner: JSONSource
     let limit: Int
+    let name: String
     var total = 0
-    init(_ inner: JSONSource, limit: Int) { self.inner = inner; self.limit = limit }
+    init(_ inner: JSONSource, limit: Int, name: String = "R3_MAX_IMPORT_BYTES") { self.inner = inner; self.limit = limit; self.name = name }
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let n = try inner.read(into: buffer)
         total += n
-        if total > limit { throw ServiceError(413, "the body exceeds the limit of \(limit) bytes (R3_MAX_IMPORT_BYTES)") }
+        if total > limit { throw ServiceError(413, "the body exceeds the limit of \(limit) bytes (\(name))") }
         return n
     }
 }

@@ -13,12 +13,55 @@ public struct SVGChart: Sendable {
 
     public static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
+    /// A vertical mark at a step (a collapse alarm), labelled.
+    public struct Marker: Sendable {
+        public var x: Double
+        public var label: String
+        public init(x: Double, label: String) { self.x = x; self.label = label }
+    }
+
     public var title: String
     public var series: [Series]
     public var width = 560
     public var height = 300
     public var logY = false
-    public init(title: String, series: [Series], logY: Bool = false) { self.title = title; self.series = series; self.logY = logY }
+    public var markers: [Marker] = []
+    public init(title: String, series: [Series], logY: Bool = false, markers: [Marker] = []) {
+        self.title = title; self.series = series; self.logY = logY; self.markers = markers
+    }
+
+    /// `v` to `digits` significant digits (the page's numbers: no float noise).
+    public static func sig(_ v: Double, _ digits: Int = 4) -> String {
+        guard v.isFinite else { return v.isNaN ? "NaN" : v > 0 ? "Infinity" : "-Infinity" }
+        if v == 0 { return "0" }
+        let a = abs(v)
+        func trim(_ m: String) -> String {
+            guard m.contains(".") else { return m }
+            var t = m
+            while t.hasSuffix("0") { t.removeLast() }
+            if t.hasSuffix(".") { t.removeLast() }
+            return t
+        }
+        if a >= 1e6 || a < 1e-3 {
+            let parts = String(format: "%.\(max(0, digits - 1))e", v).split(separator: "e")
+            return trim(String(parts[0])) + "e" + parts[1]
+        }
+        return trim(String(format: "%.\(digits)g", v))
+    }
+
+    /// Integer steps between x0 and x1 for the axis: every step when few, else multiples of 1, 2 or 5 × 10^n (at most ~6).
+    static func stepTicks(_ x0: Double, _ x1: Double) -> [Int] {
+        let lo = Int(x0.rounded(.up)), hi = Int(x1.rounded(.down))
+        guard hi >= lo else { return [] }
+        let span = hi - lo
+        var every = 1
+        if span > 6 {
+            let raw = Double(span) / 6
+            let mag = pow(10, floor(log10(raw)))
+            every = Int(([1.0, 2, 5, 10].first { $0 * mag >= raw } ?? 10) * mag)
+        }
+        return Array(stride(from: (lo + every - 1) / every * every, through: hi, by: every))
+    }
 
     static func esc(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
@@ -50,7 +93,13 @@ public struct SVGChart: Sendable {
         guard let x0 = xs.min(), let x1 = xs.max(), var y0 = ys.min(), var y1 = ys.max() else {
             return out + "<text x=\"\(left + pw / 2)\" y=\"\(top + ph / 2)\" text-anchor=\"middle\" fill=\"#666\">no data yet</text></svg>"
         }
-        if y1 - y0 < 1e-12 { let pad = max(abs(y0) * 0.1, logY ? 0.5 : 1e-6); y0 -= pad; y1 += pad }
+        if y1 - y0 < 1e-12 {   // a constant series: a band around it that does not cross zero when the values do not
+            if logY { y0 -= 0.5; y1 += 0.5 } else if y0 == 0 { y1 = 1 } else {
+                let pad = abs(y0) * 0.1
+                y0 = y0 > 0 ? max(0, y0 - pad) : y0 - pad
+                y1 = y1 < 0 ? min(0, y1 + pad) : y1 + pad
+            }
+        }
         let xspan = max(x1 - x0, 1)
         func px(_ x: Double) -> Double { left + (x - x0) / xspan * pw }
         func py(_ y: Double) -> Double { top + ph - (y - y0) / (y1 - y0) * ph }
@@ -61,9 +110,15 @@ public struct SVGChart: Sendable {
             let step = logY ? value * (pow(10, (y1 - y0) / 4) - 1) : (y1 - y0) / 4
             out += "<text x=\"\(left - 4)\" y=\"\(y + 4)\" text-anchor=\"end\" fill=\"#444\">\(SVGChart.label(value, step: step))</text>"
         }
-        for i in 0...4 {
-            let v = x0 + xspan * Double(i) / 4
-            out += "<text x=\"\(px(v))\" y=\"\(top + ph + 14)\" text-anchor=\"middle\" fill=\"#444\">\(Int(v.rounded()))</text>"
+        for t in SVGChart.stepTicks(x0, x0 + xspan) {   // ticks at real steps
+            let x = px(Double(t))
+            out += "<line x1=\"\(x)\" x2=\"\(x)\" y1=\"\(top + ph)\" y2=\"\(top + ph + 4)\" stroke=\"#444\"/>"
+            out += "<text x=\"\(x)\" y=\"\(top + ph + 14)\" text-anchor=\"middle\" fill=\"#444\">\(t)</text>"
+        }
+        for m in markers where m.x >= x0 && m.x <= x0 + xspan {   // alarms
+            let x = px(m.x)
+            out += "<g class=\"alarm-marker\"><line x1=\"\(x)\" x2=\"\(x)\" y1=\"\(top)\" y2=\"\(top + ph)\" stroke=\"#d00\" stroke-width=\"1.5\" stroke-dasharray=\"4,3\"/>"
+            out += "<text x=\"\(x + 3)\" y=\"\(top + 11)\" fill=\"#d00\">\(SVGChart.esc(m.label))</text></g>"
         }
         out += "<text x=\"\(left + pw / 2)\" y=\"\(top + ph + 28)\" text-anchor=\"middle\" fill=\"#444\">step</text>"
         for s in series {

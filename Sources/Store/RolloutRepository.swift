@@ -96,13 +96,15 @@ public struct RolloutRepository: Sendable {
     static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
         let allMoE = p.moeLayers == Array(0..<p.layers) && p.hiddenLayers == p.layers
         let moe: String? = allMoE ? nil : pgArray(p.moeLayers)
+        let (load, missing) = try ExpertLoad.count(p)   // once here, so a step's load is a sum of small histograms
         try c.query("""
-            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers, moe_layers)
+            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers, moe_layers, expert_counts, missing_rows)
             VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes),
-                    \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[])
+                    \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[], \(load.bytes), \(pgArray(missing))::integer[])
             ON CONFLICT (rollout_id) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
                 num_experts = EXCLUDED.num_experts, width = EXCLUDED.width, checksum = EXCLUDED.checksum, data = EXCLUDED.data,
-                hidden_layers = EXCLUDED.hidden_layers, moe_layers = EXCLUDED.moe_layers, created_at = now()
+                hidden_layers = EXCLUDED.hidden_layers, moe_layers = EXCLUDED.moe_layers, expert_counts = EXCLUDED.expert_counts,
+                missing_rows = EXCLUDED.missing_rows, created_at = now()
             """)
     }
 
@@ -339,5 +341,107 @@ extension RolloutRepository {
                 """)
             return .appended(try RolloutRepository.record(after, 0), n.routes)
         }
+    }
+}
+
+/// A stored rollout as a step report needs it: response span, inference log-probs, loss mask, and its
+/// routes' layout, expert load and missing rows (the packed routes themselves only when asked for).
+public struct ReportRollout: Sendable {
+    public var id: String
+    public var tokens: Int
+    public var promptLength: Int
+    public var logprobs: [Float]?
+    public var lossMask: [UInt8]?
+    /// [rows, layers, top_k] and the layout of the stored routes, nil when the rollout has none.
+    public var routeShape: (rows: Int, layers: Int, topK: Int, numExperts: Int, hiddenLayers: Int, moeLayers: [Int])?
+    public var load: ExpertLoad?
+    public var missingRows: [Int]?
+    public var packed: PackedRoutes?
+    public init(id: String, tokens: Int, promptLength: Int, logprobs: [Float]? = nil, lossMask: [UInt8]? = nil) {
+        self.id = id; self.tokens = tokens; self.promptLength = promptLength; self.logprobs = logprobs; self.lossMask = lossMask
+    }
+}
+
+extension RolloutRepository {
+    /// The rollouts among `ids` of this project, keyed by lower-case id, in one query (binary results: a
+    /// step's million log-probs are not parsed from text). `withRoutes` also reads the packed routes.
+    public func reportInputs(project: Int, ids: [String], withRoutes: Bool) throws -> [String: ReportRollout] {
+        let valid = ids.filter { UUID(uuidString: $0) != nil }
+        if valid.isEmpty { return [:] }
+        let res = try pool.withRetry { c in
+            try c.query("""
+                SELECT r.id::text AS rid, cardinality(r.token_ids) AS tokens, r.prompt_length, r.logprobs, r.loss_mask,
+                       t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.hidden_layers, t.moe_layers,
+                       t.expert_counts, t.missing_rows, CASE WHEN \(withRoutes)::boolean OR t.expert_counts IS NULL THEN t.data END AS data
+                FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
+                """, binary: true)
+        }
+        var out: [String: ReportRollout] = [:]
+        for i in 0..<res.count {
+            let id = String(decoding: try res.bytes(i, "rid"), as: UTF8.self).lowercased()
+            var r = ReportRollout(id: id, tokens: try RolloutRepository.binaryInt(res, i, "tokens"), promptLength: try RolloutRepository.binaryInt(res, i, "prompt_length"))
+            r.logprobs = try res.bytesOrNil(i, "logprobs").map { try PGBinaryArray.floats($0) }
+            r.lossMask = try res.bytesOrNil(i, "loss_mask").map { [UInt8]($0) }
+            if try res.bytesOrNil(i, "rows") != nil {
+                func int(_ n: String) throws -> Int { try RolloutRepository.binaryInt(res, i, n) }
+                let layers = try int("layers"), E = try int("num_experts")
+                let moe = try res.bytesOrNil(i, "moe_layers").map { try PGBinaryArray.ints($0) } ?? Array(0..<layers)
+                let hidden = try res.bytesOrNil(i, "hidden_layers").map(RolloutRepository.bigEndianInt) ?? layers
+                r.routeShape = (try int("rows"), layers, try int("top_k"), E, hidden, moe)
+                if let d = try res.bytesOrNil(i, "data") {
+                    let p = PackedRoutes(rows: try int("rows"), layers: layers, topK: try int("top_k"), numExperts: E, width: try int("width"), bytes: d,
+                                         checksum: UInt32(truncatingIfNeeded: try int("checksum")), hiddenLayers: hidden, moeLayers: moe)
+                    if withRoutes { r.packed = p }
+                    if try res.bytesOrNil(i, "expert_counts") == nil { (r.load, r.missingRows) = try ExpertLoad.count(p) }   // written before the counts were kept
+                }
+                if r.load == nil, let counts = try res.bytesOrNil(i, "expert_counts") {
+                    let missing = try res.bytesOrNil(i, "missing_rows").map { try PGBinaryArray.ints($0) } ?? []
+                    r.missingRows = missing
+                    r.load = try ExpertLoad(bytes: counts, layers: layers, numExperts: E, tokens: try int("rows") - missing.count)
+                }
+            }
+            out[id] = r
+        }
+        return out
+    }
+}
+
+/// PostgreSQL's binary array format (one dimension): ndim, has-null flag, element type, then per dimension
+/// its length and lower bound, then each element as a length (−1 for NULL) and big-endian bytes.
+enum PGBinaryArray {
+    static func elements(_ d: Data, width: Int, _ each: (UInt32?) -> Void) throws {
+        try d.withUnsafeBytes { raw in
+            func u32(_ o: Int) -> UInt32 { UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+            guard raw.count >= 12 else { throw StoreError.decode("binary array of \(raw.count) bytes") }
+            let ndim = Int(u32(0))
+            if ndim == 0 { return }
+            guard ndim == 1, raw.count >= 20 else { throw StoreError.decode("binary array with \(ndim) dimensions") }
+            let n = Int(u32(12))
+            var o = 20
+            for _ in 0..<n {
+                guard o + 4 <= raw.count else { throw StoreError.decode("binary array is truncated") }
+                let len = Int32(bitPattern: u32(o)); o += 4
+                if len < 0 { each(nil); continue }
+                guard Int(len) == width, o + width <= raw.count else { throw StoreError.decode("binary array element of \(len) bytes, expected \(width)") }
+                each(u32(o)); o += width
+            }
+        }
+    }
+
+    /// real[]; NULL elements become NaN.
+    static func floats(_ d: Data) throws -> [Float] {
+        var out: [Float] = []
+        out.reserveCapacity(max(0, (d.count - 20) / 8))
+        try elements(d, width: 4) { out.append($0.map { Float(bitPattern: $0) } ?? .nan) }
+        return out
+    }
+
+    /// integer[] (NULL elements are not allowed).
+    static func ints(_ d: Data) throws -> [Int] {
+        var out: [Int] = [], nulls = false
+        try elements(d, width: 4) { if let v = $0 { out.append(Int(Int32(bitPattern: v))) } else { nulls = true } }
+        if nulls { throw StoreError.decode("integer array holds NULL") }
+        return out
     }
 }

@@ -54,7 +54,8 @@ public struct WebhookRepository: Sendable {
     public init(pool: ConnectionPool) { self.pool = pool }
     public static let channel = "r3_webhooks"
     /// The events an endpoint can subscribe to.
-    public static let eventTypes: Set<String> = ["training.collapse_detected", "job.succeeded", "job.failed", "job.cancelled", "job.collapsed"]
+    public static let eventTypes: Set<String> = ["training.collapse_detected", "job.succeeded", "job.failed", "job.cancelled", "job.collapsed",
+                                                  "run.collapse_detected", "run.paused", "run.collapsed", "run.finished"]
 
     static let columns = """
         e.id, e.url, e.events, e.description, e.enabled, e.disabled_reason, \(JobRepository.ts("e.previous_expires_at")),
@@ -93,6 +94,11 @@ public struct WebhookRepository: Sendable {
             if type == "job.failed", let e = try r.stringOrNil(0, "error") { d["error"] = String(e.prefix(500)) }
             payload = d
         }
+        try enqueue(c, project: project, type: type, payload: payload)
+    }
+
+    /// Writes an event of `project` with its payload and a delivery per subscribed endpoint (inside the caller's transaction).
+    static func enqueue(_ c: PGConnection, project: Int, type: String, payload: Any) throws {
         let id = messageID()
         let body = ["type": type, "timestamp": iso.string(from: Date()), "data": payload] as [String: Any]
         let text = String(decoding: try JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)

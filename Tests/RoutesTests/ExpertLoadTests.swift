@@ -1,0 +1,54 @@
+// ExpertLoadTests: the per-layer expert histogram counted from packed bytes (uint8 and uint16, with
+// missing rows) against counting the unpacked ids, its stored form, and the imbalance definition.
+import Foundation
+import XCTest
+@testable import Routes
+
+final class ExpertLoadTests: XCTestCase {
+    func routes(rows: Int, layers: Int, topK: Int, experts: Int, missing: Set<Int>, seed: UInt64) throws -> RouteArray {
+        var s = seed
+        var ids: [Int32] = []
+        for t in 0..<rows {
+            for _ in 0..<layers {
+                if missing.contains(t) { ids += [Int32](repeating: -1, count: topK); continue }
+                var row: [Int32] = []
+                while row.count < topK {
+                    s = s &* 6364136223846793005 &+ 1442695040888963407
+                    let e = Int32((s >> 33) % UInt64(experts))
+                    if !row.contains(e) { row.append(e) }
+                }
+                ids += row
+            }
+        }
+        return try RouteArray(rows: rows, layers: layers, topK: topK, ids: ids)
+    }
+
+    func testCountsFromPackedBytesEqualCountingTheIds() throws {
+        for experts in [8, 255, 300] {   // uint8, uint8 with the 0xFF marker, uint16
+            let r = try routes(rows: 37, layers: 3, topK: 4, experts: experts, missing: [0, 5, 36], seed: UInt64(experts))
+            let p = try PackedRoutes(r, numExperts: experts)
+            XCTAssertEqual(p.width, experts <= 255 ? 1 : 2)
+            let (load, missing) = try ExpertLoad.count(p)
+            var want = [Int](repeating: 0, count: 3 * experts)
+            for t in 0..<r.rows { for l in 0..<3 { for j in 0..<4 { let e = r.ids[(t * 3 + l) * 4 + j]; if e >= 0 { want[l * experts + Int(e)] += 1 } } } }
+            XCTAssertEqual(load.counts, want, "E \(experts)")
+            XCTAssertEqual(missing, [0, 5, 36])
+            XCTAssertEqual(load.tokens, 34)
+            let back = try ExpertLoad(bytes: load.bytes, layers: 3, numExperts: experts, tokens: 34)
+            XCTAssertEqual(back, load)
+            for l in 0..<3 {
+                let row = want[(l * experts)..<((l + 1) * experts)]
+                XCTAssertEqual(load.imbalance[l], Double(row.max()!) / (Double(row.reduce(0, +)) / Double(experts)), accuracy: 1e-12)
+            }
+        }
+    }
+
+    func testAllTokensOnTheSameExpertsIsEOverK() throws {
+        let r = try RouteArray(rows: 10, layers: 1, topK: 2, ids: [Int32](repeating: 0, count: 0) + (0..<10).flatMap { _ in [Int32(3), 5] })
+        var load = try ExpertLoad.count(PackedRoutes(r, numExperts: 16)).load
+        XCTAssertEqual(load.imbalance, [8])      // E / K
+        load.add(load)
+        XCTAssertEqual(load.counts[3], 20)
+        XCTAssertThrowsError(try ExpertLoad(bytes: Data(count: 7), layers: 1, numExperts: 2, tokens: 0))
+    }
+}
