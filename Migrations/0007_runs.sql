@@ -1,7 +1,7 @@
 -- Runs: training that happens elsewhere (verl, slime, NeMo-RL, Megatron on GPUs) reporting each step here.
 -- A run has collapse rules and an action like a train job; each step report is stored with the metrics the
 -- service computed from its own stored rollouts (inference log-probs, routes) and the trainer's numbers,
--- and the reply it gave (a retry with the same body gets the same reply). Run events feed SSE and the
+-- and the reply it gave, with the step's expert load (a retry with the same body gets the same reply). Run events feed SSE and the
 -- webhook outbox. Routes keep their expert-load histogram, counted once when written.
 
 CREATE TABLE runs (
@@ -28,7 +28,6 @@ CREATE TABLE run_steps (
     request_hash    text NOT NULL,             -- SHA-256 of the report body: the same body replays, another is 409
     metrics         jsonb NOT NULL,            -- the trainer's and the computed ones; null for non-finite
     watched         jsonb NOT NULL,            -- the collapse detector's inputs, NaN and ±Inf as strings
-    expert_load     jsonb,                     -- {layers, num_experts, tokens, counts, imbalance}
     reply           jsonb NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, step)

@@ -31,32 +31,42 @@ public enum Mismatch {
     public static func logprobs(train: [Float], infer: [Float], rows: [Range<Int>], tisCap: Double = 2) -> LogProb {
         var m = LogProb()
         let l2 = log(2.0), l5 = log(5.0)
-        var ratios: [Double] = [], seq: [Double] = []
-        ratios.reserveCapacity(rows.reduce(0) { $0 + $1.count })
-        var tis = 0.0, capped = 0
-        for r in rows {
-            var sum = 0.0, n = 0
-            for t in r where train[t].isFinite && infer[t].isFinite {
-                let d = Double(train[t]) - Double(infer[t])
-                let ratio = exp(d)
-                m.k3KL += ratio - 1 - d
-                if abs(d) > l2 { m.extremeFracTau2 += 1 }
-                if abs(d) > l5 { m.extremeFracTau5 += 1 }
-                ratios.append(ratio)
-                let w = min(ratio, tisCap)
-                tis += w
-                m.tisWeightMax = max(m.tisWeightMax, w)
-                if ratio > tisCap { capped += 1 }
-                sum += d; n += 1
+        let total = rows.reduce(0) { $0 + $1.count }
+        var ratios = [Double](repeating: 0, count: total)
+        var seq: [Double] = []
+        var k3 = 0.0, f2 = 0, f5 = 0, tis = 0.0, tisMax = 0.0, capped = 0, n = 0
+        train.withUnsafeBufferPointer { tr in
+            infer.withUnsafeBufferPointer { inf in
+                ratios.withUnsafeMutableBufferPointer { out in
+                    for r in rows {
+                        var sum = 0.0, c = 0
+                        for t in r {
+                            let a = tr[t], b = inf[t]
+                            guard a.isFinite && b.isFinite else { continue }
+                            let d = Double(a) - Double(b)
+                            let ratio = exp(d)
+                            k3 += ratio - 1 - d
+                            let ad = abs(d)
+                            if ad > l2 { f2 += 1; if ad > l5 { f5 += 1 } }
+                            out[n] = ratio; n += 1
+                            let w = min(ratio, tisCap)
+                            tis += w
+                            if w > tisMax { tisMax = w }
+                            if ratio > tisCap { capped += 1 }
+                            sum += d; c += 1
+                        }
+                        if c > 0 { seq.append(exp(sum / Double(c))) }
+                    }
+                }
             }
-            if n > 0 { seq.append(exp(sum / Double(n))) }
         }
-        m.tokens = ratios.count
+        ratios.removeLast(total - n)
+        m.tokens = n
         m.sequences = seq.count
-        if m.tokens > 0 {
-            let n = Double(m.tokens)
-            m.k3KL /= n; m.extremeFracTau2 /= n; m.extremeFracTau5 /= n
-            m.tisWeightMean = tis / n; m.tisCappedFrac = Double(capped) / n
+        if n > 0 {
+            let dn = Double(n)
+            m.k3KL = k3 / dn; m.extremeFracTau2 = Double(f2) / dn; m.extremeFracTau5 = Double(f5) / dn
+            m.tisWeightMean = tis / dn; m.tisWeightMax = tisMax; m.tisCappedFrac = Double(capped) / dn
             m.tokenRatio = quantiles(&ratios, quantiles.map(\.q))
             m.seqRatio = quantiles(&seq, quantiles.map(\.q))
         }
@@ -64,28 +74,40 @@ public enum Mismatch {
     }
 
     /// numpy's default (linear) quantiles of `xs` at increasing levels `qs`, by selection rather than a
-    /// full sort (a step holds a million tokens). `xs` is reordered.
+    /// full sort (a step holds a million tokens). `xs` is reordered. For each level the (lo+1)-th order
+    /// statistic is selected in the part not yet ordered; the lo-th is then the largest before it, in the
+    /// gap since the previous level: the suffixes shrink and the gaps add up to one pass.
     public static func quantiles(_ xs: inout [Double], _ qs: [Double]) -> [Double] {
         precondition(!xs.isEmpty)
         let n = xs.count
         var out: [Double] = []
-        var from = 0
-        for q in qs {
-            let h = Double(n - 1) * q
-            let lo = Int(h.rounded(.down))
-            select(&xs, lo, from: from)
-            from = lo
-            let a = xs[lo]
-            guard lo + 1 < n, h > Double(lo) else { out.append(a); continue }
-            var b = xs[lo + 1]
-            for i in (lo + 2)..<n where xs[i] < b { b = xs[i] }   // the next order statistic: the smallest to the right
-            out.append(a + (h - Double(lo)) * (b - a))
+        var from = 0                        // x[..<from] are the `from` smallest values
+        var last: (lo: Int, a: Double, b: Double)?
+        xs.withUnsafeMutableBufferPointer { x in
+            for q in qs {
+                let h = Double(n - 1) * q
+                let lo = Int(h.rounded(.down))
+                if lo + 1 >= n {   // the maximum: the largest of the part not yet ordered
+                    var b = x[from]
+                    for i in from..<n where x[i] > b { b = x[i] }
+                    out.append(b); continue
+                }
+                if last?.lo != lo {
+                    select(x, lo + 1, from: from)
+                    var a = x[from]   // the lo-th: the largest of x[from...lo]
+                    for i in from...lo where x[i] > a { a = x[i] }
+                    last = (lo, a, x[lo + 1])
+                    from = lo + 1
+                }
+                let (_, a, b) = last!
+                out.append(h > Double(lo) ? a + (h - Double(lo)) * (b - a) : a)
+            }
         }
         return out
     }
 
     /// Places the k-th smallest of xs[from...] at k, smaller ones before it and larger ones after (quickselect, median of three).
-    static func select(_ xs: inout [Double], _ k: Int, from: Int) {
+    static func select(_ xs: UnsafeMutableBufferPointer<Double>, _ k: Int, from: Int) {
         var lo = from, hi = xs.count - 1
         while hi > lo {
             let mid = lo + (hi - lo) / 2

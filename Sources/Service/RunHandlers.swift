@@ -159,13 +159,16 @@ extension App {
         guard let run = try runs.get(project: project, id: id) else { throw ServiceError.notFound("run \(id)") }
         let keep = KeepingSource(LimitedSource(body, limit: config.maxBodyBytes, name: "R3_MAX_BODY_BYTES"))
         let report = try readStepReport(JSONReader(keep, window: 1 << 20))
-        let hash = SHA256.hex(keep.bytes)
-        keep.bytes = []
         let headers = [("Location", "/v1/runs/\(id)/steps/\(report.step)")]
+        // the body's SHA-256 (the idempotency fingerprint) is computed on another core while the stored
+        // rollouts are read and the metrics computed; a step reported before is judged at once
+        let body = keep.bytes
+        keep.bytes = []
         if let prior = try runs.storedStep(run: id, step: report.step) {
-            guard prior.hash == hash else { throw ServiceError(409, "step \(report.step) of run \(id) was already reported with another body; steps are written once") }
+            guard prior.hash == SHA256.hex(body) else { throw ServiceError(409, "step \(report.step) of run \(id) was already reported with another body; steps are written once") }
             return .rawJSON(200, prior.replyJSON, headers: headers + [("Idempotent-Replayed", "true")])
         }
+        let hashing = BackgroundValue { SHA256.hex(body) }
         guard run.state.acceptsSteps else { throw refusal(run) }
         let settings = try RunSettings(stored: run.paramsJSON)
         let stored = try rollouts.reportInputs(project: project, ids: report.rollouts.map(\.id), withRoutes: report.rollouts.contains { $0.routes != nil })
@@ -181,8 +184,8 @@ extension App {
         var watched: [String: Any] = [:]
         for k in ["k3_kl", "extreme_frac_tau2"] { if let v = metrics[k] { watched[k] = App.detectorNumber(v) } }
         for k in RunSettings.detectorInputs { if let v = metrics[settings.metricNames[k] ?? k] { watched[k] = App.detectorNumber(v) } }
-        let write = RunStepWrite(step: report.step, policyVersion: report.policyVersion, requestHash: hash, metricsJSON: try App.jsonText(object),
-                                 watchedJSON: try App.jsonText(watched), expertLoadJSON: try c.loadJSON.map(App.jsonText))
+        let write = RunStepWrite(step: report.step, policyVersion: report.policyVersion, requestHash: hashing.value, metricsJSON: try App.jsonText(object),
+                                 watchedJSON: try App.jsonText(watched))
         let outcome = try runs.writeStep(project: project, run: id, write) { run, series, fired in
             try self.decide(run, settings: settings, step: report, metrics: object, load: c.loadJSON, series: series, fired: fired)
         }
@@ -294,5 +297,21 @@ extension App {
         for (i, x) in report.rollouts.enumerated() where !seen.insert(x.id).inserted { throw ServiceError.unprocessable("rollout_ids[\(i)] repeats an id") }
         let c = try StepComputation(report, stored: stored, tisCap: 2)
         return .json(200, ["rollouts": ids.count, "rollouts_without_routes": without, "expert_load": c.loadJSON as Any? ?? NSNull()])
+    }
+}
+
+/// A value computed on a thread of its own; `value` waits for it.
+final class BackgroundValue<T>: @unchecked Sendable {
+    private var result: T?
+    private let done = DispatchSemaphore(value: 0)
+    init(_ make: @escaping @Sendable () -> T) {
+        let t = Thread { [self] in result = make(); done.signal() }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+    var value: T {
+        done.wait()
+        done.signal()   // later reads return at once
+        return result!
     }
 }

@@ -79,7 +79,7 @@ public struct RolloutRepository: Sendable {
             INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
                                   job_id, job_step, sample_index, loss_mask, turns)
             VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
-                    \(floatArray(r.logprobs))::real[], \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
+                    \(floatBytes(r.logprobs)), \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
                     \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns))
             RETURNING id
             """)
@@ -88,9 +88,18 @@ public struct RolloutRepository: Sendable {
         return id
     }
 
-    /// A real[] literal; NaN marks a token without a log-prob (a later turn's context).
-    static func floatArray(_ xs: [Float]?) -> String? {
-        xs.map { pgArray($0.map { $0.isFinite ? "\($0)" : ($0.isNaN ? "NaN" : $0 > 0 ? "Infinity" : "-Infinity") }) }
+    /// Log-probs as stored: float32 big-endian bytes; NaN marks a token without a log-prob (a later turn's context).
+    static func floatBytes(_ xs: [Float]?) -> SQLValue {
+        guard let xs else { return .null }
+        var d = Data(count: xs.count * 4)
+        d.withUnsafeMutableBytes { raw in for (i, v) in xs.enumerated() { raw.storeBytes(of: v.bitPattern.bigEndian, toByteOffset: 4 * i, as: UInt32.self) } }
+        return .bytes(d)
+    }
+
+    /// The stored bytes back as floats.
+    static func floats(_ d: Data) throws -> [Float] {
+        guard d.count % 4 == 0 else { throw StoreError.decode("log-probs of \(d.count) bytes are not float32 values") }
+        return d.withUnsafeBytes { raw in (0..<(d.count / 4)).map { Float(bitPattern: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
     }
 
     static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
@@ -109,7 +118,7 @@ public struct RolloutRepository: Sendable {
     }
 
     static let columns = """
-        r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, r.logprobs, r.reward, r.group_id, r.metadata,
+        r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, encode(r.logprobs, 'hex') AS logprobs, r.reward, r.group_id, r.metadata,
         to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at, encode(r.loss_mask, 'hex') AS loss_mask, r.turns,
         t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts, t.hidden_layers AS r_hidden, t.moe_layers AS r_moe
         """
@@ -121,7 +130,7 @@ public struct RolloutRepository: Sendable {
             policyVersion: try res.int(i, "policy_version"),
             tokenIDs: (parseArray(try res.stringOrNil(i, "token_ids")) ?? []).compactMap { Int32($0) },
             promptLength: try res.int(i, "prompt_length"),
-            logprobs: parseArray(try res.stringOrNil(i, "logprobs")).map { $0.map { Float($0) ?? .nan } },
+            logprobs: try res.stringOrNil(i, "logprobs").map { try floats(Data(hexBytes($0))) },
             reward: try res.doubleOrNil(i, "reward"), groupID: try res.stringOrNil(i, "group_id"),
             metadataJSON: try res.stringOrNil(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at"),
             routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers"), try res.int(i, "r_top_k"), try res.int(i, "r_experts")],
@@ -329,7 +338,7 @@ extension RolloutRepository {
             try RolloutRepository.reserveRouteBytes(c, project: project, adding: (n.routes?.bytes.count ?? 0) - (packed?.bytes.count ?? 0))
             try c.query("""
                 UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
-                    logprobs = \(RolloutRepository.floatArray(n.logprobs))::real[], reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
+                    logprobs = \(RolloutRepository.floatBytes(n.logprobs)), reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
                     loss_mask = \(n.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), turns = \(n.turns),
                     policy_version = \(n.policyVersion)
                 WHERE id = \(id)::uuid
@@ -381,7 +390,7 @@ extension RolloutRepository {
         for i in 0..<res.count {
             let id = String(decoding: try res.bytes(i, "rid"), as: UTF8.self).lowercased()
             var r = ReportRollout(id: id, tokens: try RolloutRepository.binaryInt(res, i, "tokens"), promptLength: try RolloutRepository.binaryInt(res, i, "prompt_length"))
-            r.logprobs = try res.bytesOrNil(i, "logprobs").map { try PGBinaryArray.floats($0) }
+            r.logprobs = try res.bytesOrNil(i, "logprobs").map(RolloutRepository.floats)
             r.lossMask = try res.bytesOrNil(i, "loss_mask").map { [UInt8]($0) }
             if try res.bytesOrNil(i, "rows") != nil {
                 func int(_ n: String) throws -> Int { try RolloutRepository.binaryInt(res, i, n) }
@@ -427,14 +436,6 @@ enum PGBinaryArray {
                 each(u32(o)); o += width
             }
         }
-    }
-
-    /// real[]; NULL elements become NaN.
-    static func floats(_ d: Data) throws -> [Float] {
-        var out: [Float] = []
-        out.reserveCapacity(max(0, (d.count - 20) / 8))
-        try elements(d, width: 4) { out.append($0.map { Float(bitPattern: $0) } ?? .nan) }
-        return out
     }
 
     /// integer[] (NULL elements are not allowed).

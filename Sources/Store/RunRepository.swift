@@ -37,10 +37,9 @@ public struct RunStepWrite: Sendable {
     public var requestHash: String
     public var metricsJSON: String
     public var watchedJSON: String
-    public var expertLoadJSON: String?
-    public init(step: Int, policyVersion: Int?, requestHash: String, metricsJSON: String, watchedJSON: String, expertLoadJSON: String?) {
+    public init(step: Int, policyVersion: Int?, requestHash: String, metricsJSON: String, watchedJSON: String) {
         self.step = step; self.policyVersion = policyVersion; self.requestHash = requestHash; self.metricsJSON = metricsJSON
-        self.watchedJSON = watchedJSON; self.expertLoadJSON = expertLoadJSON
+        self.watchedJSON = watchedJSON
     }
 }
 
@@ -175,9 +174,9 @@ public struct RunRepository: Sendable {
             let fired = Set(try (0..<f.count).map { try f.string($0, "rule") })
             let d = try decide(run, series, fired)
             try c.query("""
-                INSERT INTO run_steps (run_id, step, policy_version, request_hash, metrics, watched, expert_load, reply)
+                INSERT INTO run_steps (run_id, step, policy_version, request_hash, metrics, watched, reply)
                 VALUES (\(id)::uuid, \(w.step), \(w.policyVersion), \(w.requestHash), \(w.metricsJSON)::jsonb, \(w.watchedJSON)::jsonb,
-                        \(w.expertLoadJSON)::jsonb, \(d.replyJSON)::jsonb)
+                        \(d.replyJSON)::jsonb)
                 """)
             for (type, data) in d.events { try RunRepository.addEvent(c, run: id, project: project, type: type, data: data) }
             try c.query("""
@@ -214,7 +213,7 @@ public struct RunRepository: Sendable {
     public func step(run: String, step: Int) throws -> (metricsJSON: String, expertLoadJSON: String?, replyJSON: String, createdAt: String)? {
         let r = try pool.withRetry { c in
             try c.query("""
-                SELECT metrics, expert_load, reply, \(raw: SQL(stringLiteral: JobRepository.ts("created_at"))) FROM run_steps
+                SELECT metrics, reply->'expert_load' AS expert_load, reply, \(raw: SQL(stringLiteral: JobRepository.ts("created_at"))) FROM run_steps
                 WHERE run_id = \(run)::uuid AND step = \(step)
                 """)
         }

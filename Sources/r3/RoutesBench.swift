@@ -4,13 +4,13 @@
 // DATABASE_URL) in a temporary data directory.
 import ArgumentParser
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Log
 import HTTP
 import Service
 import Store
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct RoutesBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "routes", abstract: "Routes service benchmark; one JSON object per case.")
@@ -26,28 +26,10 @@ struct RoutesBenchCommand: ParsableCommand {
 
     func run() throws {
         let T = quick ? 1024 : tokens, n = quick ? 10 : fetches
-        var config = try ServiceConfig.fromEnvironment()
-        // the server logs as `r3 serve` does (one JSON line per request at the default level) to stderr
-        R3Log.bootstrap(level: config.logLevel)
-        let tmp = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-routes-\(getpid())")
-        if config.databaseURL == nil { config.dataDir = tmp }
-        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-        _ = chmod(tmp.path, 0o755)
-        let (pool, embedded, label) = try openDatabase(config)
-        defer {
-            if embedded?.startedHere == true { embedded?.stop() }
-            try? FileManager.default.removeItem(at: tmp)
-        }
-        let app = App(config: config, pool: pool)
-        var http = config.http
-        http.port = 0
-        let server = HTTPServer(config: http) { app.decide($0) }
-        server.logger = R3Log.logger("r3.http")
-        let port = try server.start()
-        defer { server.shutdown(); server.waitUntilStopped() }
-        let key = try KeyRepository(pool: pool).create(project: "bench-\(getpid())").key
-        let client = try LoopbackClient(port: port)
-        let auth = "Authorization: Bearer \(key)"
+        let svc = try BenchService(name: "routes")
+        defer { svc.stop() }
+        let (config, pool, port, client, label) = (svc.config, svc.pool, svc.port, svc.client, svc.label)
+        let auth = "Authorization: Bearer \(svc.key)"
         let base: [String: Any] = ["tokens": T, "layers": layers, "top_k": topK, "experts": experts, "database": label, "log_level": config.logLevel.rawValue]
 
         // payload: int32 routes [T, L, K] as {dtype, shape, data}
@@ -249,5 +231,44 @@ final class LoopbackClient {
                 off += n
             }
         }
+    }
+}
+
+/// A service for a benchmark: `r3 serve`'s App on a loopback port, on the embedded PostgreSQL in a temporary
+/// data directory (or DATABASE_URL), logging as `r3 serve` does, with a key of a fresh project.
+final class BenchService {
+    let config: ServiceConfig
+    let pool: ConnectionPool
+    let embedded: EmbeddedPostgres?
+    let label: String
+    let tmp: URL
+    let server: HTTPServer
+    let port: UInt16
+    let key: String
+    let client: LoopbackClient
+
+    init(name: String) throws {
+        var config = try ServiceConfig.fromEnvironment()
+        R3Log.bootstrap(level: config.logLevel)
+        tmp = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-\(name)-\(getpid())")
+        if config.databaseURL == nil { config.dataDir = tmp }
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        _ = chmod(tmp.path, 0o755)
+        self.config = config
+        (pool, embedded, label) = try openDatabase(config)
+        let app = App(config: config, pool: pool)
+        var http = config.http
+        http.port = 0
+        server = HTTPServer(config: http) { app.decide($0) }
+        server.logger = R3Log.logger("r3.http")
+        port = try server.start()
+        key = try KeyRepository(pool: pool).create(project: "bench-\(name)-\(getpid())").key
+        client = try LoopbackClient(port: port)
+    }
+
+    func stop() {
+        server.shutdown(); server.waitUntilStopped()
+        if embedded?.startedHere == true { embedded?.stop() }
+        try? FileManager.default.removeItem(at: tmp)
     }
 }

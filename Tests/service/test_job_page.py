@@ -34,6 +34,11 @@ def test_job_page_and_list_need_their_signed_link(api, server):
 def test_headless_chromium_screenshot_shows_the_metric_charts(api, server, tmp_path):
     m = create_model(api, "page-shot", router_std=0.5)
     j = wait(api, submit(api, {"type": "train", "model": m["id"], "task": "reverse", "steps": 8, "batch_size": 4, "n": 4, "replay": "R3"})["id"])
+    html = requests.get(server.url + j["links"]["page"]).text
+    for words in ["<th>replay</th><td>R3</td>", "<th>task</th><td>reverse</td>", "<th>learning_rate</th>", "<th>started</th>",
+                  "<h3>Train–inference mismatch</h3>", ">token_ratio (log scale)<"]:
+        assert words in html, words   # a job's parameters and times, and every metric charted, mismatch first
+    assert html.index("<h3>Train–inference mismatch</h3>") < html.index("<h3>Optimisation</h3>") < html.index("<h3>Timing</h3>")
     shot = tmp_path / "job.png"
     p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1600",
                         f"--screenshot={shot}", server.url + j["links"]["page"]], capture_output=True, text=True, timeout=120)

@@ -1,5 +1,5 @@
 """The README's code comes from tests that run: every block the README marks with `<!-- cookbook:NAME -->`
-is, line for line, the `# [cookbook:NAME]` region of Tests/service/test_cookbook.py or cookbook_*.sh."""
+is, line for line, the `# [cookbook:NAME]` region of Tests/service/test_cookbook.py, test_runs.py or cookbook_*.sh."""
 import re
 import textwrap
 from pathlib import Path
@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def regions():
     out = {}
-    for f in [ROOT / "Tests" / "service" / "test_cookbook.py", *sorted((ROOT / "Tests" / "service").glob("cookbook_*.sh"))]:
+    for f in [ROOT / "Tests" / "service" / "test_cookbook.py", ROOT / "Tests" / "service" / "test_runs.py",
+              *sorted((ROOT / "Tests" / "service").glob("cookbook_*.sh"))]:
         for m in re.finditer(r"^( *)# \[cookbook:([a-z_-]+)\]\n(.*?)^\1# \[/cookbook\]\n", f.read_text(), re.S | re.M):
             out[m.group(2)] = textwrap.dedent(m.group(3)).rstrip("\n")
     return out

@@ -5,6 +5,7 @@ are verified by the `standardwebhooks` reference library. Expected values are re
 from the definitions in shared/CONVENTIONS.md §2."""
 import base64
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -17,6 +18,8 @@ from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
 from receiver import Receiver
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONFIG = {"model_type": "qwen3_moe", "num_hidden_layers": 4, "num_experts": 16, "num_experts_per_tok": 4, "mlp_only_layers": [0]}
 MOE, E, K = 3, 16, 4        # MoE layers 1..3 (layer 0 dense), 16 experts, top-4
@@ -380,3 +383,52 @@ def test_run_page_shows_parameters_ticks_at_steps_and_alarm_markers(api, server,
                if all(abs(px[x, y][i] - c) < 40 for i, c in enumerate((0x1F, 0x77, 0xB4))))
     assert red > 30 and blue > 400, (red, blue)
     shutil.copy(shot, server.data_dir / "run-page.png")
+
+
+def test_cookbook_python_callback_stops_a_drifting_trainer(api, server, model):
+    URL, KEY = server.url, server.keys["a"]
+    # [cookbook:runs-callback]
+    import base64, numpy as np, requests
+
+    class R3Monitor:
+        """Call after each optimizer step; returns what R3 says to do: "continue", "pause" or "stop"."""
+
+        def __init__(self, url, key, name, **settings):
+            self.url, self.api = url, requests.Session()
+            self.api.headers["Authorization"] = "Bearer " + key
+            r = self.api.post(url + "/v1/runs", json={"name": name, **settings})   # same name again: same run
+            r.raise_for_status()
+            self.run = r.json()["id"]
+
+        def after_step(self, step, rollout_ids, logprobs, metrics, replay="R3"):
+            rollouts = [{"id": i, "logprobs": base64.b64encode(np.asarray(lp, "<f4").tobytes()).decode()}
+                        for i, lp in zip(rollout_ids, logprobs)]     # the trainer's log-probs of each response
+            r = self.api.post(f"{self.url}/v1/runs/{self.run}/steps",
+                              json={"step": step, "metrics": metrics, "replay": replay, "rollouts": rollouts})
+            r.raise_for_status()
+            for a in r.json()["alarms"]:
+                print(f"R3 alarm at step {a['step']}: {a['rule']} ({a['metric']} = {a['value']:.3g})")
+            return r.json()["action"]
+    # [/cookbook]
+    t = Trainer(api, model, seed=13)
+    name = "callback-" + uuid.uuid4().hex[:6]
+    # [cookbook:runs-loop]
+    monitor = R3Monitor(URL, KEY, name, on_collapse="stop", metric_names={"grad_norm": "actor/grad_norm"})
+    for step in range(100):
+        ids = t.rollouts(4)                                 # the step's rollouts, stored with their routes
+        lps = t.train_logprobs(ids, 0.02 * 1.3 ** step)     # your trainer's log-probs (this one drifts)
+        if monitor.after_step(step, ids, lps, {"actor/grad_norm": 1.0}) == "stop":
+            break                                           # save the last good checkpoint and stop
+    # [/cookbook]
+    assert 5 < step < 30
+    again = R3Monitor(URL, KEY, name, on_collapse="stop", metric_names={"grad_norm": "actor/grad_norm"})
+    assert again.run == monitor.run
+    assert api.get(f"{URL}/v1/runs/{monitor.run}").json()["state"] == "collapsed"
+
+
+def test_cookbook_runs_with_curl(api, server, model):
+    t = Trainer(api, model, seed=14, prompt=2, response=3)
+    rid = t.rollouts(1)[0]
+    env = dict(os.environ, U=server.url, KEY=server.keys["a"], RID=rid)
+    p = subprocess.run(["bash", os.path.join(HERE, "cookbook_runs.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stdout[-2000:] + p.stderr[-2000:]
