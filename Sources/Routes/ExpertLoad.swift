@@ -20,34 +20,39 @@ public struct ExpertLoad: Sendable, Equatable {
     }
 
     /// The load of `p` and its rows without a route (in some layer), in one pass over the packed bytes.
-    public static func count(_ p: PackedRoutes) throws -> (load: ExpertLoad, missingRows: [Int]) {
+    /// `tokens`: the sequence's length, when known; a T-th row (NeMo-RL's placeholder for the last token,
+    /// which never went into the model) is then left out.
+    public static func count(_ p: PackedRoutes, tokens: Int? = nil) throws -> (load: ExpertLoad, missingRows: [Int]) {
         try p.verify()
         var load = ExpertLoad(layers: p.layers, numExperts: p.numExperts)
         var missing: [Int] = []
         let L = p.layers, K = p.topK, E = p.numExperts
         var c = [Int32](repeating: 0, count: L * E)
+        let rows = min(p.rows, tokens.map { max(0, $0 - 1) } ?? p.rows)
+        var bad: Int?
         p.bytes.withUnsafeBytes { raw in
             c.withUnsafeMutableBufferPointer { counts in
                 let marker = p.width == 1 ? 0xFF : 0xFFFF
-                for t in 0..<p.rows {
+                for t in 0..<rows {
                     var rowMissing = false
                     for l in 0..<L {
                         let o = (t * L + l) * K
                         let base = l * E
                         let first = p.width == 1 ? Int(raw[o]) : Int(raw[2 * o]) | Int(raw[2 * o + 1]) << 8
                         if first == marker && !(p.width == 1 && E == 256) { rowMissing = true; continue }
-                        if p.width == 1 {
-                            for j in 0..<K { counts[base + Int(raw[o + j])] &+= 1 }
-                        } else {
-                            for j in 0..<K { counts[base + (Int(raw[2 * (o + j)]) | Int(raw[2 * (o + j) + 1]) << 8)] &+= 1 }
+                        for j in 0..<K {
+                            let e = p.width == 1 ? Int(raw[o + j]) : Int(raw[2 * (o + j)]) | Int(raw[2 * (o + j) + 1]) << 8
+                            guard e < E else { bad = e; return }   // validated on write; never a write past the histogram
+                            counts[base + e] &+= 1
                         }
                     }
                     if rowMissing { missing.append(t) }
                 }
             }
         }
+        if let e = bad { throw RoutesError.malformed("stored routes hold expert \(e) of \(E)") }
         load.counts = c.map(Int.init)
-        load.tokens = p.rows - missing.count
+        load.tokens = rows - missing.count
         return (load, missing)
     }
 

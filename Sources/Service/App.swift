@@ -72,7 +72,7 @@ public final class App: @unchecked Sendable {
         routes = [
             r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
             r("GET", "/readyz", auth: false) { app, _, _, _ in try app.ready() },
-            r("GET", "/metrics", auth: false) { app, _, _, _ in try app.renderMetrics() },
+            r("GET", "/metrics", auth: false) { app, req, _, _ in try app.renderMetrics(req) },
             r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
             r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
             r("GET", "/runs/{id}", auth: false) { app, req, v, _ in try app.runPage(req, id: v["id"]!) },
@@ -290,7 +290,8 @@ public final class App: @unchecked Sendable {
         } catch { return .problem(503, detail: "the database is unavailable") }
     }
 
-    func renderMetrics() throws -> HTTPResponse {
+    /// Process metrics for anyone who reaches the port; the run gauges only for a scrape with a key, of its project.
+    func renderMetrics(_ req: HTTPRequest) throws -> HTTPResponse {
         let s = pool.stats
         var extra: [(String, String, Double)] = [("r3_db_pool_open", "Open database connections.", Double(s.open)),
                                                  ("r3_db_pool_idle", "Idle database connections.", Double(s.idle)),
@@ -299,12 +300,13 @@ public final class App: @unchecked Sendable {
             extra.append(("r3_routes_stored_bytes", "Bytes of packed routes stored.", Double(stored.bytes)))
             extra.append(("r3_routes_stored_count", "Rollouts with stored routes.", Double(stored.count)))
         }
-        return .text(200, metrics.render(extra: extra) + runGauges(), contentType: "text/plain; version=0.0.4")
+        let project = req.headers["Authorization"] == nil ? nil : (try? authorize(req, scopes: []))?.projectID
+        return .text(200, metrics.render(extra: extra) + (project.map(runGauges) ?? ""), contentType: "text/plain; version=0.0.4")
     }
 
     /// Gauges of the latest step of every active or paused run: its step and each numeric metric.
-    func runGauges() -> String {
-        guard let latest = try? runs.latestOfActive() else { return "" }
+    func runGauges(project: Int) -> String {
+        guard let latest = try? runs.latestOfActive(project: project) else { return "" }
         func label(_ s: String) -> String { s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n") }
         var steps = "# HELP r3_run_step The latest reported step of each active or paused run.\n# TYPE r3_run_step gauge\n"
         var values = "# HELP r3_run_metric The latest step's metrics of each active or paused run.\n# TYPE r3_run_metric gauge\n"

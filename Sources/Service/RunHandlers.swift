@@ -274,8 +274,8 @@ extension App {
         guard try runs.get(project: project, id: id) != nil else { throw ServiceError.notFound("run \(id)") }
         let runs = self.runs
         return try eventStream(req, key: "run_id", id: id, fetch: { try runs.events(run: id, after: $0, limit: $1) }, ended: { e in
-            e.type == "run.finished" || e.type == "run.collapsed"
-        }, isOver: { (try? runs.get(project: project, id: id)).flatMap { $0.map { $0.state == .finished || $0.state == .collapsed } } ?? false })
+            e.type == "run.finished"   // a collapsed run can be resumed: its stream goes on
+        }, isOver: { (try? runs.get(project: project, id: id)).flatMap { $0.map { $0.state == .finished } } ?? false })
     }
 
     /// POST /v1/routes:stats: the expert load of any set of rollouts, from their stored histograms.

@@ -188,7 +188,7 @@ struct StepComputation {
                 let inferLP = r.logprobs ?? []
                 let hasInfer = inferLP.count == n
                 for j in 0..<n where r.promptLength + j >= 1 {   // the row predicting token P + j (as the trainer's packing)
-                    let masked = (r.lossMask.map { $0[j] == 0 } ?? false)
+                    let masked = r.lossMask.map { j < $0.count && $0[j] == 0 } ?? false
                     train.append(lp[j])
                     infer.append(hasInfer && !masked ? inferLP[j] : .nan)
                 }

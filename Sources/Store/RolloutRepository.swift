@@ -84,7 +84,7 @@ public struct RolloutRepository: Sendable {
             RETURNING id
             """)
         let id = try res.string(0, "id")
-        if let p = r.routes { try writeRoutes(c, id: id, p) }
+        if let p = r.routes { try writeRoutes(c, id: id, p, tokens: r.tokenIDs.count) }
         return id
     }
 
@@ -102,10 +102,10 @@ public struct RolloutRepository: Sendable {
         return d.withUnsafeBytes { raw in (0..<(d.count / 4)).map { Float(bitPattern: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
     }
 
-    static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes) throws {
+    static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes, tokens: Int) throws {
         let allMoE = p.moeLayers == Array(0..<p.layers) && p.hiddenLayers == p.layers
         let moe: String? = allMoE ? nil : pgArray(p.moeLayers)
-        let (load, missing) = try ExpertLoad.count(p)   // once here, so a step's load is a sum of small histograms
+        let (load, missing) = try ExpertLoad.count(p, tokens: tokens)   // once here, so a step's load is a sum of small histograms
         try c.query("""
             INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers, moe_layers, expert_counts, missing_rows)
             VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes),
@@ -256,11 +256,11 @@ public struct RolloutRepository: Sendable {
     public func putRoutes(project: Int, id: String, _ p: PackedRoutes) throws -> Bool {
         guard UUID(uuidString: id) != nil else { return false }
         return try pool.transaction { c in
-            let r = try c.query("SELECT 1 FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
+            let r = try c.query("SELECT cardinality(token_ids) AS n FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
             if r.count == 0 { return false }
             let old = try c.query("SELECT octet_length(data) AS n FROM routes WHERE rollout_id = \(id)::uuid")
             try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.intOrNil(0, "n") ?? 0 : 0))
-            try RolloutRepository.writeRoutes(c, id: id, p)
+            try RolloutRepository.writeRoutes(c, id: id, p, tokens: try r.int(0, "n"))
             return true
         }
     }
@@ -343,7 +343,7 @@ extension RolloutRepository {
                     policy_version = \(n.policyVersion)
                 WHERE id = \(id)::uuid
                 """)
-            if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, p) }
+            if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, p, tokens: n.tokenIDs.count) }
             let after = try c.query("""
                 SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
                 WHERE r.id = \(id)::uuid
@@ -402,12 +402,12 @@ extension RolloutRepository {
                     let p = PackedRoutes(rows: try int("rows"), layers: layers, topK: try int("top_k"), numExperts: E, width: try int("width"), bytes: d,
                                          checksum: UInt32(truncatingIfNeeded: try int("checksum")), hiddenLayers: hidden, moeLayers: moe)
                     if withRoutes { r.packed = p }
-                    if try res.bytesOrNil(i, "expert_counts") == nil { (r.load, r.missingRows) = try ExpertLoad.count(p) }   // written before the counts were kept
+                    if try res.bytesOrNil(i, "expert_counts") == nil { (r.load, r.missingRows) = try ExpertLoad.count(p, tokens: r.tokens) }   // written before the counts were kept
                 }
                 if r.load == nil, let counts = try res.bytesOrNil(i, "expert_counts") {
                     let missing = try res.bytesOrNil(i, "missing_rows").map { try PGBinaryArray.ints($0) } ?? []
                     r.missingRows = missing
-                    r.load = try ExpertLoad(bytes: counts, layers: layers, numExperts: E, tokens: try int("rows") - missing.count)
+                    r.load = try ExpertLoad(bytes: counts, layers: layers, numExperts: E, tokens: min(try int("rows"), max(0, r.tokens - 1)) - missing.count)
                 }
             }
             out[id] = r

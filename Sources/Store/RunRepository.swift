@@ -221,13 +221,13 @@ public struct RunRepository: Sendable {
         return (try r.string(0, "metrics"), try r.stringOrNil(0, "expert_load"), try r.string(0, "reply"), try r.string(0, "created_at"))
     }
 
-    /// The latest step's metrics of every active or paused run, for Prometheus (at most `limit` runs).
-    public func latestOfActive(limit: Int = 1000) throws -> [(run: String, name: String, project: Int, step: Int, json: String)] {
+    /// The latest step's metrics of every active or paused run of a project, for Prometheus (at most `limit` runs).
+    public func latestOfActive(project: Int, limit: Int = 1000) throws -> [(run: String, name: String, project: Int, step: Int, json: String)] {
         let r = try pool.withRetry { c in
             try c.query("""
                 SELECT r.id, r.name, r.project_id, s.step, s.metrics FROM runs r
                 JOIN LATERAL (SELECT step, metrics FROM run_steps WHERE run_id = r.id ORDER BY step DESC LIMIT 1) s ON true
-                WHERE r.state IN ('active', 'paused') ORDER BY r.seq LIMIT \(limit)
+                WHERE r.project_id = \(project) AND r.state IN ('active', 'paused') ORDER BY r.seq LIMIT \(limit)
                 """)
         }
         return try (0..<r.count).map { (try r.string($0, "id"), try r.string($0, "name"), try r.int($0, "project_id"), try r.int($0, "step"),

@@ -43,6 +43,16 @@ final class ExpertLoadTests: XCTestCase {
         }
     }
 
+    func testATthRowPlaceholderIsNotCounted() throws {
+        // NeMo-RL sends T rows, the last a placeholder for the token that never went into the model
+        let r = try routes(rows: 6, layers: 2, topK: 2, experts: 8, missing: [], seed: 9)
+        let all = try ExpertLoad.count(PackedRoutes(r, numExperts: 8)).load
+        let load = try ExpertLoad.count(PackedRoutes(r, numExperts: 8), tokens: 6).load
+        XCTAssertEqual(load.tokens, 5)
+        XCTAssertEqual(all.counts.reduce(0, +) - load.counts.reduce(0, +), 2 * 2)   // one row: 2 layers × top-2
+        XCTAssertEqual(try ExpertLoad.count(PackedRoutes(r, numExperts: 8), tokens: 7).load, all)   // T − 1 rows: all of them
+    }
+
     func testAllTokensOnTheSameExpertsIsEOverK() throws {
         let r = try RouteArray(rows: 10, layers: 1, topK: 2, ids: [Int32](repeating: 0, count: 0) + (0..<10).flatMap { _ in [Int32(3), 5] })
         var load = try ExpertLoad.count(PackedRoutes(r, numExperts: 16)).load

@@ -325,19 +325,21 @@ def test_events_stream_and_prometheus_gauges(api, server, model):
     run = create_run(api, on_collapse="stop")
     ids = t.rollouts(2)
     assert t.report(run["id"], 0, ids, t.train_logprobs(ids, 0.01), {"grad_norm": 1.25}).status_code == 201
-    text = requests.get(server.url + "/metrics").text
+    assert run["id"] not in requests.get(server.url + "/metrics").text      # without a key: process metrics only
+    text = api.get(server.url + "/metrics").text                             # with one: its project's runs too
     assert f'r3_run_step{{run_id="{run["id"]}",run="{run["name"]}",project="1"}} 0' in text
+    assert requests.get(server.url + "/metrics", headers={"Authorization": "Bearer " + server.keys["b"]}).text.count(run["id"]) == 0
     assert f'r3_run_metric{{run_id="{run["id"]}",run="{run["name"]}",project="1",metric="grad_norm"}} 1.25' in text
     assert t.report(run["id"], 1, ids, t.train_logprobs(ids, 3.0)).json()["state"] == "collapsed"
     events = []
-    with api.get(f"{api.base}/v1/runs/{run['id']}/events", stream=True, timeout=30) as r:
+    with api.get(f"{api.base}/v1/runs/{run['id']}/events", params={"follow": "false"}, stream=True, timeout=30) as r:
         assert r.headers["Content-Type"].startswith("text/event-stream")
         for line in r.iter_lines(decode_unicode=True):
             if line.startswith("event: "):
                 events.append(line[7:])
     assert events[0] == "run.created" and events[1:3] == ["run.step", "run.step"]
     assert "run.collapse_detected" in events and events[-1] == "run.collapsed"
-    assert f'run_id="{run["id"]}"' not in requests.get(server.url + "/metrics").text   # gauges are for active runs
+    assert f'run_id="{run["id"]}"' not in api.get(server.url + "/metrics").text   # gauges are for active runs
 
 
 def test_concurrent_reports_of_one_run_are_serialised(api, model):
