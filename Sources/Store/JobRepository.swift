@@ -270,10 +270,15 @@ public struct JobRepository: Sendable {
     // MARK: reads for the API
 
     public func events(job: String, after: Int, limit: Int = 500) throws -> [JobEvent] {
+        try JobRepository.events(pool, table: "job_events", owner: "job_id", id: job, after: after, limit: limit)
+    }
+
+    /// Events of a job or a run (`table` and `owner` are chosen by code, never by input) after an id, in order.
+    static func events(_ pool: ConnectionPool, table: String, owner: String, id: String, after: Int, limit: Int) throws -> [JobEvent] {
         let r = try pool.withRetry { c in
             try c.query("""
-                SELECT id, type, data, \(raw: SQL(stringLiteral: JobRepository.ts("created_at"))) FROM job_events
-                WHERE job_id = \(job)::uuid AND id > \(after) ORDER BY id LIMIT \(limit)
+                SELECT id, type, data, \(raw: SQL(stringLiteral: ts("created_at"))) FROM \(raw: SQL(stringLiteral: table))
+                WHERE \(raw: SQL(stringLiteral: owner)) = \(id)::uuid AND id > \(after) ORDER BY id LIMIT \(limit)
                 """)
         }
         return try (0..<r.count).map { JobEvent(id: try r.int($0, "id"), type: try r.string($0, "type"), dataJSON: try r.string($0, "data"),

@@ -193,14 +193,7 @@ public struct RunRepository: Sendable {
     }
 
     public func events(run: String, after: Int, limit: Int = 500) throws -> [JobEvent] {
-        let r = try pool.withRetry { c in
-            try c.query("""
-                SELECT id, type, data, \(raw: SQL(stringLiteral: JobRepository.ts("created_at"))) FROM run_events
-                WHERE run_id = \(run)::uuid AND id > \(after) ORDER BY id LIMIT \(limit)
-                """)
-        }
-        return try (0..<r.count).map { JobEvent(id: try r.int($0, "id"), type: try r.string($0, "type"), dataJSON: try r.string($0, "data"),
-                                                createdAt: try r.string($0, "created_at")) }
+        try JobRepository.events(pool, table: "run_events", owner: "run_id", id: run, after: after, limit: limit)
     }
 
     /// Per-step metrics in step order, as (step, JSON object text).

@@ -5,27 +5,15 @@ import XCTest
 @testable import Routes
 
 final class ExpertLoadTests: XCTestCase {
-    func routes(rows: Int, layers: Int, topK: Int, experts: Int, missing: Set<Int>, seed: UInt64) throws -> RouteArray {
-        var s = seed
-        var ids: [Int32] = []
-        for t in 0..<rows {
-            for _ in 0..<layers {
-                if missing.contains(t) { ids += [Int32](repeating: -1, count: topK); continue }
-                var row: [Int32] = []
-                while row.count < topK {
-                    s = s &* 6364136223846793005 &+ 1442695040888963407
-                    let e = Int32((s >> 33) % UInt64(experts))
-                    if !row.contains(e) { row.append(e) }
-                }
-                ids += row
-            }
-        }
-        return try RouteArray(rows: rows, layers: layers, topK: topK, ids: ids)
+    /// RouteFactory's routes with whole tokens missing (every layer of them).
+    func routes(rows: Int, layers: Int, topK: Int, experts: Int, missing: Set<Int>, seed: UInt64) -> RouteArray {
+        RouteFactory.make(rows: rows, layers: layers, topK: topK, experts: experts,
+                          missing: Set(missing.flatMap { t in (0..<layers).map { t * layers + $0 } }), seed: seed)
     }
 
     func testCountsFromPackedBytesEqualCountingTheIds() throws {
         for experts in [8, 255, 300] {   // uint8, uint8 with the 0xFF marker, uint16
-            let r = try routes(rows: 37, layers: 3, topK: 4, experts: experts, missing: [0, 5, 36], seed: UInt64(experts))
+            let r = routes(rows: 37, layers: 3, topK: 4, experts: experts, missing: [0, 5, 36], seed: UInt64(experts))
             let p = try PackedRoutes(r, numExperts: experts)
             XCTAssertEqual(p.width, experts <= 255 ? 1 : 2)
             let (load, missing) = try ExpertLoad.count(p)
@@ -45,7 +33,7 @@ final class ExpertLoadTests: XCTestCase {
 
     func testATthRowPlaceholderIsNotCounted() throws {
         // NeMo-RL sends T rows, the last a placeholder for the token that never went into the model
-        let r = try routes(rows: 6, layers: 2, topK: 2, experts: 8, missing: [], seed: 9)
+        let r = routes(rows: 6, layers: 2, topK: 2, experts: 8, missing: [], seed: 9)
         let all = try ExpertLoad.count(PackedRoutes(r, numExperts: 8)).load
         let load = try ExpertLoad.count(PackedRoutes(r, numExperts: 8), tokens: 6).load
         XCTAssertEqual(load.tokens, 5)
