@@ -2,9 +2,15 @@
 // R3: Rollout Routing Replay as a service. See README.md and ../shared/CONVENTIONS.md.
 import PackageDescription
 
-// Zen 3 / Haswell-class x86_64 (AVX2 + FMA + F16C): vectorised element loops and
-// Float16 conversion in one instruction instead of a library call per element.
+// On x86_64, Zen 3 / Haswell-class CPUs (AVX2 + FMA + F16C): vectorised element loops and Float16
+// conversion in one instruction instead of a library call per element. Other architectures (aarch64:
+// Graviton, Apple silicon under Docker) build for their baseline; the C kernels there take their
+// portable paths. The manifest is evaluated on the build machine, so this is the native architecture.
+#if arch(x86_64)
 let cpu: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let cpu: [SwiftSetting] = []
+#endif
 // The engine's kernels hand raw pointers to fork-join workers over disjoint ranges, which Swift 6's
 // Sendable checking cannot express; it builds in the Swift 5 language mode. Everything else is Swift 6.
 let engine: [SwiftSetting] = cpu + [.swiftLanguageMode(.v5)]
@@ -27,7 +33,7 @@ let package = Package(
         .target(name: "Routes", dependencies: ["CPosix", "JSON"], swiftSettings: cpu),
         .target(name: "CPosix"),
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
-        .target(name: "Store", dependencies: ["CLibPQ", "Routes"], swiftSettings: cpu),
+        .target(name: "Store", dependencies: ["CLibPQ", "CPosix", "Routes"], swiftSettings: cpu),
         .target(name: "Log", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .target(name: "HTTP", dependencies: ["CPosix", .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .target(name: "RL", dependencies: ["JSON", "MoE", "Routes"], swiftSettings: cpu),
@@ -42,7 +48,7 @@ let package = Package(
         .testTarget(name: "JSONTests", dependencies: ["JSON", "CPosix"], swiftSettings: cpu),
         .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
-        .testTarget(name: "StoreTests", dependencies: ["Store"], swiftSettings: cpu),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "CPosix"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE", "Routes", "JSON"], swiftSettings: cpu),
         .testTarget(name: "ServiceTests", dependencies: ["Service", "RL", "MoE", "Store", "Routes", "JSON", "HTTP", "CPosix", "Log",
                                                      .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),

@@ -37,14 +37,36 @@ int r3_tcp_socket(void) { return socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | S
 
 int r3_accept(int fd) { return accept4(fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
+static uint32_t crc32c_portable(uint32_t crc, const unsigned char *p, uint64_t n) {
+    static uint32_t table[256];
+    static int ready = 0;
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) { uint32_t c = i; for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1; table[i] = c; }
+        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+    }
+    uint32_t c = ~crc;
+    while (n--) c = table[(c ^ *p++) & 0xff] ^ (c >> 8);
+    return ~c;
+}
+
+#if defined(__x86_64__)
 __attribute__((target("sse4.2")))
-uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n) {
-    const unsigned char *p = data;
+static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, uint64_t n) {
     uint64_t c = ~crc;
     while (n >= 8) { uint64_t v; __builtin_memcpy(&v, p, 8); c = __builtin_ia32_crc32di(c, v); p += 8; n -= 8; }
     uint32_t c32 = (uint32_t)c;
     while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
     return ~c32;
+}
+#endif
+
+uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n) {
+#if defined(__x86_64__)
+    static int sse42 = -1;
+    if (sse42 < 0) { __builtin_cpu_init(); sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0; }
+    if (sse42) return crc32c_sse42(crc, data, n);
+#endif
+    return crc32c_portable(crc, data, n);
 }
 
 // MARK: base64 and JSON scanning. Each has a scalar twin in Swift that the tests compare it with.

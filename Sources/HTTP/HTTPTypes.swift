@@ -86,7 +86,8 @@ public struct HTTPResponse: Sendable {
     public var body: Data
     /// A body produced as it is sent (instead of `body`).
     public var source: HTTPBodySource?
-    /// The Content-Length of a HEAD response: what the GET would have sent.
+    /// The Content-Length to declare for a body that is not `body`: a HEAD response's (what the GET
+    /// would have sent), or a stream's whose length is known (a file).
     public var headLength: Int?
     /// Close the connection after sending.
     public var close: Bool
@@ -139,6 +140,7 @@ public struct HTTPResponse: Sendable {
         case 406: return "Not Acceptable"
         case 408: return "Request Timeout"
         case 409: return "Conflict"
+        case 410: return "Gone"
         case 411: return "Length Required"
         case 412: return "Precondition Failed"
         case 413: return "Content Too Large"

@@ -22,8 +22,11 @@ public final class App: @unchecked Sendable {
     let uploadGate: UploadGate
     /// JSON lines on stderr once `R3Log.bootstrap` ran (the r3 commands), else nothing.
     let logger = R3Log.logger("r3.api")
-    /// Absolute data directory: model checkpoints live under models/.
+    /// Absolute data directory: the local checkpoint cache and scratch space (the checkpoints themselves
+    /// are in the database).
     let dataDirectory: URL
+    /// This machine's cache of stored checkpoints.
+    let checkpoints: CheckpointCache
     let pageKeyLock = NSLock()
     var pageKeyCache: [UInt8]?
 
@@ -47,7 +50,7 @@ public final class App: @unchecked Sendable {
     }
     let routes: [Route]
 
-    public init(config: ServiceConfig, pool: ConnectionPool) {
+    public init(config: ServiceConfig, pool: ConnectionPool) throws {
         self.config = config
         self.pool = pool
         keys = KeyRepository(pool: pool)
@@ -58,6 +61,7 @@ public final class App: @unchecked Sendable {
         authCache = AuthCache(ttl: config.authCacheSeconds)
         uploadGate = UploadGate(limit: config.maxUploadsPerProject)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
+        checkpoints = try CheckpointCache(dataDirectory: dataDirectory, limit: config.checkpointCacheBytes)
         let json = ["application/json"]
         let small = 1 << 20
         let read: [Scope] = [.routesRead], write: [Scope] = [.routesWrite], jobsScope: [Scope] = [.jobs], admin: [Scope] = [.admin]
@@ -93,6 +97,15 @@ public final class App: @unchecked Sendable {
             r("GET", "/v1/models", read + jobsScope) { app, _, _, p in try app.listModels(project: p) },
             r("GET", "/v1/models/{id}", read + jobsScope) { app, _, v, p in try app.getModel(v["id"]!, project: p) },
             r("GET", "/v1/models/{id}/versions", read + jobsScope) { app, _, v, p in try app.modelVersions(v["id"]!, project: p) },
+            r("GET", "/v1/models/{id}/versions/{version}/checkpoint", read + jobsScope) { app, _, v, p in
+                try app.checkpointManifest(v["id"]!, version: v["version"]!, project: p)
+            },
+            r("GET", "/v1/models/{id}/versions/{version}/checkpoint/{file}", read + jobsScope) { app, req, v, p in
+                try app.checkpointFile(req, v["id"]!, version: v["version"]!, file: v["file"]!, project: p)
+            },
+            r("GET", "/v1/retention", read + jobsScope + admin) { app, _, _, p in try app.getRetention(project: p) },
+            r("PUT", "/v1/retention", admin, body: .buffered(small, json)) { app, req, _, p in try app.putRetention(req, project: p) },
+            r("POST", "/v1/retention:apply", admin) { app, _, _, p in try app.applyRetention(project: p) },
             r("POST", "/v1/jobs", jobsScope, body: .buffered(config.maxBodyBytes, json)) { app, req, _, p in try app.createJob(req, project: p) },
             r("GET", "/v1/jobs", jobsScope) { app, req, _, p in try app.listJobs(req, project: p) },
             r("GET", "/v1/jobs/{id}", jobsScope) { app, _, v, p in try app.getJob(v["id"]!, project: p) },
@@ -229,7 +242,10 @@ public final class App: @unchecked Sendable {
 
     private func run(_ route: Route, _ req: HTTPRequest, _ vars: [String: String], _ project: Int) throws -> HTTPResponse {
         var resp = try route.handler!(self, req, vars, project)
-        if req.method == "HEAD" { resp.headLength = resp.source?.length ?? resp.body.count; resp.source = nil; resp.body = Data() }
+        if req.method == "HEAD" {
+            if resp.stream != nil && resp.headLength != nil { resp.stream = nil; return resp }   // a stream of known length
+            resp.headLength = resp.source?.length ?? resp.body.count; resp.source = nil; resp.body = Data()
+        }
         return resp
     }
 

@@ -32,22 +32,40 @@ struct JobExecutor {
 
     // MARK: policies and files
 
-    /// The checkpoint a job starts from: its own last checkpoint when resuming, else the model's.
+    /// The checkpoint a job starts from: its own last checkpoint when resuming, else the model's. Either
+    /// may have been written on another machine: it comes from the store, through this machine's cache.
     func start(_ spec: JobSpec) throws -> (policy: Policy, step: Int, version: Int) {
+        _ = try? app.pool.with { try CheckpointStore.collectGarbage($0, model: job.modelID) }   // uploads of attempts that died
         if let text = job.checkpointJSON, let ck = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-           let step = ck["step"] as? Int, let path = ck["path"] as? String, let version = ck["version"] as? Int {
-            let p = try Policy.load(directory: URL(fileURLWithPath: path), learningRate: Float(spec.learningRate), inference: spec.numerics, workers: threads)
+           let step = ck["step"] as? Int, let version = ck["version"] as? Int {
+            guard let id = ck["checkpoint_id"] as? String else {
+                throw StoreError.checkpoint("the job's checkpoint at step \(step) was written to \(ck["path"] ?? "a local directory") by an older installation and has not been moved into the database; start r3 once on the machine that has it")
+            }
+            guard let record = try app.pool.withRetry({ try CheckpointStore.get($0, id: id) }) else {
+                throw StoreError.checkpoint("the job's checkpoint \(id) at step \(step) is gone")
+            }
+            let p = try app.checkpoints.with(record, pool: app.pool) { dir in
+                try Policy.load(directory: dir, learningRate: Float(spec.learningRate), inference: spec.numerics, workers: threads)
+            }
             return (p, step, version)
         }
-        guard let (version, path) = try app.models.checkpoint(model: job.modelID, version: spec.policyVersion) else {
+        guard let (version, record) = try app.models.checkpoint(model: job.modelID, version: spec.policyVersion) else {
             throw RLError.invalid(spec.policyVersion.map { "model \(job.modelID) has no checkpointed policy version \($0)" } ?? "model \(job.modelID) has no checkpoint")
         }
-        let model = try Model.load(directory: URL(fileURLWithPath: path))
+        let model = try app.checkpoints.with(record, pool: app.pool) { try Model.load(directory: $0) }
         return (Policy(model: model, learningRate: Float(spec.learningRate), inference: spec.numerics, workers: threads), 0, version)
     }
 
-    func checkpointDirectory(step: Int) -> URL {
-        app.dataDirectory.appendingPathComponent("models/\(job.modelID)/jobs/\(job.id)/step-\(String(format: "%06d", step))")
+    /// Saves the policy after `step` steps and stores it (in its own transaction, marked as this
+    /// attempt's until the step's commit refers to it); the local copy stays in the cache.
+    func storeCheckpoint(_ policy: Policy, step: Int) throws -> CheckpointRecord {
+        let scratch = try app.checkpoints.scratch()
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let dir = scratch.appendingPathComponent("checkpoint")
+        try policy.save(directory: dir, meta: ["job_id": job.id, "model_id": job.modelID, "step": step])
+        let record = try CheckpointStore.put(app.pool, model: job.modelID, directory: dir, job: (job.id, claim.token))
+        app.checkpoints.adopt(dir, record: record)
+        return record
     }
 
     /// A sequence's recorded routes in the stored form, with the model's layout (its dense layers too).
@@ -130,6 +148,10 @@ struct JobExecutor {
     func storedSamples(_ spec: JobSpec, config c: ModelConfig) throws -> [Sample] {
         let (found, missing) = try app.rollouts.withRoutes(project: job.projectID, ids: spec.rolloutIDs ?? [])
         if let m = missing.first { throw RLError.invalid("rollout \(m) does not exist in this project") }
+        let expired = found.filter { $0.1 == nil && $0.0.routesExpired }.map(\.0.id)
+        if !expired.isEmpty {
+            throw RLError.invalid("the routes of \(expired.count) rollout(s) expired under the project's retention: \(expired.prefix(5).joined(separator: ", "))\(expired.count > 5 ? ", …" : "")")
+        }
         var groups: [String: Int] = [:]
         return try found.map { r, packed in
             guard let reward = r.reward else { throw RLError.invalid("rollout \(r.id) has no reward; offline training needs one per rollout") }
@@ -183,20 +205,15 @@ struct JobExecutor {
             let done = step + 1
             // stop: this step's update is not kept (the last checkpoint is the last good policy); pause: it is, to resume from
             let save = action == .pause || (action != .stop && (done % spec.checkpointEvery == 0 || done == spec.steps))
-            var path: String?
+            var checkpoint: CheckpointRecord?
             let t2 = ContinuousClock.now
-            if save {
-                let dir = checkpointDirectory(step: done)
-                try FileManager.default.createDirectory(at: dir.deletingLastPathComponent(), withIntermediateDirectories: true)
-                try policy.save(directory: dir, meta: ["job_id": job.id, "step": done])
-                path = dir.path
-            }
+            if save { checkpoint = try storeCheckpoint(policy, step: done) }
             extra["checkpoint_seconds"] = seconds(since: t2)
             extra["step_seconds"] = seconds(since: t0)
             if spec.type == .train { for k in App.metricColumns where metrics[k] == nil && extra[k] == nil { extra[k] = NSNull() } }
             let (text, object) = JobExecutor.metricsJSON(metrics, extra: extra)
             let record = StepRecord(step: step, samples: samples, metricsText: text, metricsObject: object, alarms: alarms, action: action,
-                                    checkpointPath: path, generatingVersion: version, startVersion: startVersion)
+                                    checkpoint: checkpoint, generatingVersion: version, startVersion: startVersion)
             let (newVersion, cancel) = try jobs.fenced(claim) { conn in try commit(conn, record, spec, config: c) }
             if action != .continue { throw JobInterruption.ended }
             version = newVersion
@@ -205,7 +222,10 @@ struct JobExecutor {
         }
         var result: [String: Any] = ["policy_version": version, "steps": spec.steps, "last_metrics": last]
         if let e = lastEval { result["eval_reward_mean"] = e }
-        if let ck = try app.models.checkpoint(model: job.modelID, version: version) { result["checkpoint_path"] = ck.path }
+        if let (v, ck) = try app.models.checkpoint(model: job.modelID, version: version) {
+            result["checkpoint_id"] = ck.id
+            result["checkpoint_url"] = "/v1/models/\(job.modelID)/versions/\(v)/checkpoint"
+        }
         return result
     }
 
@@ -252,7 +272,7 @@ struct JobExecutor {
         var metricsObject: Any
         var alarms: [CollapseAlarm]
         var action: CollapseAction
-        var checkpointPath: String?
+        var checkpoint: CheckpointRecord?
         /// The policy version that generated this step's rollouts.
         var generatingVersion: Int
         /// The version the job started from (the last good policy when no checkpoint exists).
@@ -289,10 +309,10 @@ struct JobExecutor {
                 "state": "collapsed", "job_id": job.id, "step": r.step, "rules": r.alarms.map(\.rule)])
             return r.generatingVersion
         }
-        let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointPath: r.checkpointPath)
+        let v = try ModelRepository.addVersion(conn, model: job.modelID, job: job.id, step: done, checkpointID: r.checkpoint?.id)
         try JobRepository.setProgress(conn, job: job.id, progress: ["step": done, "steps": spec.steps])
         try JobRepository.addEvent(conn, job: job.id, type: "job.progress", data: ["step": done, "steps": spec.steps, "metrics": r.metricsObject])
-        if let path = r.checkpointPath { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "path": path, "version": v]) }
+        if let k = r.checkpoint { try JobRepository.setCheckpoint(conn, job: job.id, checkpoint: ["step": done, "checkpoint_id": k.id, "version": v]) }
         if r.action == .pause { try JobRepository.pause(conn, job: job.id, step: done) }
         return v
     }
@@ -303,7 +323,11 @@ struct JobExecutor {
     static func isPermanent(_ e: Error) -> Bool {
         switch e {
         case is RLError, is MoEError, is RoutesError, is QuotaExceeded: return true
-        case let s as StoreError: if case .query = s { return true }; return false
+        case let s as StoreError:
+            switch s {
+            case .query, .checkpoint: return true
+            default: return false
+            }
         default: return false
         }
     }
@@ -318,6 +342,7 @@ struct JobExecutor {
         case let q as QuotaExceeded: return "\(q)"
         case let s as StoreError:
             if case .unavailable = s { return "the database was unavailable" }
+            if case .checkpoint = s { return s.description }
             return "database error"
         default: return String(describing: e).prefix(300).description
         }

@@ -52,12 +52,18 @@ extension App {
         if let ids = spec.rolloutIDs {
             let missing = try rollouts.missing(project: project, ids: ids)
             if let m = missing.first { throw ServiceError.unprocessable("rollout_ids: rollout \(m) does not exist in this project") }
+            let expired = try rollouts.expired(project: project, ids: ids)
+            if !expired.isEmpty {
+                throw ServiceError.unprocessable("rollout_ids: the routes of \(expired.count) rollout(s) expired under this project's retention (\(expired.prefix(5).joined(separator: ", "))\(expired.count > 5 ? ", …" : "")); GET /v1/retention shows the policy")
+            }
             if let m = try rollouts.masked(project: project, ids: ids).first {
                 throw ServiceError.unprocessable("rollout_ids: rollout \(m) has response tokens with loss_mask 0 (a multi-turn conversation's context); offline training here trains on every response token and does not take such rollouts yet")
             }
         }
-        if let v = spec.policyVersion, try models.checkpoint(model: spec.model, version: v) == nil {
-            throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint")
+        if let v = spec.policyVersion {
+            let found: (version: Int, checkpoint: CheckpointRecord)?
+            do { found = try models.checkpoint(model: spec.model, version: v) } catch let e as StoreError { throw ServiceError.unprocessable("policy_version: \(e)") }
+            if found == nil { throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint") }
         }
         let usage = try keys.usage(projectID: project)
         if let limit = usage.quotas.maxActiveJobs, usage.activeJobs >= limit, try key.map({ try jobs.hasIdempotencyKey(project: project, key: $0) }) != true {

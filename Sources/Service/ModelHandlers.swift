@@ -1,6 +1,7 @@
 // ModelHandlers: register a checkpoint directory, create a random model, or register a Hugging Face
-// config.json alone (any MoE family) for its route layout; list models and their policy versions. A
-// model's version 0 is written under the data directory before the row commits.
+// config.json alone (any MoE family) for its route layout; list models and their policy versions, and
+// download a version's checkpoint. A model's version 0 is stored in the database in the transaction
+// that registers it (in our layout: the registered directory may change later).
 import Foundation
 import HTTP
 import JSON
@@ -34,7 +35,7 @@ extension App {
             _ = layout
             let text = JSONValue.object(hf).jsonText
             guard text.utf8.count <= 256 * 1024 else { throw ServiceError.unprocessable("hf_config is larger than 256 KiB") }
-            guard let m = try models.create(project: project, name: name, configJSON: text, source: "config", checkpointPath: { _ in nil }) else {
+            guard let m = try models.create(project: project, name: name, configJSON: text, source: "config", store: { _, _ in nil }) else {
                 throw ServiceError(409, "this project already has a model named '\(name)'")
             }
             return .json(201, modelJSON(m), headers: [("Location", "/v1/models/\(m.id)")])
@@ -75,13 +76,19 @@ extension App {
             source = "random"
         }
         let cfgJSON = String(decoding: try JSONSerialization.data(withJSONObject: model.config.jsonObject(), options: [.sortedKeys]), as: UTF8.self)
-        let dataDir = dataDirectory
-        let created = try models.create(project: project, name: name, configJSON: cfgJSON, source: source) { id in
-            // version 0: a copy in our layout under the data directory (the registered directory may change later)
-            let dir = dataDir.appendingPathComponent("models/\(id)/v0")
-            do { try model.save(directory: dir) } catch { throw ServiceError(500, "cannot write the model under the data directory") }
-            return dir.path
+        let scratch = try checkpoints.scratch()
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let dir = scratch.appendingPathComponent("checkpoint")
+        do { try model.save(directory: dir) } catch {
+            logger.error("cannot write a model to scratch space", metadata: ["error": "\(error)", "path": .string(dir.path)])
+            throw ServiceError(500, "cannot write the model to the data directory's scratch space")
         }
+        var stored: CheckpointRecord?
+        let created = try models.create(project: project, name: name, configJSON: cfgJSON, source: source) { c, id in
+            stored = try CheckpointStore.put(c, model: id, directory: dir)
+            return stored!.id
+        }
+        if created != nil, let stored { checkpoints.adopt(dir, record: stored) }
         guard let m = created else { throw ServiceError(409, "this project already has a model named '\(name)'") }
         return .json(201, modelJSON(m), headers: [("Location", "/v1/models/\(m.id)")])
     }
@@ -99,8 +106,60 @@ extension App {
         guard try models.get(project: project, id: id) != nil else { throw ServiceError.notFound("model \(id)") }
         let vs = try models.versions(model: id).map { v -> [String: Any] in
             ["version": v.version, "job_id": v.jobID ?? NSNull(), "job_step": v.jobStep ?? NSNull(),
-             "checkpointed": v.checkpointPath != nil, "created_at": v.createdAt]
+             "checkpointed": v.checkpointID != nil || v.legacyPath != nil, "created_at": v.createdAt,
+             "checkpoint_url": v.checkpointID != nil ? "/v1/models/\(id)/versions/\(v.version)/checkpoint" : NSNull()]
         }
         return .json(200, ["data": vs])
+    }
+
+    /// A stored checkpoint of a model's policy version: (model, version, manifest).
+    func storedCheckpoint(_ id: String, version text: String, project: Int) throws -> (ModelRecord, Int, CheckpointRecord) {
+        guard let m = try models.get(project: project, id: id) else { throw ServiceError.notFound("model \(id)") }
+        guard let v = Int(text), v >= 0 else { throw ServiceError.unprocessable("version must be a policy version number, not '\(text.prefix(40))'") }
+        let found: (version: Int, checkpoint: CheckpointRecord)?
+        do { found = try models.checkpoint(model: m.id, version: v) } catch let e as StoreError { throw ServiceError(409, e.description) }
+        guard let (_, k) = found else {
+            throw ServiceError.notFound("a checkpoint of version \(v) of model \(id) (versions are checkpointed every checkpoint_every steps and at a job's end)")
+        }
+        return (m, v, k)
+    }
+
+    /// The files of a policy version's checkpoint (a Hugging Face directory, plus the AdamW state of a
+    /// training checkpoint), with their sizes, SHA-256 and download URLs.
+    func checkpointManifest(_ id: String, version: String, project: Int) throws -> HTTPResponse {
+        let (m, v, k) = try storedCheckpoint(id, version: version, project: project)
+        let base = "/v1/models/\(m.id)/versions/\(v)/checkpoint"
+        return .json(200, ["id": k.id, "model_id": m.id, "version": v, "sha256": k.sha256, "bytes": k.bytes, "created_at": k.createdAt,
+                           "files": k.files.map { ["name": $0.name, "size": $0.size, "sha256": $0.sha256, "url": "\(base)/\($0.name)"] }])
+    }
+
+    /// One file of a checkpoint, streamed from the database chunk by chunk, with its length, its SHA-256
+    /// as the ETag and as Repr-Digest (RFC 9530). The digest is checked as it streams; a mismatch (which
+    /// would mean corrupted storage) cuts the connection short of Content-Length, so no client takes a
+    /// damaged file for a whole one.
+    func checkpointFile(_ req: HTTPRequest, _ id: String, version: String, file: String, project: Int) throws -> HTTPResponse {
+        let (_, _, k) = try storedCheckpoint(id, version: version, project: project)
+        guard let index = k.files.firstIndex(where: { $0.name == file }) else {
+            throw ServiceError.notFound("file '\(file.prefix(200))' in checkpoint \(k.id) (it has \(k.files.map(\.name).joined(separator: ", ")))")
+        }
+        let f = k.files[index]
+        let etag = "\"\(f.sha256)\""
+        let hex = Array(f.sha256.utf8)
+        let digest = Data(stride(from: 0, to: hex.count, by: 2).map { UInt8(String(decoding: hex[$0..<$0 + 2], as: UTF8.self), radix: 16) ?? 0 })
+            .base64EncodedString()
+        let headers = HTTPHeaders([("Content-Type", file.hasSuffix(".json") ? "application/json" : "application/octet-stream"),
+                                   ("ETag", etag), ("Repr-Digest", "sha-256=:\(digest):"), ("Cache-Control", "private, max-age=31536000, immutable"),
+                                   ("Content-Disposition", "attachment; filename=\"\(file)\"")])
+        if req.headers["If-None-Match"] == etag { return HTTPResponse(status: 304, headers: headers) }
+        let pool = self.pool, log = logger
+        var r = HTTPResponse(status: 200, headers: headers, stream: { w in
+            do {
+                try pool.with { c in try CheckpointStore.read(c, k, file: index) { w.write($0) } }
+            } catch {
+                log.error("checkpoint download cut short", metadata: ["checkpoint": .string(k.id), "file": .string(file), "error": "\(error)"])
+            }
+        })
+        r.headLength = f.size
+        return r
     }
 }

@@ -31,6 +31,7 @@ extension App {
             o["routes"] = ["shape": Array(s.prefix(3)), "num_experts": s[3], "num_hidden_layers": r.routesHiddenLayers ?? s[1],
                            "moe_layers": r.routesMoELayers ?? Array(0..<s[1]), "url": "/v1/rollouts/\(r.id)/routes"]
         } else { o["routes"] = NSNull() }
+        o["routes_expired"] = r.routesExpired
         return o
     }
 

@@ -89,7 +89,7 @@ extension App {
 
     func getRoutes(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
         let format = try routeFormat(req)
-        guard let (p, tokens) = try rollouts.routesAndTokens(project: project, id: id) else { throw ServiceError.notFound("routes of rollout \(id)") }
+        guard let (p, tokens) = try rollouts.routesAndTokens(project: project, id: id) else { throw try routesGone(id, project: project) }
         let o = try routeOutput(req.query, format, p, tokens: tokens)
         let container = req.query["container"] ?? "npz"
         guard format == .megatron || req.query["container"] == nil else { throw ServiceError.badRequest("container applies to format=megatron") }
@@ -425,4 +425,15 @@ enum Safetensors {
 
 extension RoutesError {
     var isMalformed: Bool { if case .malformed = self { return true }; return false }
+}
+
+extension App {
+    /// The error for a rollout without routes: 410 naming the retention that dropped them when they
+    /// expired, else 404.
+    func routesGone(_ id: String, project: Int) throws -> ServiceError {
+        guard let r = try rollouts.get(project: project, id: id), r.routesExpired else { return ServiceError.notFound("routes of rollout \(id)") }
+        let d = try pool.withRetry { try RoutePartitions.expiry($0, project: project, createdAt: r.createdAt) }
+        let when = d.map { " with the week \($0.start) to \($0.end), dropped at \($0.droppedAt) under the policy \($0.policyJSON)" } ?? ""
+        return ServiceError(410, "the routes of rollout \(id) expired under this project's retention\(when); GET /v1/retention shows the policy")
+    }
 }

@@ -20,7 +20,10 @@ public struct ServiceConfig: Sendable {
     Environment:
       DATABASE_URL           libpq connection string; unset: a private PostgreSQL cluster under R3_DATA_DIR/pg
       R3_LISTEN              host:port to listen on (default 127.0.0.1:8080)
-      R3_DATA_DIR            data directory (default ./.r3)
+      R3_DATA_DIR            data directory (default ./.r3): the embedded cluster, and the local checkpoint cache
+      R3_RETENTION_SECONDS   how often route partitions are made and every project's route retention applied (default 3600)
+      R3_CHECKPOINT_CACHE_BYTES  size limit of this machine's cache of checkpoints (the database holds them all;
+                             least recently used evicted first; default 8589934592 = 8 GiB)
       R3_MAX_BODY_BYTES      largest buffered request body: jobs, route uploads (default 536870912 = 512 MiB)
       R3_MAX_IMPORT_BYTES    largest streamed rollout body: POST /v1/rollouts, :sglang, :vllm, turns (default 17179869184 = 16 GiB)
       R3_MAX_IMPORT_ROLLOUTS most rollouts one import request may store (default 4096)
@@ -55,6 +58,8 @@ public struct ServiceConfig: Sendable {
     public var host = "127.0.0.1"
     public var port: UInt16 = 8080
     public var dataDir = URL(fileURLWithPath: ".r3")
+    public var checkpointCacheBytes = 8 << 30
+    public var retentionSeconds = 3600.0
     public var maxBodyBytes = 512 * 1024 * 1024
     public var maxImportBytes = 16 << 30
     public var maxImportRollouts = 4096
@@ -107,6 +112,8 @@ public struct ServiceConfig: Sendable {
             if c.host == "localhost" { c.host = "127.0.0.1" }
         }
         if let d = env["R3_DATA_DIR"] { c.dataDir = URL(fileURLWithPath: d) }
+        c.checkpointCacheBytes = try int("R3_CHECKPOINT_CACHE_BYTES", 0...(1 << 50)) ?? c.checkpointCacheBytes
+        c.retentionSeconds = try seconds("R3_RETENTION_SECONDS") ?? c.retentionSeconds
         c.maxBodyBytes = try int("R3_MAX_BODY_BYTES", 1024...(1 << 34)) ?? c.maxBodyBytes
         c.maxImportBytes = try int("R3_MAX_IMPORT_BYTES", 1024...(1 << 40)) ?? c.maxImportBytes
         c.maxImportRollouts = try int("R3_MAX_IMPORT_ROLLOUTS", 1...100_000) ?? c.maxImportRollouts
@@ -151,7 +158,7 @@ extension ServiceConfig {
         func d(_ x: Double) -> Logger.Metadata.Value { .stringConvertible(x) }
         return [
             "database": .string(databaseURL.map(ServiceConfig.redacted) ?? "embedded PostgreSQL in \(dataDir.path)/pg"),
-            "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path),
+            "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path), "checkpoint_cache_bytes": n(checkpointCacheBytes), "retention_s": d(retentionSeconds),
             "max_body_bytes": n(maxBodyBytes), "max_import_bytes": n(maxImportBytes), "max_import_rollouts": n(maxImportRollouts),
             "max_connections": n(maxConnections), "http_threads": n(httpThreads), "upload_threads": n(uploadThreads),
             "max_uploads": n(maxUploads), "max_uploads_per_project": n(maxUploadsPerProject), "db_pool": n(dbPool),

@@ -44,6 +44,10 @@ public struct RolloutRecord: Sendable {
     public var routesMoELayers: [Int]?
     public var lossMask: [UInt8]?
     public var turns: Int
+    /// The rollout was stored with routes.
+    public var routesStored: Bool = false
+    /// It was stored with routes and they are gone: the project's retention dropped them.
+    public var routesExpired: Bool { routesStored && routesShape == nil }
 }
 
 public struct RolloutRepository: Sendable {
@@ -77,14 +81,14 @@ public struct RolloutRepository: Sendable {
     public static func insert(_ c: PGConnection, project: Int, _ r: NewRollout, job: (id: String, step: Int, index: Int)?) throws -> String {
         let res = try c.query("""
             INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
-                                  job_id, job_step, sample_index, loss_mask, turns)
+                                  job_id, job_step, sample_index, loss_mask, turns, routes_stored)
             VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
                     \(floatBytes(r.logprobs)), \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
-                    \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns))
-            RETURNING id
+                    \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns), \(r.routes != nil))
+            RETURNING id, \(raw: SQL(stringLiteral: RolloutRepository.partitionKey))
             """)
         let id = try res.string(0, "id")
-        if let p = r.routes { try writeRoutes(c, id: id, p, tokens: r.tokenIDs.count) }
+        if let p = r.routes { try writeRoutes(c, id: id, project: project, at: try RolloutRepository.partitionKey(res, 0), p, tokens: r.tokenIDs.count) }
         return id
     }
 
@@ -102,24 +106,38 @@ public struct RolloutRepository: Sendable {
         return d.withUnsafeBytes { raw in (0..<(d.count / 4)).map { Float(bitPattern: UInt32(bigEndian: raw.loadUnaligned(fromByteOffset: 4 * $0, as: UInt32.self))) } }
     }
 
-    static func writeRoutes(_ c: PGConnection, id: String, _ p: PackedRoutes, tokens: Int) throws {
+    /// A rollout's partition key for its routes, as RETURNING / SELECT columns: its created_at exactly (text
+    /// that casts back to the same timestamptz) and the start of its week.
+    static let partitionKey = "created_at::text AS key_at, (date_trunc('week', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')::text AS key_week"
+
+    static func partitionKey(_ res: PGResult, _ i: Int) throws -> RouteKey {
+        RouteKey(at: try res.string(i, "key_at"), week: try res.string(i, "key_week"))
+    }
+
+    /// Writes (or replaces) a rollout's routes in its week's partition, made first when missing.
+    static func writeRoutes(_ c: PGConnection, id: String, project: Int, at key: RouteKey, _ p: PackedRoutes, tokens: Int) throws {
+        try RoutePartitions.ensure(c, project: project, key)
         let allMoE = p.moeLayers == Array(0..<p.layers) && p.hiddenLayers == p.layers
         let moe: String? = allMoE ? nil : pgArray(p.moeLayers)
         let (load, missing) = try ExpertLoad.count(p, tokens: tokens)   // once here, so a step's load is a sum of small histograms
         try c.query("""
-            INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers, moe_layers, expert_counts, missing_rows)
-            VALUES (\(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width), \(Int64(p.checksum)), \(p.bytes),
-                    \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[], \(load.bytes), \(pgArray(missing))::integer[])
-            ON CONFLICT (rollout_id) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
+            INSERT INTO routes (project_id, created_at, rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers,
+                                moe_layers, expert_counts, missing_rows)
+            VALUES (\(project), \(key.at)::timestamptz, \(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width),
+                    \(Int64(p.checksum)), \(p.bytes), \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[], \(load.bytes), \(pgArray(missing))::integer[])
+            ON CONFLICT (rollout_id, project_id, created_at) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
                 num_experts = EXCLUDED.num_experts, width = EXCLUDED.width, checksum = EXCLUDED.checksum, data = EXCLUDED.data,
                 hidden_layers = EXCLUDED.hidden_layers, moe_layers = EXCLUDED.moe_layers, expert_counts = EXCLUDED.expert_counts,
-                missing_rows = EXCLUDED.missing_rows, created_at = now()
+                missing_rows = EXCLUDED.missing_rows
             """)
     }
 
+    /// A rollout r's routes t: by the full key, so one partition is read.
+    static let routesJoin = "t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at"
+
     static let columns = """
         r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, encode(r.logprobs, 'hex') AS logprobs, r.reward, r.group_id, r.metadata,
-        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at, encode(r.loss_mask, 'hex') AS loss_mask, r.turns,
+        to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at, encode(r.loss_mask, 'hex') AS loss_mask, r.turns, r.routes_stored,
         t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts, t.hidden_layers AS r_hidden, t.moe_layers AS r_moe
         """
 
@@ -136,7 +154,8 @@ public struct RolloutRepository: Sendable {
             routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers"), try res.int(i, "r_top_k"), try res.int(i, "r_experts")],
             routesHiddenLayers: try res.intOrNil(i, "r_hidden") ?? (rows == nil ? nil : try res.intOrNil(i, "r_layers")),
             routesMoELayers: try parseArray(res.stringOrNil(i, "r_moe")).map { $0.compactMap { Int($0) } } ?? (rows == nil ? nil : Array(0..<(try res.intOrNil(i, "r_layers") ?? 0))),
-            lossMask: try res.stringOrNil(i, "loss_mask").map(hexBytes), turns: try res.intOrNil(i, "turns") ?? 1)
+            lossMask: try res.stringOrNil(i, "loss_mask").map(hexBytes), turns: try res.intOrNil(i, "turns") ?? 1,
+            routesStored: try res.boolOrNil(i, "routes_stored") ?? false)
     }
 
     static func hexBytes(_ s: String) -> [UInt8] {
@@ -152,7 +171,7 @@ public struct RolloutRepository: Sendable {
     public func get(project: Int, id: String) throws -> RolloutRecord? {
         guard UUID(uuidString: id) != nil else { return nil }
         let res = try pool.withRetry { c in
-            try c.query("SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id WHERE r.project_id = \(project) AND r.id = \(id)::uuid")
+            try c.query("SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = \(id)::uuid")
         }
         return res.count == 0 ? nil : try RolloutRepository.record(res, 0)
     }
@@ -161,7 +180,7 @@ public struct RolloutRepository: Sendable {
     public func list(project: Int, model: String?, policyVersion: Int?, job: String? = nil, after cursor: Int, limit: Int) throws -> [RolloutRecord] {
         let res = try pool.withRetry { c in
             try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
                 WHERE r.project_id = \(project) AND r.seq > \(cursor)
                   AND (\(model)::text IS NULL OR r.model = \(model)) AND (\(policyVersion)::bigint IS NULL OR r.policy_version = \(policyVersion))
                   AND (\(job)::uuid IS NULL OR r.job_id = \(job)::uuid)
@@ -183,7 +202,7 @@ public struct RolloutRepository: Sendable {
             try c.query("""
                 SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data, t.hidden_layers,
                        convert_to(array_to_string(t.moe_layers, ','), 'UTF8') AS moe_layers
-                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+                FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = \(id)::uuid
                 """, binary: true)
         }
         guard res.count == 1 else { return nil }
@@ -213,7 +232,7 @@ public struct RolloutRepository: Sendable {
         let res = try pool.withRetry { c in
             try c.query("""
                 SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns))
-                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+                FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = \(id)::uuid
                 """, binary: true)
         }
         guard res.count == 1 else { return nil }
@@ -227,7 +246,7 @@ public struct RolloutRepository: Sendable {
         let res = try pool.withRetry { c in
             try c.query("""
                 SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns))
-                FROM routes t JOIN rollouts r ON r.id = t.rollout_id WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
+                FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
                 """, binary: true)
         }
         var out: [String: (PackedRoutes, Int)] = [:]
@@ -256,11 +275,18 @@ public struct RolloutRepository: Sendable {
     public func putRoutes(project: Int, id: String, _ p: PackedRoutes) throws -> Bool {
         guard UUID(uuidString: id) != nil else { return false }
         return try pool.transaction { c in
-            let r = try c.query("SELECT cardinality(token_ids) AS n FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE")
+            let r = try c.query("""
+                SELECT cardinality(token_ids) AS n, \(raw: SQL(stringLiteral: RolloutRepository.partitionKey))
+                FROM rollouts WHERE project_id = \(project) AND id = \(id)::uuid FOR UPDATE
+                """)
             if r.count == 0 { return false }
-            let old = try c.query("SELECT octet_length(data) AS n FROM routes WHERE rollout_id = \(id)::uuid")
+            let key = try RolloutRepository.partitionKey(r, 0)
+            let old = try c.query("""
+                SELECT octet_length(data) AS n FROM routes WHERE project_id = \(project) AND created_at = \(key.at)::timestamptz AND rollout_id = \(id)::uuid
+                """)
             try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.intOrNil(0, "n") ?? 0 : 0))
-            try RolloutRepository.writeRoutes(c, id: id, p, tokens: try r.int(0, "n"))
+            try RolloutRepository.writeRoutes(c, id: id, project: project, at: key, p, tokens: try r.int(0, "n"))
+            try c.query("UPDATE rollouts SET routes_stored = true WHERE id = \(id)::uuid AND NOT routes_stored")
             return true
         }
     }
@@ -281,6 +307,18 @@ extension RolloutRepository {
         }
         let found = Set(try (0..<r.count).map { try r.string($0, "id").lowercased() })
         return ids.filter { !found.contains($0.lowercased()) }
+    }
+
+    /// The ids among `ids` whose routes the project's retention dropped, in one query.
+    public func expired(project: Int, ids: [String]) throws -> [String] {
+        let valid = ids.filter { UUID(uuidString: $0) != nil }
+        let r = try pool.withRetry { c in
+            try c.query("""
+                SELECT r.id FROM rollouts r WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[]) AND r.routes_stored
+                  AND NOT EXISTS (SELECT 1 FROM routes t WHERE \(raw: SQL(stringLiteral: RolloutRepository.routesJoin)))
+                """)
+        }
+        return try (0..<r.count).map { try r.string($0, "id") }
     }
 
     /// The ids among `ids` whose loss mask leaves some response token out (multi-turn context), in one query.
@@ -320,17 +358,20 @@ extension RolloutRepository {
         guard UUID(uuidString: id) != nil else { return .notFound }
         return try pool.transaction { c in
             let res = try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)), r.created_at::text AS key_at,
+                       (date_trunc('week', r.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')::text AS key_week
+                FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
                 WHERE r.project_id = \(project) AND r.id = \(id)::uuid FOR UPDATE OF r
                 """)
             guard res.count == 1 else { return .notFound }
+            let key = try RolloutRepository.partitionKey(res, 0)
             let record = try RolloutRepository.record(res, 0)
             var packed: PackedRoutes?
             if record.routesShape != nil {
                 let b = try c.query("""
                     SELECT t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.data, t.hidden_layers,
                            convert_to(array_to_string(t.moe_layers, ','), 'UTF8') AS moe_layers
-                    FROM routes t WHERE t.rollout_id = \(id)::uuid
+                    FROM routes t WHERE t.project_id = \(project) AND t.created_at = \(key.at)::timestamptz AND t.rollout_id = \(id)::uuid
                     """, binary: true)
                 packed = try RolloutRepository.packed(b, 0)
             }
@@ -340,12 +381,12 @@ extension RolloutRepository {
                 UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
                     logprobs = \(RolloutRepository.floatBytes(n.logprobs)), reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
                     loss_mask = \(n.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), turns = \(n.turns),
-                    policy_version = \(n.policyVersion)
+                    policy_version = \(n.policyVersion), routes_stored = routes_stored OR \(n.routes != nil)
                 WHERE id = \(id)::uuid
                 """)
-            if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, p, tokens: n.tokenIDs.count) }
+            if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, project: project, at: key, p, tokens: n.tokenIDs.count) }
             let after = try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
                 WHERE r.id = \(id)::uuid
                 """)
             return .appended(try RolloutRepository.record(after, 0), n.routes)
@@ -382,7 +423,7 @@ extension RolloutRepository {
                 SELECT r.id::text AS rid, cardinality(r.token_ids) AS tokens, r.prompt_length, r.logprobs, r.loss_mask,
                        t.rows, t.layers, t.top_k, t.num_experts, t.width::integer AS width, t.checksum, t.hidden_layers, t.moe_layers,
                        t.expert_counts, t.missing_rows, CASE WHEN \(withRoutes)::boolean OR t.expert_counts IS NULL THEN t.data END AS data
-                FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id
+                FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
                 WHERE r.project_id = \(project) AND r.id = ANY(\(RolloutRepository.pgArray(valid))::uuid[])
                 """, binary: true)
         }

@@ -11,6 +11,9 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
     case migration(file: String, message: String)
     /// A row was not in the expected shape.
     case decode(String)
+    /// A stored checkpoint is missing, incomplete or does not match its checksums, or its files cannot
+    /// be read or written locally.
+    case checkpoint(String)
 
     public var description: String {
         switch self {
@@ -19,6 +22,7 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
         case let .embedded(m): return "embedded PostgreSQL: \(m)"
         case let .migration(file, m): return "migration \(file): \(m)"
         case let .decode(m): return "unexpected row: \(m)"
+        case let .checkpoint(m): return "checkpoint store: \(m)"
         }
     }
 

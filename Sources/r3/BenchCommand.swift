@@ -7,7 +7,7 @@ import Routes
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Benchmarks that print JSON.", subcommands: [EngineBenchCommand.self, RoutesBenchCommand.self, RunsBenchCommand.self, RLBenchCommand.self])
+        commandName: "bench", abstract: "Benchmarks that print JSON.", subcommands: [EngineBenchCommand.self, RoutesBenchCommand.self, RunsBenchCommand.self, CheckpointBenchCommand.self, RLBenchCommand.self])
 }
 
 struct EngineBenchCommand: ParsableCommand {

@@ -51,7 +51,7 @@ struct DemoCommand: ParsableCommand {
         config.workers = 1
         let (pool, embedded, _) = try openDatabase(config)
         defer { if embedded?.startedHere == true { embedded?.stop() } }
-        let app = App(config: config, pool: pool)
+        let app = try App(config: config, pool: pool)
         var http = config.http; http.port = 0; http.handlerThreads = 4
         let server = HTTPServer(config: http) { app.decide($0) }
         let port = try server.start()

@@ -79,7 +79,7 @@ struct RoutesBenchCommand: ParsableCommand {
                            "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
         }
 
-        let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").intOrNil(0, "b") } ?? 0
+        let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").intOrNil(0, "b") } ?? 0   // once: every partition may be probed
         try printJSON(["case": "stored_bytes", "config": base, "bytes": stored, "bytes_per_index": Double(stored) / Double(ids.count)])
 
         if wrkSeconds > 0 && !quick {
@@ -256,7 +256,7 @@ final class BenchService {
         _ = chmod(tmp.path, 0o755)
         self.config = config
         (pool, embedded, label) = try openDatabase(config)
-        let app = App(config: config, pool: pool)
+        let app = try App(config: config, pool: pool)
         var http = config.http
         http.port = 0
         server = HTTPServer(config: http) { app.decide($0) }

@@ -23,6 +23,13 @@ func openDatabase(_ config: ServiceConfig) throws -> (ConnectionPool, EmbeddedPo
     }
     let pool = ConnectionPool(conninfo: conninfo, size: config.dbPool)
     try Migrator.migrate(pool, Migrator.load(directory: try migrationsDirectory()))
+    // checkpoints an installation from before the checkpoint store wrote to this machine's disk
+    let log = R3Log.logger("r3")
+    let own = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
+    let (moved, missing) = try CheckpointStore.importLegacyFiles(pool, ownDirectory: own) { log.warning("\($0)") }
+    if moved + missing > 0 {
+        log.notice("checkpoints moved into the database", metadata: ["moved": .stringConvertible(moved), "not_on_this_machine": .stringConvertible(missing)])
+    }
     return (pool, embedded, label)
 }
 
@@ -75,7 +82,7 @@ struct ServeCommand: ParsableCommand {
         let log = R3Log.logger("r3")
         log.info("settings", metadata: config.logMetadata)
         let (pool, embedded, label) = try openDatabase(config)
-        let app = App(config: config, pool: pool)
+        let app = try App(config: config, pool: pool)
         let server = HTTPServer(config: config.http) { app.decide($0) }
         server.logger = R3Log.logger("r3.http")
         let port = try server.start()
@@ -84,7 +91,9 @@ struct ServeCommand: ParsableCommand {
         let webhooks = WebhookDispatcher(pool: pool, workers: config.webhookWorkers, timeout: config.webhookTimeout,
                                          allowPrivate: config.webhookAllowPrivate)
         webhooks.start()
-        onStopSignal(readEnd, "finishing in-flight requests and job steps") { server.shutdown(); runner.stop(); webhooks.stop() }
+        let maintenance = Maintenance(pool: pool, interval: config.retentionSeconds)
+        maintenance.start()
+        onStopSignal(readEnd, "finishing in-flight requests and job steps") { server.shutdown(); runner.stop(); webhooks.stop(); maintenance.stop() }
         log.notice("listening", metadata: ["url": .string("http://\(config.host):\(port)"), "database": .string(label),
                                            "workers": .stringConvertible(config.workers), "threads_per_worker": .stringConvertible(config.jobRunner.threadsPerWorker)])
         server.waitUntilStopped()
@@ -257,9 +266,11 @@ struct WorkerCommand: ParsableCommand {
         let log = R3Log.logger("r3")
         log.info("settings", metadata: config.logMetadata)
         let (pool, embedded, label) = try openDatabase(config)
-        let runner = JobRunner(app: App(config: config, pool: pool), config: config.jobRunner)
+        let runner = JobRunner(app: try App(config: config, pool: pool), config: config.jobRunner)
         runner.start()
-        onStopSignal(readEnd, "finishing the current job steps") { runner.stop() }
+        let maintenance = Maintenance(pool: pool, interval: config.retentionSeconds)
+        maintenance.start()
+        onStopSignal(readEnd, "finishing the current job steps") { runner.stop(); maintenance.stop() }
         log.notice("workers started", metadata: ["database": .string(label), "workers": .stringConvertible(config.workers),
                                                  "threads_per_worker": .stringConvertible(config.jobRunner.threadsPerWorker)])
         runner.waitUntilStopped()

@@ -14,7 +14,7 @@ extension StoreTests { @Suite struct JobQueueTests {
     func fixture() throws -> (project: Int, model: String) {
         let name = "queue-\(UUID().uuidString)"
         let p = try pool.with { try $0.query("INSERT INTO projects (name) VALUES (\(name)) RETURNING id").int(0, "id") }
-        let m = try ModelRepository(pool: pool).create(project: p, name: "m", configJSON: "{}", source: "random") { _ in "/nonexistent" }!
+        let m = try ModelRepository(pool: pool).create(project: p, name: "m", configJSON: "{}", source: "random") { _, _ in nil }!
         return (p, m.id)
     }
 

@@ -24,6 +24,22 @@ def create_model(api, name, config=None, seed=1, **extra):
     return r.json()
 
 
+def download_checkpoint(api, model_id, version, into):
+    """A policy version's checkpoint from the service into a directory, each file checked against its SHA-256."""
+    import hashlib
+    import os
+    man = api.get(api.base + f"/v1/models/{model_id}/versions/{version}/checkpoint")
+    assert man.status_code == 200, man.text
+    os.makedirs(into, exist_ok=True)
+    for f in man.json()["files"]:
+        r = api.get(api.base + f["url"])
+        assert r.status_code == 200 and int(r.headers["Content-Length"]) == f["size"] == len(r.content), f
+        assert hashlib.sha256(r.content).hexdigest() == f["sha256"] and r.headers["ETag"] == f'"{f["sha256"]}"'
+        with open(os.path.join(into, f["name"]), "wb") as out:
+            out.write(r.content)
+    return into
+
+
 def submit(api, body, **headers):
     r = api.post(api.base + "/v1/jobs", json=body, headers=headers)
     assert r.status_code == 202, r.text

@@ -14,7 +14,7 @@ import pytest
 import requests
 from safetensors.numpy import load_file
 
-from jobs_client import REQUIRED_METRICS, TINY, all_rollouts, create_model, events, job, session, submit, wait
+from jobs_client import REQUIRED_METRICS, TINY, all_rollouts, create_model, download_checkpoint, events, job, session, submit, wait
 
 ROOT = Path(__file__).resolve().parents[2]
 R3 = os.environ.get("R3_BIN", str(ROOT / ".build" / "release" / "r3"))
@@ -29,7 +29,7 @@ def test_rollout_job_routes_replay_bit_identically_in_the_engine(api, server, tm
     assert done["state"] == "succeeded", done
     ids = done["result"]["rollout_ids"]
     assert len(ids) == 4 and done["result"]["policy_version"] == 0
-    ckpt = server.data_dir / "models" / m["id"] / "v0"
+    ckpt = download_checkpoint(api, m["id"], 0, tmp_path / "v0")
     for rid in ids:
         ro = api.get(api.base + "/v1/rollouts/" + rid).json()
         tokens = ro["token_ids"]

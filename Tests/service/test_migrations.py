@@ -6,7 +6,7 @@ import subprocess
 
 import requests
 
-from conftest import ROOT, Server, stop_with_cluster
+from conftest import R3, ROOT, Server, stop_with_cluster
 
 
 def test_logprobs_survive_the_move_to_float32_bytes(tmp_path):
@@ -41,5 +41,70 @@ def test_logprobs_survive_the_move_to_float32_bytes(tmp_path):
         H = {"Authorization": "Bearer " + s.keys["a"]}
         got = {i: requests.get(f"{s.url}/v1/rollouts/{i}", headers=H).json()["logprobs"] for i in (full, empty, none)}
         assert got[full] == [-0.5, -1.25, None, -3e-08] and got[empty] == [] and got[none] is None, got
+    finally:
+        stop_with_cluster(s)
+
+
+def test_checkpoints_on_disk_move_into_the_database(tmp_path):
+    """An installation from before migration 0009 kept policy versions' checkpoints as directories under
+    its data directory. Upgraded, it moves them into the store on start (files byte-identical, its own
+    copies removed, jobs' checkpoints following); a version whose directory is on no disk it can see says so."""
+    import hashlib
+    import json as jsonlib
+    import sys
+    sys.path.insert(0, str(ROOT / "Tests" / "service"))
+    from jobs_client import TINY, download_checkpoint, session, submit, wait
+
+    before_0009 = tmp_path / "migrations"
+    before_0009.mkdir()
+    for f in (ROOT / "Migrations").glob("*.sql"):
+        if f.name < "0009":
+            shutil.copy(f, before_0009 / f.name)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(data, 0o755)
+    s = Server(data)
+    s.env["R3_MIGRATIONS_DIR"] = str(before_0009)
+    s.keys = {"a": s.key("p")}
+    try:
+        s.start()
+
+        def psql(sql):
+            out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.split("\n")[0].strip()   # the RETURNING value, before psql's "INSERT 0 1"
+        config = tmp_path / "config.json"
+        config.write_text(jsonlib.dumps(dict(TINY, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe")))
+        model = psql(f"INSERT INTO models (project_id, name, config, source) SELECT id, 'old', '{jsonlib.dumps(TINY)}', 'random' "
+                     "FROM projects LIMIT 1 RETURNING id")
+        dirs = {v: data / "models" / model / f"v{v}" for v in (0, 1)}
+        originals = {}
+        for v, d in dirs.items():   # what the older server wrote: our layout, under its data directory
+            out = subprocess.run([R3, "init-model", "--config", str(config), "--seed", str(v + 3), "--out", str(d)], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+            originals[v] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in d.iterdir()}
+        job = psql(f"INSERT INTO jobs (project_id, type, model_id, params, state, checkpoint) SELECT id, 'sft', '{model}', '{{}}', 'succeeded', "
+                   f"'{{\"step\": 1, \"path\": \"{dirs[1]}\", \"version\": 1}}' FROM projects LIMIT 1 RETURNING id")
+        psql(f"INSERT INTO policy_versions (model_id, version, checkpoint_path) VALUES ('{model}', 0, '{dirs[0]}'), "
+             f"('{model}', 1, '{dirs[1]}'), ('{model}', 2, '/elsewhere/v2')")
+        s.stop()
+        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
+        s.start()
+        api = session(s.url, s.keys["a"])
+        for v in (0, 1):
+            got = download_checkpoint(api, model, v, tmp_path / f"back{v}")
+            assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in got.iterdir()} == originals[v]
+            assert not dirs[v].exists(), "the service's own copy is removed once stored"
+        assert psql(f"SELECT checkpoint ? 'checkpoint_id' AND NOT checkpoint ? 'path' FROM jobs WHERE id = '{job}'") == "t"
+        missing = api.get(api.base + f"/v1/models/{model}/versions/2/checkpoint")
+        assert missing.status_code == 409 and "/elsewhere/v2" in missing.json()["detail"], missing.text
+        log = s.log.read_text()
+        assert "/elsewhere/v2" in log and '"moved":"2"' in log.replace('"moved":2', '"moved":"2"'), log[-2000:]
+        # and the moved version serves a job
+        done = wait(api, submit(api, {"type": "rollout", "model": model, "policy_version": 0, "n": 1, "max_tokens": 3,
+                                      "prompts": [{"token_ids": [1, 2, 3]}]})["id"])
+        assert done["state"] == "succeeded", done
     finally:
         stop_with_cluster(s)

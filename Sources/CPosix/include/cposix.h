@@ -1,5 +1,6 @@
 // CPosix: the Linux calls Swift's Glibc module does not export (epoll, eventfd), as small C functions
-// that avoid the packed epoll_event struct. Used only by the HTTP target.
+// that avoid the packed epoll_event struct; and the byte loops that want CPU instructions (CRC-32C,
+// base64, JSON scanning, SHA-256), each with a portable path for CPUs (and architectures) without them.
 #ifndef R3_CPOSIX_H
 #define R3_CPOSIX_H
 #include <stdint.h>
@@ -17,7 +18,7 @@ int r3_set_nodelay(int fd);
 int r3_tcp_socket(void);
 /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int r3_accept(int fd);
-/// CRC-32C (Castagnoli) with the SSE4.2 crc32 instruction: `crc` is the running value (start with 0).
+/// CRC-32C (Castagnoli), with the SSE4.2 crc32 instruction when the CPU has it: `crc` is the running value (start with 0).
 uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n);
 /// Bulk base64 decoding (Muła & Lemire's AVX2 method, 32 characters to 24 bytes a step) of the
 /// leading part of `src` that it can decode without care: it stops before padding, before a byte
@@ -32,4 +33,13 @@ uint64_t r3_json_plain_run(const uint8_t *p, uint64_t n);
 uint32_t r3_crc32(uint32_t crc, const void *data, uint64_t n);
 /// Standard padded base64 of n bytes into dst, which must hold 4 * ((n + 2) / 3) bytes; returns that count.
 uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst);
+/// SHA-256, incremental (sha256.c): SHA extensions when the CPU has them, else portable C.
+typedef struct { uint32_t h[8]; uint64_t length; uint8_t buffer[64]; uint64_t buffered; } r3_sha256_ctx;
+void r3_sha256_init(r3_sha256_ctx *c);
+void r3_sha256_update(r3_sha256_ctx *c, const void *data, uint64_t n);
+void r3_sha256_final(r3_sha256_ctx *c, uint8_t out[32]);
+/// The compression functions themselves, for the tests that compare them (n blocks of 64 bytes).
+void r3_sha256_blocks_portable(uint32_t h[8], const uint8_t *p, uint64_t n);
+void r3_sha256_blocks_shani(uint32_t h[8], const uint8_t *p, uint64_t n);
+int r3_sha256_has_shani(void);
 #endif
