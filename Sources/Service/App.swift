@@ -27,6 +27,8 @@ public final class App: @unchecked Sendable {
     let dataDirectory: URL
     /// This machine's cache of stored checkpoints.
     let checkpoints: CheckpointCache
+    /// Which database a read goes to (ReadReplica.swift).
+    let reads: ReadRouting
     let pageKeyLock = NSLock()
     var pageKeyCache: [UInt8]?
 
@@ -50,9 +52,11 @@ public final class App: @unchecked Sendable {
     }
     let routes: [Route]
 
-    public init(config: ServiceConfig, pool: ConnectionPool) throws {
+    /// `readPool`: a streaming replica (DATABASE_URL_READ) for route fetches and rollout listings.
+    public init(config: ServiceConfig, pool: ConnectionPool, readPool: ConnectionPool? = nil) throws {
         self.config = config
         self.pool = pool
+        reads = ReadRouting(primary: pool, replica: readPool, wait: config.replicaWaitSeconds)
         keys = KeyRepository(pool: pool)
         rollouts = RolloutRepository(pool: pool)
         models = ModelRepository(pool: pool)
@@ -84,7 +88,7 @@ public final class App: @unchecked Sendable {
             s("POST", "/v1/rollouts:sglang", write) { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
             s("POST", "/v1/rollouts:vllm", write) { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
             r("GET", "/v1/rollouts", read) { app, req, _, p in try app.listRollouts(req, project: p) },
-            r("GET", "/v1/rollouts/{id}", read) { app, _, v, p in try app.getRollout(v["id"]!, project: p) },
+            r("GET", "/v1/rollouts/{id}", read) { app, req, v, p in try app.getRollout(req, v["id"]!, project: p) },
             r("DELETE", "/v1/rollouts/{id}", write) { app, _, v, p in try app.deleteRollout(v["id"]!, project: p) },
             s("POST", "/v1/rollouts/{id}/turns", write) { app, req, body, v, p in try app.appendTurn(req, body, id: v["id"]!, project: p) },
             r("GET", "/v1/rollouts/{id}/routes", read) { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
@@ -189,6 +193,10 @@ public final class App: @unchecked Sendable {
         }
     }
 
+    /// Routes whose writes change rollouts or routes: a later read of the project must see them.
+    static let rolloutWrites: Set<String> = ["/v1/rollouts", "/v1/rollouts:sglang", "/v1/rollouts:vllm", "/v1/rollouts/{id}",
+                                             "/v1/rollouts/{id}/turns", "/v1/rollouts/{id}/routes"]
+
     /// What the request log says about a request beyond its method and status.
     struct RequestContext: Sendable {
         var id: String
@@ -263,6 +271,10 @@ public final class App: @unchecked Sendable {
             }
         }
         resp.headers.set("X-Request-Id", ctx.id)
+        if (200..<300).contains(resp.status), req.method != "GET", req.method != "HEAD", App.rolloutWrites.contains(ctx.route),
+           let p = ctx.project, let lsn = reads.noteWrite(project: p) {
+            resp.headers.set("R3-Write-LSN", ReadRouting.format(lsn))
+        }
         let elapsed = seconds(since: start)
         metrics.observe(route: ctx.route, method: req.method, status: resp.status, seconds: elapsed)
         if logger.logLevel <= .info {

@@ -35,9 +35,12 @@ extension App {
         return o
     }
 
-    func getRollout(_ id: String, project: Int) throws -> HTTPResponse {
-        guard let r = try rollouts.get(project: project, id: id) else { throw ServiceError.notFound("rollout \(id)") }
-        return .json(200, rolloutJSON(r))
+    func getRollout(_ req: HTTPRequest, _ id: String, project: Int) throws -> HTTPResponse {
+        let (found, from) = try readByID(req, project: project) { try $0.get(project: project, id: id) }
+        guard let r = found else { throw ServiceError.notFound("rollout \(id)") }
+        var resp = HTTPResponse.json(200, rolloutJSON(r))
+        resp.headers.set("R3-Read-From", from)
+        return resp
     }
 
     func listRollouts(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
@@ -49,10 +52,14 @@ extension App {
         }
         if let m = q["model"], m.count > 200 { throw ServiceError.badRequest("model is longer than 200 characters") }
         if let j = q["job_id"], UUID(uuidString: j) == nil { throw ServiceError.badRequest("job_id must be a job id (a UUID)") }
-        let rows = try rollouts.list(project: project, model: q["model"], policyVersion: pv, job: q["job_id"], after: cursor, limit: limit + 1)
+        let (rows, from) = try readRollouts(req, project: project) {
+            try $0.list(project: project, model: q["model"], policyVersion: pv, job: q["job_id"], after: cursor, limit: limit + 1)
+        }
         let page = rows.prefix(limit)
         let next: Any = rows.count > limit ? String(page.last!.seq) : NSNull()
-        return .json(200, ["data": page.map(rolloutJSON), "next_cursor": next])
+        var resp = HTTPResponse.json(200, ["data": page.map(rolloutJSON), "next_cursor": next])
+        resp.headers.set("R3-Read-From", from)
+        return resp
     }
 
     func deleteRollout(_ id: String, project: Int) throws -> HTTPResponse {

@@ -89,7 +89,8 @@ extension App {
 
     func getRoutes(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
         let format = try routeFormat(req)
-        guard let (p, tokens) = try rollouts.routesAndTokens(project: project, id: id) else { throw try routesGone(id, project: project) }
+        let (found, from) = try readByID(req, project: project) { try $0.routesAndTokens(project: project, id: id) }
+        guard let (p, tokens) = found else { throw try routesGone(id, project: project) }
         let o = try routeOutput(req.query, format, p, tokens: tokens)
         let container = req.query["container"] ?? "npz"
         guard format == .megatron || req.query["container"] == nil else { throw ServiceError.badRequest("container applies to format=megatron") }
@@ -98,7 +99,7 @@ extension App {
         if let inm = req.headers["If-None-Match"], inm.split(separator: ",").contains(where: { let t = $0.trimmingCharacters(in: .whitespaces); return t == etag || t == "*" }) {
             return HTTPResponse(status: 304, headers: HTTPHeaders([("ETag", etag)]))
         }
-        var h = HTTPHeaders([("ETag", etag), ("Cache-Control", "private, max-age=0, must-revalidate")])
+        var h = HTTPHeaders([("ETag", etag), ("Cache-Control", "private, max-age=0, must-revalidate"), ("R3-Read-From", from)])
         if format == .megatron {
             let (body, ct, _) = try encodeRoutes(p, format, o, container: container, id: id)
             h.set("Content-Type", ct)
@@ -270,7 +271,21 @@ extension App {
 
     // MARK: batches
 
+    /// Routes of many rollouts in one response: on the replica when it is fresh enough, on the primary for
+    /// ids the replica does not have yet.
     func batchGet(_ req: HTTPRequest, project: Int) throws -> HTTPResponse {
+        // a missing id (404) on the replica is looked for on the primary
+        typealias Outcome = Result<HTTPResponse, ServiceError>
+        let missing: (Outcome) -> Bool = { r in if case let .failure(e) = r { return e.status == 404 }; return false }
+        let (result, from) = try readRollouts(req, project: project, stale: missing) { repo -> Outcome in
+            do { return .success(try batchGet(req, project: project, on: repo)) } catch let e as ServiceError { return .failure(e) }
+        }
+        var resp = try result.get()
+        resp.headers.set("R3-Read-From", from)
+        return resp
+    }
+
+    func batchGet(_ req: HTTPRequest, project: Int, on rollouts: RolloutRepository) throws -> HTTPResponse {
         let f = try Fields(try jsonBody(req), allowed: ["ids", "format", "dtype", "start", "end", "layout", "pad", "prompt_length", "response_length", "truncate"])
         guard let list = try f.list("ids", required: true), !list.isEmpty, list.count <= 1000 else {
             throw ServiceError.unprocessable("ids must be a list of 1 to 1000 rollout ids")
@@ -290,7 +305,7 @@ extension App {
         if let p = try f.int("pad", range: -1...0) { q["pad"] = String(p) }
         let start = try f.int("start", range: 0...Int(Int32.max)), end = try f.int("end", range: 0...Int(Int32.max))
         if let s = start, let e = end, s > e { throw ServiceError.unprocessable("start must not exceed end") }
-        if fmt == "verl" { return try verlBatch(ids, f, q, project: project) }
+        if fmt == "verl" { return try verlBatch(ids, f, q, project: project, on: rollouts) }
         if (start != nil || end != nil) && (fmt == "slime" || fmt == "megatron") {
             throw ServiceError.unprocessable("start and end do not apply to format \(fmt): it serves whole sequences")
         }
@@ -347,7 +362,7 @@ extension App {
 
     /// verl's padded batch: routed_experts [B, P+R, num_layers, K], input_ids, attention_mask, position_ids
     /// [B, P+R] and response_mask [B, R] (the loss mask), prompts left-padded to P, responses right-padded to R.
-    func verlBatch(_ ids: [String], _ f: Fields, _ q: [String: String], project: Int) throws -> HTTPResponse {
+    func verlBatch(_ ids: [String], _ f: Fields, _ q: [String: String], project: Int, on rollouts: RolloutRepository) throws -> HTTPResponse {
         guard let P = try f.int("prompt_length", range: 1...1_000_000), let R = try f.int("response_length", range: 1...1_000_000) else {
             throw ServiceError.unprocessable("format verl needs prompt_length and response_length (the padded lengths, as in verl's config)")
         }

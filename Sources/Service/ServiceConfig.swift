@@ -19,6 +19,9 @@ public struct ServiceConfig: Sendable {
     public static let documentation = """
     Environment:
       DATABASE_URL           libpq connection string; unset: a private PostgreSQL cluster under R3_DATA_DIR/pg
+      DATABASE_URL_READ      a streaming replica of it: route fetches and rollout listings read there once it has replayed
+                             the caller's writes (R3-Write-LSN / R3-Min-LSN), else the primary (default: none)
+      R3_READ_REPLICA_WAIT   seconds a read waits for the replica to catch up before reading the primary (default 1)
       R3_LISTEN              host:port to listen on (default 127.0.0.1:8080)
       R3_DATA_DIR            data directory (default ./.r3): the embedded cluster, and the local checkpoint cache
       R3_RETENTION_SECONDS   how often route partitions are made and every project's route retention applied (default 3600)
@@ -59,6 +62,8 @@ public struct ServiceConfig: Sendable {
     public var port: UInt16 = 8080
     public var dataDir = URL(fileURLWithPath: ".r3")
     public var checkpointCacheBytes = 8 << 30
+    public var databaseReadURL: String?
+    public var replicaWaitSeconds = 1.0
     public var retentionSeconds = 3600.0
     public var maxBodyBytes = 512 * 1024 * 1024
     public var maxImportBytes = 16 << 30
@@ -104,6 +109,11 @@ public struct ServiceConfig: Sendable {
             return d
         }
         if let u = env["DATABASE_URL"], !u.isEmpty { c.databaseURL = u }
+        if let u = env["DATABASE_URL_READ"], !u.isEmpty { c.databaseReadURL = u }
+        if let v = env["R3_READ_REPLICA_WAIT"] {
+            guard let d = Double(v), d >= 0, d <= 30 else { throw ServiceError(400, "R3_READ_REPLICA_WAIT='\(v)' must be a number of seconds in 0...30") }
+            c.replicaWaitSeconds = d
+        }
         if let l = env["R3_LISTEN"] {
             guard let colon = l.lastIndex(of: ":"), let p = UInt16(l[l.index(after: colon)...]) else {
                 throw ServiceError(400, "R3_LISTEN='\(l)' must be host:port")
@@ -158,6 +168,7 @@ extension ServiceConfig {
         func d(_ x: Double) -> Logger.Metadata.Value { .stringConvertible(x) }
         return [
             "database": .string(databaseURL.map(ServiceConfig.redacted) ?? "embedded PostgreSQL in \(dataDir.path)/pg"),
+            "database_read": .string(databaseReadURL.map(ServiceConfig.redacted) ?? "none"), "read_replica_wait_s": d(replicaWaitSeconds),
             "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path), "checkpoint_cache_bytes": n(checkpointCacheBytes), "retention_s": d(retentionSeconds),
             "max_body_bytes": n(maxBodyBytes), "max_import_bytes": n(maxImportBytes), "max_import_rollouts": n(maxImportRollouts),
             "max_connections": n(maxConnections), "http_threads": n(httpThreads), "upload_threads": n(uploadThreads),

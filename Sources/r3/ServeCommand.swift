@@ -82,7 +82,8 @@ struct ServeCommand: ParsableCommand {
         let log = R3Log.logger("r3")
         log.info("settings", metadata: config.logMetadata)
         let (pool, embedded, label) = try openDatabase(config)
-        let app = try App(config: config, pool: pool)
+        let readPool = config.databaseReadURL.map { ConnectionPool(conninfo: $0, size: config.dbPool) }
+        let app = try App(config: config, pool: pool, readPool: readPool)
         let server = HTTPServer(config: config.http) { app.decide($0) }
         server.logger = R3Log.logger("r3.http")
         let port = try server.start()

@@ -108,3 +108,67 @@ def test_checkpoints_on_disk_move_into_the_database(tmp_path):
         assert done["state"] == "succeeded", done
     finally:
         stop_with_cluster(s)
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), the checksum stored with routes, bit by bit."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_routes_move_into_week_partitions_intact(tmp_path):
+    """Routes an installation stored before migration 0010 (one unpartitioned table) are copied into their
+    project's week partitions: every byte served the same, the storage count and `routes_stored` right."""
+    import numpy as np
+    before_0010 = tmp_path / "migrations"
+    before_0010.mkdir()
+    for f in (ROOT / "Migrations").glob("*.sql"):
+        if f.name < "0010":
+            shutil.copy(f, before_0010 / f.name)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(data, 0o755)
+    s = Server(data)
+    s.env["R3_MIGRATIONS_DIR"] = str(before_0010)
+    s.keys = {"a": s.key("p")}
+    try:
+        s.start()
+
+        def psql(sql):
+            out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.split("\n")[0].strip()
+        rng = np.random.default_rng(3)
+        want = {}
+        for i, days in enumerate([0, 0, 9, 40]):   # rows of three different weeks
+            T = 6
+            routes = np.stack([np.stack([rng.permutation(32)[:4] for _ in range(3)]) for _ in range(T - 1)]).astype(np.uint8)
+            rid = psql(f"INSERT INTO rollouts (project_id, model, token_ids, prompt_length, created_at) SELECT id, 'm', "
+                       f"'{{1,2,3,4,5,6}}', 2, now() - interval '{days} days' FROM projects LIMIT 1 RETURNING id")
+            psql(f"INSERT INTO routes (rollout_id, rows, layers, top_k, num_experts, width, checksum, data) VALUES "
+                 f"('{rid}', {T - 1}, 3, 4, 32, 1, {crc32c(routes.tobytes())}, '\\x{routes.tobytes().hex()}')")
+            want[rid] = routes
+        none = psql("INSERT INTO rollouts (project_id, model, token_ids, prompt_length) SELECT id, 'm', '{1,2}', 1 FROM projects LIMIT 1 RETURNING id")
+        bytes_before = psql("SELECT route_bytes FROM projects LIMIT 1")
+        s.stop()
+        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
+        s.start()
+        H = {"Authorization": "Bearer " + s.keys["a"]}
+        for rid, routes in want.items():
+            got = requests.get(f"{s.url}/v1/rollouts/{rid}/routes", params={"format": "json"}, headers=H)
+            assert got.status_code == 200, got.text
+            assert got.json()["routed_experts"] == routes.astype(int).tolist()
+            assert requests.get(f"{s.url}/v1/rollouts/{rid}", headers=H).json()["routes_expired"] is False
+        assert requests.get(f"{s.url}/v1/rollouts/{none}", headers=H).json()["routes"] is None
+        assert psql("SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE c.relname LIKE 'routes\\_p%\\_w%'") >= "3"
+        assert psql("SELECT route_bytes FROM projects LIMIT 1") == bytes_before == str(sum(r.size for r in want.values()))
+        assert psql("SELECT count(*) FROM rollouts WHERE routes_stored") == "4"
+        assert psql("SELECT to_regclass('routes_unpartitioned') IS NULL") == "t"
+    finally:
+        stop_with_cluster(s)
