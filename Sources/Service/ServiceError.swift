@@ -43,6 +43,7 @@ public struct ServiceError: Error, CustomStringConvertible {
         case let e as StoreError:
             switch e {
             case .unavailable: return .problem(503, detail: "the database is unavailable; retry later")
+            case let .expired(m): return .problem(410, detail: m)
             case let .query(state, _) where state == "22P02" || state == "22003": return .problem(400, detail: "a value is out of range or malformed")
             default: return .problem(500, detail: "internal error")
             }

@@ -46,7 +46,7 @@ public struct RolloutRecord: Sendable {
     public var turns: Int
     /// The rollout was stored with routes.
     public var routesStored: Bool = false
-    /// It was stored with routes and they are gone: the project's retention dropped them.
+    /// It was stored with routes and they are gone: the project's retention dropped its week.
     public var routesExpired: Bool { routesStored && routesShape == nil }
 }
 
@@ -81,10 +81,11 @@ public struct RolloutRepository: Sendable {
     public static func insert(_ c: PGConnection, project: Int, _ r: NewRollout, job: (id: String, step: Int, index: Int)?) throws -> String {
         let res = try c.query("""
             INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
-                                  job_id, job_step, sample_index, loss_mask, turns, routes_stored)
+                                  job_id, job_step, sample_index, loss_mask, turns, routes_stored, route_shape, route_moe_layers)
             VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
                     \(floatBytes(r.logprobs)), \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
-                    \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns), \(r.routes != nil))
+                    \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns), \(r.routes != nil),
+                    \(summary(r.routes).shape)::integer[], \(summary(r.routes).moe)::integer[])
             RETURNING id, \(raw: SQL(stringLiteral: RolloutRepository.partitionKey))
             """)
         let id = try res.string(0, "id")
@@ -138,11 +139,15 @@ public struct RolloutRepository: Sendable {
     static let columns = """
         r.id, r.seq, r.model, r.policy_version, r.token_ids, r.prompt_length, encode(r.logprobs, 'hex') AS logprobs, r.reward, r.group_id, r.metadata,
         to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at, encode(r.loss_mask, 'hex') AS loss_mask, r.turns, r.routes_stored,
-        t.rows AS r_rows, t.layers AS r_layers, t.top_k AS r_top_k, t.num_experts AS r_experts, t.hidden_layers AS r_hidden, t.moe_layers AS r_moe
+        r.route_shape, r.route_moe_layers,
+        EXISTS (SELECT 1 FROM route_partitions_dropped d WHERE d.project_id = r.project_id AND d.range_start <= r.created_at
+                AND d.range_end > r.created_at) AS routes_dropped
         """
 
     static func record(_ res: PGResult, _ i: Int) throws -> RolloutRecord {
-        let rows = try res.intOrNil(i, "r_rows")
+        let stored = try res.boolOrNil(i, "routes_stored") ?? false
+        let dropped = try res.boolOrNil(i, "routes_dropped") ?? false
+        let shape = stored && !dropped ? try parseArray(res.stringOrNil(i, "route_shape"))?.compactMap { Int($0) } : nil
         return RolloutRecord(
             id: try res.string(i, "id"), seq: try res.int(i, "seq"), model: try res.string(i, "model"),
             policyVersion: try res.int(i, "policy_version"),
@@ -151,11 +156,17 @@ public struct RolloutRepository: Sendable {
             logprobs: try res.stringOrNil(i, "logprobs").map { try floats(Data(hexBytes($0))) },
             reward: try res.doubleOrNil(i, "reward"), groupID: try res.stringOrNil(i, "group_id"),
             metadataJSON: try res.stringOrNil(i, "metadata") ?? "{}", createdAt: try res.string(i, "created_at"),
-            routesShape: rows == nil ? nil : [rows!, try res.int(i, "r_layers"), try res.int(i, "r_top_k"), try res.int(i, "r_experts")],
-            routesHiddenLayers: try res.intOrNil(i, "r_hidden") ?? (rows == nil ? nil : try res.intOrNil(i, "r_layers")),
-            routesMoELayers: try parseArray(res.stringOrNil(i, "r_moe")).map { $0.compactMap { Int($0) } } ?? (rows == nil ? nil : Array(0..<(try res.intOrNil(i, "r_layers") ?? 0))),
+            routesShape: shape.flatMap { $0.count == 5 ? Array($0.prefix(4)) : nil },
+            routesHiddenLayers: shape.flatMap { $0.count == 5 ? $0[4] : nil },
+            routesMoELayers: shape == nil ? nil : try parseArray(res.stringOrNil(i, "route_moe_layers")).map { $0.compactMap { Int($0) } },
             lossMask: try res.stringOrNil(i, "loss_mask").map(hexBytes), turns: try res.intOrNil(i, "turns") ?? 1,
-            routesStored: try res.boolOrNil(i, "routes_stored") ?? false)
+            routesStored: stored)
+    }
+
+    /// A rollout row's route summary columns for `p` (route_shape, route_moe_layers).
+    static func summary(_ p: PackedRoutes?) -> (shape: String?, moe: String?) {
+        guard let p else { return (nil, nil) }
+        return (pgArray([p.rows, p.layers, p.topK, p.numExperts, p.hiddenLayers]), pgArray(p.moeLayers))
     }
 
     static func hexBytes(_ s: String) -> [UInt8] {
@@ -171,7 +182,7 @@ public struct RolloutRepository: Sendable {
     public func get(project: Int, id: String) throws -> RolloutRecord? {
         guard UUID(uuidString: id) != nil else { return nil }
         let res = try pool.withRetry { c in
-            try c.query("SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = \(id)::uuid")
+            try c.query("SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r WHERE r.project_id = \(project) AND r.id = \(id)::uuid")
         }
         return res.count == 0 ? nil : try RolloutRepository.record(res, 0)
     }
@@ -180,7 +191,7 @@ public struct RolloutRepository: Sendable {
     public func list(project: Int, model: String?, policyVersion: Int?, job: String? = nil, after cursor: Int, limit: Int) throws -> [RolloutRecord] {
         let res = try pool.withRetry { c in
             try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r
                 WHERE r.project_id = \(project) AND r.seq > \(cursor)
                   AND (\(model)::text IS NULL OR r.model = \(model)) AND (\(policyVersion)::bigint IS NULL OR r.policy_version = \(policyVersion))
                   AND (\(job)::uuid IS NULL OR r.job_id = \(job)::uuid)
@@ -286,7 +297,11 @@ public struct RolloutRepository: Sendable {
                 """)
             try RolloutRepository.reserveRouteBytes(c, project: project, adding: p.bytes.count - (old.count == 1 ? try old.intOrNil(0, "n") ?? 0 : 0))
             try RolloutRepository.writeRoutes(c, id: id, project: project, at: key, p, tokens: try r.int(0, "n"))
-            try c.query("UPDATE rollouts SET routes_stored = true WHERE id = \(id)::uuid AND NOT routes_stored")
+            let sum = RolloutRepository.summary(p)
+            try c.query("""
+                UPDATE rollouts SET routes_stored = true, route_shape = \(sum.shape)::integer[], route_moe_layers = \(sum.moe)::integer[]
+                WHERE id = \(id)::uuid
+                """)
             return true
         }
     }
@@ -360,8 +375,7 @@ extension RolloutRepository {
             let res = try c.query("""
                 SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)), r.created_at::text AS key_at,
                        (date_trunc('week', r.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')::text AS key_week
-                FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
-                WHERE r.project_id = \(project) AND r.id = \(id)::uuid FOR UPDATE OF r
+                FROM rollouts r WHERE r.project_id = \(project) AND r.id = \(id)::uuid FOR UPDATE OF r
                 """)
             guard res.count == 1 else { return .notFound }
             let key = try RolloutRepository.partitionKey(res, 0)
@@ -381,12 +395,14 @@ extension RolloutRepository {
                 UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
                     logprobs = \(RolloutRepository.floatBytes(n.logprobs)), reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
                     loss_mask = \(n.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), turns = \(n.turns),
-                    policy_version = \(n.policyVersion), routes_stored = routes_stored OR \(n.routes != nil)
+                    policy_version = \(n.policyVersion), routes_stored = routes_stored OR \(n.routes != nil),
+                    route_shape = coalesce(\(RolloutRepository.summary(n.routes).shape)::integer[], route_shape),
+                    route_moe_layers = coalesce(\(RolloutRepository.summary(n.routes).moe)::integer[], route_moe_layers)
                 WHERE id = \(id)::uuid
                 """)
             if let p = n.routes { try RolloutRepository.writeRoutes(c, id: id, project: project, at: key, p, tokens: n.tokenIDs.count) }
             let after = try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r LEFT JOIN routes t ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.columns)) FROM rollouts r
                 WHERE r.id = \(id)::uuid
                 """)
             return .appended(try RolloutRepository.record(after, 0), n.routes)

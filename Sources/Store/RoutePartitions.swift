@@ -49,10 +49,15 @@ public enum RoutePartitions {
         let id = "\(project)|\(key.week)"
         lock.lock(); let hit = known.contains(id); lock.unlock()
         if hit { return }
+        // a week whose partition retention dropped stays dropped: its rollouts' routes expired
         let r = try c.query("""
-            SELECT r3_route_partition(\(project), \(key.at)::timestamptz) AS name,
+            SELECT CASE WHEN EXISTS (SELECT 1 FROM route_partitions_dropped WHERE project_id = \(project) AND range_start = \(key.week)::timestamptz)
+                        THEN NULL ELSE r3_route_partition(\(project), \(key.at)::timestamptz) END AS name,
                    \(key.week)::timestamptz + interval '7 days' > now() AS current
             """)
+        guard try r.stringOrNil(0, "name") != nil else {
+            throw StoreError.expired("the rollout was created in the week of \(key.week), whose routes this project's retention dropped; routes are not stored for it again")
+        }
         if try r.bool(0, "current") { lock.lock(); known.insert(id); lock.unlock() }
     }
 

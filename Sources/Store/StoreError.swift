@@ -14,6 +14,8 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
     /// A stored checkpoint is missing, incomplete or does not match its checksums, or its files cannot
     /// be read or written locally.
     case checkpoint(String)
+    /// Routes for a week the retention dropped.
+    case expired(String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum StoreError: Error, CustomStringConvertible, Equatable {
         case let .migration(file, m): return "migration \(file): \(m)"
         case let .decode(m): return "unexpected row: \(m)"
         case let .checkpoint(m): return "checkpoint store: \(m)"
+        case let .expired(m): return m
         }
     }
 

@@ -2,6 +2,7 @@
 past it (the tables are gone, not emptied row by row), except one holding routes a queued job still
 needs, which survives until the job is done. Expired routes say so (410, the rollout's routes_expired)
 and an offline job naming them is refused. Rows are backdated with psql, as if written weeks ago."""
+import io
 import subprocess
 import time
 
@@ -83,6 +84,12 @@ def test_retention_drops_expired_partitions_and_keeps_what_a_queued_job_needs(pr
     assert r.status_code == 410 and r.headers["Content-Type"] == "application/problem+json"
     assert "retention" in r.json()["detail"] and gone["start"] in r.json()["detail"], r.text
     assert api.get(api.base + f"/v1/rollouts/{fresh}").json()["routes_expired"] is False
+    # routes are not stored again into a dropped week
+    buf = io.BytesIO()
+    np.save(buf, np.stack([np.stack([rng.permutation(16)[:4] for _ in range(2)]) for _ in range(11)]).astype(np.int32))
+    again_put = api.put(api.base + f"/v1/rollouts/{old[0]}/routes", params={"num_experts": 16}, data=buf.getvalue(),
+                        headers={"Content-Type": "application/x-npy"})
+    assert again_put.status_code == 410 and "retention" in again_put.json()["detail"], again_put.text
     refused = api.post(api.base + "/v1/jobs", json={"type": "train", "model": m["id"], "rollout_ids": [held[0], old[1]], "steps": 1})
     assert refused.status_code == 422 and old[1] in refused.json()["detail"] and "expired" in refused.json()["detail"], refused.text
 
