@@ -1,6 +1,7 @@
 # R3 — make targets. `make test` installs what is missing (apt), builds and runs the whole suite.
 SHELL := /bin/bash
-APT_PACKAGES := libopenblas-dev libpq-dev postgresql chromium
+# the arm64 cross libc, libgcc and qemu: Tests/cli/test_portability.py builds and runs the C kernels for aarch64
+APT_PACKAGES := libopenblas-dev libpq-dev postgresql chromium libc6-dev-arm64-cross libgcc-12-dev-arm64-cross qemu-user-static
 PY_PACKAGES := numpy safetensors pytest requests schemathesis openapi-spec-validator standardwebhooks pillow
 SWIFT ?= swift
 CONFIG ?= release

@@ -1,0 +1,40 @@
+// The C kernels on a CPU without the x86 instructions: test_portability.py cross-compiles this with
+// CPosix for aarch64 and runs it under qemu. SHA-256 and CRC-32C take their portable paths, base64
+// bulk decoding leaves everything to the scalar decoder, JSON scanning runs its scalar loop.
+#include "cposix.h"
+#include <stdio.h>
+#include <string.h>
+
+static int check(int ok, const char *what) { if (!ok) printf("FAILED: %s\n", what); return ok; }
+
+static int sha(const void *data, uint64_t n, int pieces, const char *want) {
+    r3_sha256_ctx c; uint8_t d[32]; char h[65];
+    r3_sha256_init(&c);
+    uint64_t step = n / (uint64_t)pieces + 1;
+    for (uint64_t off = 0; off < n; off += step) r3_sha256_update(&c, (const uint8_t *)data + off, off + step > n ? n - off : step);
+    r3_sha256_final(&c, d);
+    for (int i = 0; i < 32; i++) sprintf(h + 2 * i, "%02x", d[i]);
+    return strcmp(h, want) == 0;
+}
+
+int main(void) {
+    static uint8_t a[1000000];
+    memset(a, 'a', sizeof a);
+    int ok = 1;
+    ok &= check(sha("abc", 3, 1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"), "sha256 abc");
+    ok &= check(sha("", 0, 1, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"), "sha256 empty");
+    ok &= check(sha(a, sizeof a, 7, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"), "sha256 million a, in pieces");
+    ok &= check(r3_sha256_has_shani() == 0, "no SHA extensions off x86");
+    ok &= check(r3_crc32c(0, "123456789", 9) == 0xE3069283u, "crc32c check value");
+    ok &= check(r3_crc32c(r3_crc32c(0, "1234", 4), "56789", 5) == 0xE3069283u, "crc32c running value");
+    ok &= check(r3_crc32(0, "123456789", 9) == 0xCBF43926u, "crc32 check value");
+    uint8_t out[64]; uint64_t written = 99;
+    const char *b64 = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2";
+    ok &= check(r3_base64_decode_bulk((const uint8_t *)b64, strlen(b64), out, sizeof out, &written) == 0 && written == 0, "base64 bulk defers to the scalar decoder");
+    const char *json = "plain text then a quote\" and more";
+    ok &= check(r3_json_plain_run((const uint8_t *)json, strlen(json)) == 23, "json plain run");
+    uint8_t enc[8];
+    ok &= check(r3_base64_encode((const uint8_t *)"abc", 3, enc) == 4 && memcmp(enc, "YWJj", 4) == 0, "base64 encode");
+    printf(ok ? "aarch64 kernels: ok\n" : "aarch64 kernels: FAILED\n");
+    return ok ? 0 : 1;
+}
