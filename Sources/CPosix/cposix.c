@@ -40,7 +40,7 @@ int r3_accept(int fd) { return accept4(fd, 0, 0, SOCK_NONBLOCK | SOCK_CLOEXEC); 
 static uint32_t crc32c_portable(uint32_t crc, const unsigned char *p, uint64_t n) {
     static uint32_t table[256];
     static int ready = 0;
-    if (!ready) {
+    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {   // threads racing here write the same values
         for (uint32_t i = 0; i < 256; i++) { uint32_t c = i; for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1; table[i] = c; }
         __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
     }

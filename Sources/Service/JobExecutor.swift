@@ -138,8 +138,11 @@ struct JobExecutor {
             }
             try JobRepository.setProgress(conn, job: job.id, progress: ["samples": flat.count, "total": flat.count])
         }
-        return ["rollout_ids": ids, "policy_version": version, "samples": ids.count, "generated_tokens": generated,
-                "seconds": seconds(since: t0)]
+        var result: [String: Any] = ["rollout_ids": ids, "policy_version": version, "samples": ids.count, "generated_tokens": generated,
+                                     "seconds": seconds(since: t0)]
+        // with a read replica: the position a client's reads of these rollouts name (R3-Min-LSN)
+        if let lsn = app.reads.noteWrite(project: job.projectID) { result["write_lsn"] = ReadRouting.format(lsn) }
+        return result
     }
 
     // MARK: sft and train
@@ -221,6 +224,7 @@ struct JobExecutor {
             last = object
         }
         var result: [String: Any] = ["policy_version": version, "steps": spec.steps, "last_metrics": last]
+        if task != nil, let lsn = app.reads.noteWrite(project: job.projectID) { result["write_lsn"] = ReadRouting.format(lsn) }
         if let e = lastEval { result["eval_reward_mean"] = e }
         if let (v, ck) = try app.models.checkpoint(model: job.modelID, version: version) {
             result["checkpoint_id"] = ck.id

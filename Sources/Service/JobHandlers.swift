@@ -62,7 +62,10 @@ extension App {
         }
         if let v = spec.policyVersion {
             let found: (version: Int, checkpoint: CheckpointRecord)?
-            do { found = try models.checkpoint(model: spec.model, version: v) } catch let e as StoreError { throw ServiceError.unprocessable("policy_version: \(e)") }
+            do { found = try models.checkpoint(model: spec.model, version: v) } catch let e as StoreError {
+                if case .checkpoint = e { throw ServiceError.unprocessable("policy_version: \(e)") }
+                throw e
+            }
             if found == nil { throw ServiceError.unprocessable("policy_version \(v) of model \(spec.model) has no checkpoint") }
         }
         let usage = try keys.usage(projectID: project)

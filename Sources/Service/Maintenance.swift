@@ -25,6 +25,10 @@ public final class Maintenance: @unchecked Sendable {
                     log.notice("route partition dropped", metadata: ["project": .stringConvertible(project), "start": .string(d.start),
                                                                      "routes": .stringConvertible(d.routes), "bytes": .stringConvertible(d.bytes)])
                 }
+                for d in outcome.deferred {
+                    log.warning("route partition past retention not dropped this round", metadata: ["project": .stringConvertible(project),
+                                                                                                   "start": .string(d.partition.start), "reason": .string(d.reason)])
+                }
                 for h in outcome.held {
                     log.info("route partition past retention kept for jobs", metadata: ["project": .stringConvertible(project),
                                                                                        "start": .string(h.partition.start), "jobs": "\(h.jobs)"])

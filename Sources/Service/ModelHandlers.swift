@@ -117,7 +117,10 @@ extension App {
         guard let m = try models.get(project: project, id: id) else { throw ServiceError.notFound("model \(id)") }
         guard let v = Int(text), v >= 0 else { throw ServiceError.unprocessable("version must be a policy version number, not '\(text.prefix(40))'") }
         let found: (version: Int, checkpoint: CheckpointRecord)?
-        do { found = try models.checkpoint(model: m.id, version: v) } catch let e as StoreError { throw ServiceError(409, e.description) }
+        do { found = try models.checkpoint(model: m.id, version: v) } catch let e as StoreError {
+            if case .checkpoint = e { throw ServiceError(409, e.description) }
+            throw e
+        }
         guard let (_, k) = found else {
             throw ServiceError.notFound("a checkpoint of version \(v) of model \(id) (versions are checkpointed every checkpoint_every steps and at a job's end)")
         }
@@ -154,7 +157,7 @@ extension App {
         let pool = self.pool, log = logger
         var r = HTTPResponse(status: 200, headers: headers, stream: { w in
             do {
-                try pool.with { c in try CheckpointStore.read(c, k, file: index) { w.write($0) } }
+                try CheckpointStore.read(pool, k, file: index) { w.write($0) }
             } catch {
                 log.error("checkpoint download cut short", metadata: ["checkpoint": .string(k.id), "file": .string(file), "error": "\(error)"])
             }

@@ -90,6 +90,9 @@ extension App {
         } catch StoreError.unavailable(let why) {
             logger.warning("the read replica is unavailable; reading the primary", metadata: ["error": .string(why)])
             return (try body(rollouts), "primary")
+        } catch StoreError.query(let state, _) where state == "40001" {
+            // a query the standby cancelled for a conflict with recovery (e.g. a dropped partition replayed)
+            return (try body(rollouts), "primary")
         }
     }
 

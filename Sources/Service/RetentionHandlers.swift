@@ -43,6 +43,7 @@ extension App {
         }
         var o = try retentionState(project: project)
         o["dropped_now"] = outcome.dropped.map { ["start": $0.start, "end": $0.end, "routes": $0.routes, "bytes": $0.bytes] }
+        o["deferred"] = outcome.deferred.map { ["start": $0.partition.start, "end": $0.partition.end, "reason": $0.reason] }
         o["held"] = outcome.held.map { ["start": $0.partition.start, "end": $0.partition.end, "routes": $0.partition.routes, "jobs": $0.jobs] }
         return .json(200, o)
     }

@@ -44,6 +44,9 @@ public struct ServiceError: Error, CustomStringConvertible {
             switch e {
             case .unavailable: return .problem(503, detail: "the database is unavailable; retry later")
             case let .expired(m): return .problem(410, detail: m)
+            case let .query(state, m) where state == "23514" && m.contains("no partition"):
+                // a write into a week retention dropped between the partition check and the insert
+                return .problem(410, detail: "the routes' week was dropped by this project's retention while they were being stored")
             case let .query(state, _) where state == "22P02" || state == "22003": return .problem(400, detail: "a value is out of range or malformed")
             default: return .problem(500, detail: "internal error")
             }

@@ -35,6 +35,14 @@ public final class CheckpointCache: @unchecked Sendable {
         return u
     }
 
+    /// Takes an entry out of the cache at once (a rename), then deletes it: a crash in between leaves
+    /// debris under a name no reader looks up, never a half-deleted entry.
+    private func remove(_ entry: URL) {
+        let trash = scratchDirectory.appendingPathComponent("\(getpid())-trash-\(UUID().uuidString.lowercased())")
+        if (try? FileManager.default.moveItem(at: entry, to: trash)) != nil { try? FileManager.default.removeItem(at: trash) }
+        else { try? FileManager.default.removeItem(at: entry) }
+    }
+
     private func removeAbandonedScratch() {
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: scratchDirectory.path)) ?? [] {
@@ -128,7 +136,7 @@ public final class CheckpointCache: @unchecked Sendable {
         var total = list.reduce(0) { $0 + $1.bytes }
         while total + bytes > limit {
             guard let i = list.firstIndex(where: { canEvict($0.url) }) else { return false }
-            try? FileManager.default.removeItem(at: list[i].url)
+            remove(list[i].url)
             total -= list[i].bytes
             list.remove(at: i)
         }

@@ -79,6 +79,7 @@ public enum CheckpointStore {
                         while let (file, seq, data) = queue.take() {
                             try c.query("INSERT INTO checkpoint_chunks (checkpoint_id, file, seq, data) VALUES (\(id)::uuid, \(file), \(seq), \(data))")
                         }
+                        if let e = queue.error { throw e }   // the reader or another uploader failed: keep nothing
                     }
                 } catch { queue.fail(error) }
             }
@@ -160,15 +161,18 @@ public enum CheckpointStore {
 
     /// Streams file `index` of a checkpoint to `sink`, one chunk at a time, and checks its size and
     /// SHA-256 at the end (a mismatch throws after the last chunk: a caller writing a file discards it).
-    /// `sink` returns false to stop early (a client that left).
-    public static func read(_ c: PGConnection, _ record: CheckpointRecord, file index: Int, sink: (Data) throws -> Bool) throws {
+    /// `sink` returns false to stop early (a client that left). A connection is held only for each chunk's
+    /// query, never while `sink` writes (a slow client cannot take a connection from the pool).
+    public static func read(_ pool: ConnectionPool, _ record: CheckpointRecord, file index: Int, sink: (Data) throws -> Bool) throws {
         let f = record.files[index]
         var hash = ContentHash()
         var size = 0
         for seq in 0..<f.chunks {
-            let r = try c.query("""
-                SELECT data FROM checkpoint_chunks WHERE checkpoint_id = \(record.id)::uuid AND file = \(index) AND seq = \(seq)
-                """, binary: true)
+            let r = try pool.withRetry { c in
+                try c.query("""
+                    SELECT data FROM checkpoint_chunks WHERE checkpoint_id = \(record.id)::uuid AND file = \(index) AND seq = \(seq)
+                    """, binary: true)
+            }
             guard r.count == 1, let data = try r.bytesOrNil(0, "data") else {
                 throw StoreError.checkpoint("checkpoint \(record.id) is missing chunk \(seq) of \(f.name)")
             }
@@ -186,15 +190,13 @@ public enum CheckpointStore {
     public static func fetch(_ pool: ConnectionPool, _ record: CheckpointRecord, into directory: URL) throws {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: false)
-        try pool.withRetry { c in
-            for (i, f) in record.files.enumerated() {
-                let url = directory.appendingPathComponent(f.name)
-                guard fm.createFile(atPath: url.path, contents: nil), let out = FileHandle(forWritingAtPath: url.path) else {
-                    throw StoreError.checkpoint("cannot write \(url.path)")
-                }
-                defer { try? out.close() }
-                try read(c, record, file: i) { data in try out.write(contentsOf: data); return true }
+        for (i, f) in record.files.enumerated() {
+            let url = directory.appendingPathComponent(f.name)
+            guard fm.createFile(atPath: url.path, contents: nil), let out = FileHandle(forWritingAtPath: url.path) else {
+                throw StoreError.checkpoint("cannot write \(url.path)")
             }
+            defer { try? out.close() }
+            try read(pool, record, file: i) { data in try out.write(contentsOf: data); return true }
         }
     }
 

@@ -5,7 +5,7 @@ import Foundation
 
 public final class PGConnection {
     private var conn: OpaquePointer?
-    private let conninfo: String
+    public let conninfo: String
 
     public init(conninfo: String) throws {
         self.conninfo = conninfo

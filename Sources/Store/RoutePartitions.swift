@@ -26,6 +26,8 @@ public struct RoutePartition: Sendable {
     public var end: String
     public var routes: Int
     public var bytes: Int
+    /// A DETACH … CONCURRENTLY that did not finish: the next round finalises it.
+    public var detachPending = false
 }
 
 public struct DroppedPartition: Sendable {
@@ -39,35 +41,47 @@ public struct DroppedPartition: Sendable {
 
 public enum RoutePartitions {
     private static let lock = NSLock()
-    /// Partitions known to exist whose week has not ended: never dropped (retention keeps at least the
-    /// current week), so the check is skipped for them.
-    nonisolated(unsafe) private static var known: Set<String> = []
+    /// Partitions known to exist, with the end of their week (epoch seconds): retention never drops a week
+    /// that has not ended, so until then a writer need not ask. Only partitions whose creation committed.
+    nonisolated(unsafe) private static var known: [String: Double] = [:]
+    /// One connection per database for making partitions, outside any writer's transaction (so a
+    /// writer that rolls back cannot leave a partition it believed made, and a new project's first write
+    /// does not hold the parent's lock until it commits). Serialised by `maker`.
+    private static let maker = NSLock()
+    nonisolated(unsafe) private static var makers: [String: PGConnection] = [:]
 
-    /// Makes the partition of the rollout's week when missing (inside the caller's transaction: it
-    /// commits with the routes, and ATTACH does not block other writers or readers of the parent).
+    /// Makes the partition of the rollout's week when missing, in a transaction of its own.
     static func ensure(_ c: PGConnection, project: Int, _ key: RouteKey) throws {
         let id = "\(project)|\(key.week)"
-        lock.lock(); let hit = known.contains(id); lock.unlock()
-        if hit { return }
+        lock.lock(); let end = known[id]; lock.unlock()
+        if let end, end > Date().timeIntervalSince1970 { return }
+        maker.lock(); defer { maker.unlock() }
+        let m: PGConnection
+        if let existing = makers[c.conninfo] { m = existing; try m.ensureConnected() } else {
+            m = try PGConnection(conninfo: c.conninfo); makers[c.conninfo] = m
+        }
         // a week whose partition retention dropped stays dropped: its rollouts' routes expired
-        let r = try c.query("""
+        let r = try m.query("""
             SELECT CASE WHEN EXISTS (SELECT 1 FROM route_partitions_dropped WHERE project_id = \(project) AND range_start = \(key.week)::timestamptz)
                         THEN NULL ELSE r3_route_partition(\(project), \(key.at)::timestamptz) END AS name,
-                   \(key.week)::timestamptz + interval '7 days' > now() AS current
+                   extract(epoch FROM \(key.week)::timestamptz + interval '7 days')::float8 AS week_end
             """)
         guard try r.stringOrNil(0, "name") != nil else {
             throw StoreError.expired("the rollout was created in the week of \(key.week), whose routes this project's retention dropped; routes are not stored for it again")
         }
-        if try r.bool(0, "current") { lock.lock(); known.insert(id); lock.unlock() }
+        let weekEnd = try r.double(0, "week_end")
+        lock.lock(); known[id] = weekEnd; lock.unlock()
     }
 
     /// Makes this and next week's partitions of every project (run at start and by the maintenance loop),
-    /// so that writers rarely make one.
+    /// so that writers rarely make one; one project per transaction.
     public static func prepare(_ pool: ConnectionPool) throws {
         try pool.withRetry { c in
-            try c.query("""
-                SELECT r3_route_partition(id, now()), r3_route_partition(id, now() + interval '7 days') FROM projects ORDER BY id
-                """)
+            let projects = try c.query("SELECT id FROM projects ORDER BY id")
+            for i in 0..<projects.count {
+                let p = try projects.int(i, "id")
+                try c.query("SELECT r3_route_partition(\(p), now()), r3_route_partition(\(p), now() + interval '7 days')")
+            }
         }
     }
 
@@ -89,7 +103,7 @@ public enum RoutePartitions {
     public static func partitions(_ c: PGConnection, project: Int) throws -> [RoutePartition] {
         let parent = "routes_p\(project)"
         let names = try c.query("""
-            SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            SELECT c.relname AS name, i.inhdetachpending AS pending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
             WHERE i.inhparent = to_regclass(\(parent)) ORDER BY c.relname
             """)
         return try (0..<names.count).map { i in
@@ -100,11 +114,12 @@ public enum RoutePartitions {
             // the name is ours (checked above): an identifier, not input
             let r = try c.query("""
                 SELECT count(*) AS n, coalesce(sum(octet_length(data)), 0) AS b,
-                       to_char(to_timestamp(\(String(name.suffix(8))), 'YYYYMMDD') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS start,
-                       to_char((to_timestamp(\(String(name.suffix(8))), 'YYYYMMDD') AT TIME ZONE 'UTC') + interval '7 days', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS "end"
+                       to_char(to_date(\(String(name.suffix(8))), 'YYYYMMDD'), 'YYYY-MM-DD"T00:00:00Z"') AS start,
+                       to_char(to_date(\(String(name.suffix(8))), 'YYYYMMDD') + 7, 'YYYY-MM-DD"T00:00:00Z"') AS "end"
                 FROM \(raw: SQL(stringLiteral: "\"\(name)\""))
                 """)
-            return RoutePartition(name: name, start: try r.string(0, "start"), end: try r.string(0, "end"), routes: try r.int(0, "n"), bytes: try r.int(0, "b"))
+            return RoutePartition(name: name, start: try r.string(0, "start"), end: try r.string(0, "end"), routes: try r.int(0, "n"), bytes: try r.int(0, "b"),
+                                  detachPending: try names.bool(i, "pending"))
         }
     }
 
@@ -123,35 +138,45 @@ public enum RoutePartitions {
         }
     }
 
-    /// The time before which the project's routes are past its policy, or nil (nothing is).
-    static func cutoff(_ c: PGConnection, project: Int, _ p: RetentionPolicy) throws -> String? {
-        guard p.keepDays != nil || p.keepVersions != nil else { return nil }
-        // the earliest rollout of each model's last K policy versions: every rollout before it is of an older version
+    /// Whether the week [start, end) is past the policy: ended, and (by days) older than keep_days and/or
+    /// (by versions) holding no route of any model's last keep_versions versions. With both, past both.
+    static func isPast(_ c: PGConnection, project: Int, _ p: RetentionPolicy, start: String, end: String) throws -> Bool {
+        guard p.keepDays != nil || p.keepVersions != nil else { return false }
         let r = try c.query("""
-            WITH versions AS (
-                SELECT model, policy_version, min(created_at) AS first_at,
-                       dense_rank() OVER (PARTITION BY model ORDER BY policy_version DESC) AS rank
-                FROM rollouts WHERE project_id = \(project) AND routes_stored GROUP BY model, policy_version),
-            by_versions AS (SELECT min(first_at) AS at FROM versions WHERE rank <= \(p.keepVersions ?? 0)),
-            by_days AS (SELECT now() - make_interval(days => \(p.keepDays ?? 0)) AS at)
-            SELECT (CASE
-                WHEN \(p.keepDays)::integer IS NULL THEN (SELECT coalesce(at, now()) FROM by_versions)
-                WHEN \(p.keepVersions)::integer IS NULL THEN (SELECT at FROM by_days)
-                ELSE least((SELECT at FROM by_days), (SELECT coalesce(at, now()) FROM by_versions)) END)::text AS cutoff
+            WITH kept AS (
+                SELECT model, policy_version FROM (
+                    SELECT model, policy_version, dense_rank() OVER (PARTITION BY model ORDER BY policy_version DESC) AS rank
+                    FROM (SELECT DISTINCT model, policy_version FROM rollouts WHERE project_id = \(project) AND routes_stored) v) x
+                WHERE rank <= \(p.keepVersions ?? 0))
+            SELECT \(end)::timestamptz <= now() AS ended,
+                   \(end)::timestamptz <= now() - make_interval(days => \(p.keepDays ?? 0)) AS by_days,
+                   NOT EXISTS (SELECT 1 FROM rollouts r JOIN kept k ON k.model = r.model AND k.policy_version = r.policy_version
+                               WHERE r.project_id = \(project) AND r.routes_stored
+                                 AND r.created_at >= \(start)::timestamptz AND r.created_at < \(end)::timestamptz) AS by_versions
             """)
-        return try r.stringOrNil(0, "cutoff")
+        guard try r.bool(0, "ended") else { return false }
+        let days = p.keepDays == nil ? nil : try r.bool(0, "by_days")
+        let versions = p.keepVersions == nil ? nil : try r.bool(0, "by_versions")
+        switch (days, versions) {
+        case let (d?, v?): return d && v
+        case let (d?, nil): return d
+        case let (nil, v?): return v
+        default: return false
+        }
     }
 
     public struct RetentionOutcome: Sendable {
         public var dropped: [RoutePartition] = []
         /// Partitions past the policy that a job still needs: kept.
         public var held: [(partition: RoutePartition, jobs: [String])] = []
+        /// Partitions past the policy not dropped this round (a lock not granted in time, an error): retried next round.
+        public var deferred: [(partition: RoutePartition, reason: String)] = []
         public init() {}
     }
 
     /// Applies the retention of `project` (or of every project with a policy): drops each week's partition
-    /// that ends before the cutoff and that no queued, running or paused job needs. One process at a time:
-    /// with `wait` false, a round another process is running is skipped.
+    /// past the policy that no queued, running or paused job needs. One process at a time: with `wait`
+    /// false, a round another process is running is skipped.
     @discardableResult
     public static func apply(_ pool: ConnectionPool, project only: Int? = nil, wait: Bool = false) throws -> [Int: RetentionOutcome] {
         try pool.with { c in
@@ -159,7 +184,8 @@ public enum RoutePartitions {
             else { guard try c.query("SELECT pg_try_advisory_lock(724000315) AS ok").bool(0, "ok") else { return [:] } }
             defer { _ = try? c.query("SELECT pg_advisory_unlock(724000315)") }
             let projects = try c.query("""
-                SELECT id FROM projects WHERE (route_keep_days IS NOT NULL OR route_keep_versions IS NOT NULL)
+                SELECT id FROM projects WHERE (route_keep_days IS NOT NULL OR route_keep_versions IS NOT NULL OR
+                       EXISTS (SELECT 1 FROM pg_class WHERE relname LIKE 'routes\\_p' || id || '\\_w%' AND relkind = 'r' AND NOT relispartition))
                   AND (\(only)::bigint IS NULL OR id = \(only)) ORDER BY id
                 """)
             var out: [Int: RetentionOutcome] = [:]
@@ -171,13 +197,30 @@ public enum RoutePartitions {
         }
     }
 
+    static func quoted(_ name: String) -> SQL { SQL(stringLiteral: "\"\(name)\"") }
+
     static func applyOne(_ c: PGConnection, project: Int) throws -> RetentionOutcome {
         var outcome = RetentionOutcome()
         let p = try policy(c, project: project)
-        guard let cutoff = try cutoff(c, project: project, p) else { return outcome }
-        for part in try partitions(c, project: project) {
-            let past = try c.query("SELECT \(part.end)::timestamptz <= \(cutoff)::timestamptz AS past").bool(0, "past")
-            guard past else { continue }
+        let parent = "routes_p\(project)"
+        // a week detached by a round that stopped before dropping it: finish it first
+        let leftovers = try c.query("""
+            SELECT relname FROM pg_class WHERE relname LIKE \(parent.replacingOccurrences(of: "_", with: "\\_") + "\\_w%") AND relkind = 'r' AND NOT relispartition
+            ORDER BY relname
+            """)
+        for i in 0..<leftovers.count {
+            let name = try leftovers.string(i, "relname")
+            guard name.utf8.count == parent.utf8.count + 10, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else { continue }
+            let bounds = try c.query("""
+                SELECT to_char(to_date(\(String(name.suffix(8))), 'YYYYMMDD'), 'YYYY-MM-DD"T00:00:00Z"') AS start,
+                       to_char(to_date(\(String(name.suffix(8))), 'YYYYMMDD') + 7, 'YYYY-MM-DD"T00:00:00Z"') AS "end"
+                """)
+            let part = RoutePartition(name: name, start: try bounds.string(0, "start"), end: try bounds.string(0, "end"), routes: 0, bytes: 0)
+            do { outcome.dropped.append(try drop(c, project: project, part, policy: p)) } catch {
+                outcome.deferred.append((part, "\(error)"))
+            }
+        }
+        for part in try partitions(c, project: project) where try isPast(c, project: project, p, start: part.start, end: part.end) {
             let holders = try c.query("""
                 SELECT DISTINCT j.id FROM jobs j
                 WHERE j.project_id = \(project) AND j.state IN ('queued', 'running', 'paused') AND jsonb_typeof(j.params->'rollout_ids') = 'array'
@@ -189,28 +232,42 @@ public enum RoutePartitions {
                 outcome.held.append((part, try (0..<holders.count).map { try holders.string($0, "id") }))
                 continue
             }
-            try c.query("BEGIN")
             do {
-                try c.query("SET LOCAL lock_timeout = '5s'")
-                // the rows as they are now (a writer may have added one since the count above)
-                let now = try c.query("SELECT count(*) AS n, coalesce(sum(octet_length(data)), 0) AS b FROM \(raw: SQL(stringLiteral: "\"\(part.name)\""))")
-                let n = try now.int(0, "n"), b = try now.int(0, "b")
-                try c.query("UPDATE projects SET route_bytes = greatest(route_bytes - \(b), 0) WHERE id = \(project)")
-                try c.query("""
-                    INSERT INTO route_partitions_dropped (project_id, range_start, range_end, routes, bytes, policy)
-                    VALUES (\(project), \(part.start)::timestamptz, \(part.end)::timestamptz, \(n), \(b), \(json: p.json)::jsonb)
-                    ON CONFLICT (project_id, range_start) DO UPDATE SET routes = route_partitions_dropped.routes + EXCLUDED.routes,
-                        bytes = route_partitions_dropped.bytes + EXCLUDED.bytes, policy = EXCLUDED.policy, dropped_at = now()
-                    """)
-                try c.query("DROP TABLE \(raw: SQL(stringLiteral: "\"\(part.name)\""))")
-                try c.query("COMMIT")
-                outcome.dropped.append(RoutePartition(name: part.name, start: part.start, end: part.end, routes: n, bytes: b))
+                // DETACH … CONCURRENTLY takes only a SHARE UPDATE EXCLUSIVE lock on the parent: the project's
+                // other weeks stay readable and writable while it waits for transactions using this one
+                try c.query("SET lock_timeout = '30s'")
+                defer { _ = try? c.query("RESET lock_timeout") }
+                try c.query("ALTER TABLE \(raw: quoted(parent)) DETACH PARTITION \(raw: quoted(part.name)) \(raw: SQL(stringLiteral: part.detachPending ? "FINALIZE" : "CONCURRENTLY"))")
+                outcome.dropped.append(try drop(c, project: project, part, policy: p))
             } catch {
-                _ = try? c.query("ROLLBACK")
-                throw error
+                outcome.deferred.append((part, "\(error)"))
             }
         }
         return outcome
+    }
+
+    /// Drops a detached week: counts what it held (nothing can write to it any more), takes it off the
+    /// project's stored bytes, records it, and drops the table, in one transaction.
+    static func drop(_ c: PGConnection, project: Int, _ part: RoutePartition, policy p: RetentionPolicy) throws -> RoutePartition {
+        try c.query("BEGIN")
+        do {
+            try c.query("SET LOCAL lock_timeout = '60s'")
+            let now = try c.query("SELECT count(*) AS n, coalesce(sum(octet_length(data)), 0) AS b FROM \(raw: quoted(part.name))")
+            let n = try now.int(0, "n"), b = try now.int(0, "b")
+            try c.query("DROP TABLE \(raw: quoted(part.name))")
+            try c.query("""
+                INSERT INTO route_partitions_dropped (project_id, range_start, range_end, routes, bytes, policy)
+                VALUES (\(project), \(part.start)::timestamptz, \(part.end)::timestamptz, \(n), \(b), \(json: p.json)::jsonb)
+                ON CONFLICT (project_id, range_start) DO UPDATE SET routes = route_partitions_dropped.routes + EXCLUDED.routes,
+                    bytes = route_partitions_dropped.bytes + EXCLUDED.bytes, policy = EXCLUDED.policy, dropped_at = now()
+                """)
+            try c.query("UPDATE projects SET route_bytes = greatest(route_bytes - \(b), 0) WHERE id = \(project)")
+            try c.query("COMMIT")
+            return RoutePartition(name: part.name, start: part.start, end: part.end, routes: n, bytes: b)
+        } catch {
+            _ = try? c.query("ROLLBACK")
+            throw error
+        }
     }
 
     /// Why the routes of a rollout created at `createdAt` in `project` are gone: the dropped partition

@@ -126,6 +126,16 @@ def test_keep_last_versions_drops_weeks_holding_only_older_versions(private_serv
     assert api.get(api.base + f"/v1/rollouts/{v1}").json()["routes_expired"] is True
     assert api.get(api.base + f"/v1/rollouts/{v2}/routes", params={"format": "json"}).status_code == 200
     assert api.post(api.base + "/v1/retention:apply").json()["dropped_now"] == []
+    # a round that detached a week and stopped before dropping it: the next round finishes the drop
+    project = psql(s, "SELECT id FROM projects WHERE name = 'project-a'")
+    leaf = psql(s, f"SELECT r3_route_partition({project}, created_at) FROM rollouts WHERE id = '{v2}'")
+    psql(s, f"ALTER TABLE routes_p{project} DETACH PARTITION {leaf}")
+    assert api.put(api.base + "/v1/retention", json={"keep_versions": 2, "keep_days": 3650}).status_code == 200
+    finished = api.post(api.base + "/v1/retention:apply").json()
+    assert [d["routes"] for d in finished["dropped_now"]] == [1] and finished["deferred"] == [], finished
+    assert psql(s, f"SELECT to_regclass('{leaf}') IS NULL") == "t"
+    assert psql(s, f"SELECT route_bytes = (SELECT coalesce(sum(octet_length(data)), 0) FROM routes WHERE project_id = {project}) "
+                   f"FROM projects WHERE id = {project}") == "t"
 
 
 def test_the_maintenance_loop_applies_retention_by_itself(private_server):
