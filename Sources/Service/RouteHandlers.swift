@@ -316,7 +316,7 @@ extension App {
         var total = 0
         var megatronLayout: PackedRoutes?
         for id in ids {
-            guard let (p, tokens) = rows[id.lowercased()] else { throw ServiceError.notFound("routes of rollout \(id)") }
+            guard let (p, tokens) = rows[id.lowercased()] else { throw try routesGone(id, project: project) }
             var qq = q
             if start != nil || end != nil {
                 let s = min(start ?? 0, p.rows), e = min(end ?? p.rows, p.rows)

@@ -84,6 +84,8 @@ def test_retention_drops_expired_partitions_and_keeps_what_a_queued_job_needs(pr
     assert r.status_code == 410 and r.headers["Content-Type"] == "application/problem+json"
     assert "retention" in r.json()["detail"] and gone["start"] in r.json()["detail"], r.text
     assert api.get(api.base + f"/v1/rollouts/{fresh}").json()["routes_expired"] is False
+    batch = api.post(api.base + "/v1/routes:batchGet", json={"ids": [fresh, old[0]], "format": "json"})
+    assert batch.status_code == 410 and old[0] in batch.json()["detail"], batch.text
     # routes are not stored again into a dropped week
     buf = io.BytesIO()
     np.save(buf, np.stack([np.stack([rng.permutation(16)[:4] for _ in range(2)]) for _ in range(11)]).astype(np.int32))
