@@ -33,5 +33,9 @@ def test_schemathesis_all_checks_pass(private_server):
                         "--url", server.url, "-H", "Authorization: Bearer " + server.keys["a"],
                         "--checks", "all", "--max-examples", "50", "--seed", "20261124"],
                        capture_output=True, text=True, timeout=900, env=env)
-    tail = "\n".join(p.stdout.splitlines()[-120:])
-    assert p.returncode == 0, tail   # st exits non-zero on any failure
+    # on failure, the FAILURES section (the operation, the request as curl, the response) before the tail:
+    # a failure seen once must be diagnosable from that one run's output
+    out = p.stdout
+    failures = out[out.find("FAILURES"):out.find("SUMMARY")] if "FAILURES" in out and "SUMMARY" in out else ""
+    tail = "\n".join(out.splitlines()[-60:])
+    assert p.returncode == 0, failures[-12000:] + "\n...\n" + tail   # st exits non-zero on any failure
