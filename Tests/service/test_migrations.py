@@ -1,5 +1,6 @@
 """Migrations keep stored data: an installation that stored log-probs as real[] (before migration 0008)
 reads the same values back, NaN and empty arrays included, after upgrading to float32 bytes."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -9,40 +10,53 @@ import requests
 from conftest import R3, ROOT, Server, stop_with_cluster
 
 
-def test_logprobs_survive_the_move_to_float32_bytes(tmp_path):
-    before_0008 = tmp_path / "migrations"
-    before_0008.mkdir()
+@contextlib.contextmanager
+def older_installation(tmp_path, before):
+    """A server whose schema stops before migration `before` (an installation of an older version),
+    and psql on its cluster to write rows as that version did. `upgrade()` restarts it on every migration."""
+    old = tmp_path / "migrations"
+    old.mkdir()
     for f in (ROOT / "Migrations").glob("*.sql"):
-        if f.name < "0008":
-            shutil.copy(f, before_0008 / f.name)
+        if f.name < before:
+            shutil.copy(f, old / f.name)
     data = tmp_path / "data"
     data.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(data, 0o755)
     s = Server(data)
-    s.env["R3_MIGRATIONS_DIR"] = str(before_0008)
+    s.env["R3_MIGRATIONS_DIR"] = str(old)
     s.keys = {"a": s.key("p")}
+
+    def psql(sql):   # the first value a statement returns (RETURNING id), straight into the older schema
+        out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split("\n")[0].strip()   # before psql's "INSERT 0 1"
+
+    def upgrade():
+        s.stop()
+        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
+        s.start()
+    s.psql, s.upgrade = psql, upgrade
     try:
         s.start()
+        yield s
+    finally:
+        stop_with_cluster(s)
 
-        def psql(sql):   # the rows an older server wrote, straight into the older schema
-            out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            return out.stdout.split()[0]
+
+def test_logprobs_survive_the_move_to_float32_bytes(tmp_path):
+    with older_installation(tmp_path, "0008") as s:
+        psql, data = s.psql, s.data_dir
         full = psql("INSERT INTO rollouts (project_id, model, token_ids, prompt_length, logprobs, loss_mask) SELECT id, 'm', "
                     "'{1,2,3,4,5}', 1, '{-0.5,-1.25,NaN,-3e-08}'::real[], '\\x01010001'::bytea FROM projects LIMIT 1 RETURNING id")
         empty = psql("INSERT INTO rollouts (project_id, model, token_ids, prompt_length, logprobs) SELECT id, 'm', '{1,2}', 2, "
                      "'{}'::real[] FROM projects LIMIT 1 RETURNING id")
         none = psql("INSERT INTO rollouts (project_id, model, token_ids, prompt_length) SELECT id, 'm', '{1,2}', 1 FROM projects LIMIT 1 RETURNING id")
-        s.stop()
-        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
-        s.start()
+        s.upgrade()
         H = {"Authorization": "Bearer " + s.keys["a"]}
         got = {i: requests.get(f"{s.url}/v1/rollouts/{i}", headers=H).json()["logprobs"] for i in (full, empty, none)}
         assert got[full] == [-0.5, -1.25, None, -3e-08] and got[empty] == [] and got[none] is None, got
-    finally:
-        stop_with_cluster(s)
 
 
 def test_checkpoints_on_disk_move_into_the_database(tmp_path):
@@ -55,26 +69,8 @@ def test_checkpoints_on_disk_move_into_the_database(tmp_path):
     sys.path.insert(0, str(ROOT / "Tests" / "service"))
     from jobs_client import TINY, download_checkpoint, session, submit, wait
 
-    before_0009 = tmp_path / "migrations"
-    before_0009.mkdir()
-    for f in (ROOT / "Migrations").glob("*.sql"):
-        if f.name < "0009":
-            shutil.copy(f, before_0009 / f.name)
-    data = tmp_path / "data"
-    data.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chmod(data, 0o755)
-    s = Server(data)
-    s.env["R3_MIGRATIONS_DIR"] = str(before_0009)
-    s.keys = {"a": s.key("p")}
-    try:
-        s.start()
-
-        def psql(sql):
-            out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            return out.stdout.split("\n")[0].strip()   # the RETURNING value, before psql's "INSERT 0 1"
+    with older_installation(tmp_path, "0009") as s:
+        psql, data = s.psql, s.data_dir
         config = tmp_path / "config.json"
         config.write_text(jsonlib.dumps(dict(TINY, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe")))
         model = psql(f"INSERT INTO models (project_id, name, config, source) SELECT id, 'old', '{jsonlib.dumps(TINY)}', 'random' "
@@ -89,9 +85,7 @@ def test_checkpoints_on_disk_move_into_the_database(tmp_path):
                    f"'{{\"step\": 1, \"path\": \"{dirs[1]}\", \"version\": 1}}' FROM projects LIMIT 1 RETURNING id")
         psql(f"INSERT INTO policy_versions (model_id, version, checkpoint_path) VALUES ('{model}', 0, '{dirs[0]}'), "
              f"('{model}', 1, '{dirs[1]}'), ('{model}', 2, '/elsewhere/v2')")
-        s.stop()
-        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
-        s.start()
+        s.upgrade()
         api = session(s.url, s.keys["a"])
         for v in (0, 1):
             got = download_checkpoint(api, model, v, tmp_path / f"back{v}")
@@ -106,8 +100,6 @@ def test_checkpoints_on_disk_move_into_the_database(tmp_path):
         done = wait(api, submit(api, {"type": "rollout", "model": model, "policy_version": 0, "n": 1, "max_tokens": 3,
                                       "prompts": [{"token_ids": [1, 2, 3]}]})["id"])
         assert done["state"] == "succeeded", done
-    finally:
-        stop_with_cluster(s)
 
 
 def crc32c(data):
@@ -124,26 +116,8 @@ def test_routes_move_into_week_partitions_intact(tmp_path):
     """Routes an installation stored before migration 0010 (one unpartitioned table) are copied into their
     project's week partitions: every byte served the same, the storage count and `routes_stored` right."""
     import numpy as np
-    before_0010 = tmp_path / "migrations"
-    before_0010.mkdir()
-    for f in (ROOT / "Migrations").glob("*.sql"):
-        if f.name < "0010":
-            shutil.copy(f, before_0010 / f.name)
-    data = tmp_path / "data"
-    data.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chmod(data, 0o755)
-    s = Server(data)
-    s.env["R3_MIGRATIONS_DIR"] = str(before_0010)
-    s.keys = {"a": s.key("p")}
-    try:
-        s.start()
-
-        def psql(sql):
-            out = subprocess.run(["psql", "-h", str(data / "pg" / "run"), "-p", "5432", "-U", "r3", "-d", "r3", "-Atc", sql],
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 0, out.stderr
-            return out.stdout.split("\n")[0].strip()
+    with older_installation(tmp_path, "0010") as s:
+        psql, data = s.psql, s.data_dir
         rng = np.random.default_rng(3)
         want = {}
         for i, days in enumerate([0, 0, 9, 40]):   # rows of three different weeks
@@ -156,9 +130,7 @@ def test_routes_move_into_week_partitions_intact(tmp_path):
             want[rid] = routes
         none = psql("INSERT INTO rollouts (project_id, model, token_ids, prompt_length) SELECT id, 'm', '{1,2}', 1 FROM projects LIMIT 1 RETURNING id")
         bytes_before = psql("SELECT route_bytes FROM projects LIMIT 1")
-        s.stop()
-        s.env["R3_MIGRATIONS_DIR"] = str(ROOT / "Migrations")
-        s.start()
+        s.upgrade()
         H = {"Authorization": "Bearer " + s.keys["a"]}
         for rid, routes in want.items():
             got = requests.get(f"{s.url}/v1/rollouts/{rid}/routes", params={"format": "json"}, headers=H)
@@ -170,5 +142,3 @@ def test_routes_move_into_week_partitions_intact(tmp_path):
         assert psql("SELECT route_bytes FROM projects LIMIT 1") == bytes_before == str(sum(r.size for r in want.values()))
         assert psql("SELECT count(*) FROM rollouts WHERE routes_stored") == "4"
         assert psql("SELECT to_regclass('routes_unpartitioned') IS NULL") == "t"
-    finally:
-        stop_with_cluster(s)
