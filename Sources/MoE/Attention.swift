@@ -1,7 +1,8 @@
-// Attention: Qwen3 self-attention's core, forward and backward side by side: per-head q/k RMSNorm,
-// rotate-half RoPE, causal grouped-query attention over packed sequences (or a KV cache), computed in
+// Attention: self-attention's core, forward and backward side by side: optional per-head q/k RMSNorm,
+// rotate-half RoPE (on the first rotaryDim dims of a head), causal grouped-query attention with q/k and
+// value widths of their own (MLA) over packed sequences (or a KV cache), computed in
 // blocks of query rows so the score matrix is never larger than [Bq, keys] and only the causal part is
-// multiplied. The projections around it are plain `linear` calls in Transformer.swift.
+// multiplied. The projections around it are plain `linear` calls in Engine.swift (MLA's in MLA.swift).
 
 /// One sequence's share of a packed batch, and where its keys and values live.
 struct AttnSpan {
@@ -16,19 +17,26 @@ struct AttnSpan {
 }
 
 struct AttnShape {
-    let H, Hkv, D: Int
+    let H, Hkv, D: Int   // D: q/k head width
+    let Dv: Int          // value head width
+    let scale: Float
+    init(H: Int, Hkv: Int, D: Int, Dv: Int) {
+        self.H = H; self.Hkv = Hkv; self.D = D; self.Dv = Dv
+        scale = 1 / Float(D).squareRoot()
+    }
     var group: Int { H / Hkv }
-    var scale: Float { 1 / Float(D).squareRoot() }
-    var QKV: Int { (H + 2 * Hkv) * D }   // raw projection row
+    var QKV: Int { (H + 2 * Hkv) * D }   // GQA raw projection row
     var QK: Int { (H + Hkv) * D }        // normed + rotated q,k row
-    var HD: Int { H * D }
+    var HD: Int { H * D }                // q width
+    var HDv: Int { H * Dv }              // attention output width
 }
 
 // MARK: q/k norm + RoPE
 
-/// qk[t] = rope(rmsnorm(qkv[t] per head)) for the H query and Hkv key heads of every row.
+/// qk[t] = rope(rmsnorm(qkv[t] per head)) for the H query and Hkv key heads of every row (without
+/// norm weights: rope(qkv[t])). RoPE covers the rope table's width, the first rotaryDim dims of a head.
 func qkNormRopeForward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Float>, qk: UnsafeMutablePointer<Float>,
-                       rstd: UnsafeMutablePointer<Float>, qNorm: UnsafePointer<Float>, kNorm: UnsafePointer<Float>,
+                       rstd: UnsafeMutablePointer<Float>, qNorm: UnsafePointer<Float>?, kNorm: UnsafePointer<Float>?,
                        rope: RopeTable, eps: Float) {
     let heads = s.H + s.Hkv
     for span in spans {
@@ -36,8 +44,12 @@ func qkNormRopeForward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Flo
             let t = span.row + i, pos = span.pos0 + i
             for h in 0..<heads {
                 let src = qkv + t * s.QKV + h * s.D, dst = qk + t * s.QK + h * s.D
-                rmsnormForward(src, ldx: s.D, h < s.H ? qNorm : kNorm, dst, ldy: s.D, rstd: rstd + t * heads + h,
-                               rows: 1, n: s.D, eps: eps)
+                if let qNorm, let kNorm {
+                    rmsnormForward(src, ldx: s.D, h < s.H ? qNorm : kNorm, dst, ldy: s.D, rstd: rstd + t * heads + h,
+                                   rows: 1, n: s.D, eps: eps)
+                } else {
+                    dst.update(from: src, count: s.D)
+                }
                 rope.apply(dst, pos: pos)
             }
         }
@@ -46,8 +58,8 @@ func qkNormRopeForward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Flo
 
 /// From dqk (gradient at the rotated q,k) writes the q,k columns of dqkv; dqk is overwritten.
 func qkNormRopeBackward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Float>, dqk: UnsafeMutablePointer<Float>,
-                        dqkv: UnsafeMutablePointer<Float>, rstd: UnsafePointer<Float>, qNorm: UnsafePointer<Float>,
-                        kNorm: UnsafePointer<Float>, dqNorm: UnsafeMutablePointer<Float>, dkNorm: UnsafeMutablePointer<Float>,
+                        dqkv: UnsafeMutablePointer<Float>, rstd: UnsafePointer<Float>, qNorm: UnsafePointer<Float>?,
+                        kNorm: UnsafePointer<Float>?, dqNorm: UnsafeMutablePointer<Float>?, dkNorm: UnsafeMutablePointer<Float>?,
                         rope: RopeTable) {
     let heads = s.H + s.Hkv
     for span in spans {
@@ -56,9 +68,13 @@ func qkNormRopeBackward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Fl
             for h in 0..<heads {
                 let d = dqk + t * s.QK + h * s.D
                 rope.applyBackward(d, pos: pos)
-                rmsnormBackward(qkv + t * s.QKV + h * s.D, ldx: s.D, h < s.H ? qNorm : kNorm, rstd: rstd + t * heads + h,
-                                d, lddy: s.D, dqkv + t * s.QKV + h * s.D, lddx: s.D, h < s.H ? dqNorm : dkNorm,
-                                rows: 1, n: s.D, accumulate: false)
+                if let qNorm, let kNorm, let dqNorm, let dkNorm {
+                    rmsnormBackward(qkv + t * s.QKV + h * s.D, ldx: s.D, h < s.H ? qNorm : kNorm, rstd: rstd + t * heads + h,
+                                    d, lddy: s.D, dqkv + t * s.QKV + h * s.D, lddx: s.D, h < s.H ? dqNorm : dkNorm,
+                                    rows: 1, n: s.D, accumulate: false)
+                } else {
+                    (dqkv + t * s.QKV + h * s.D).update(from: d, count: s.D)
+                }
             }
         }
     }
@@ -67,7 +83,7 @@ func qkNormRopeBackward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Fl
 // MARK: causal attention
 
 /// out[t, h] = softmax(q[t,h]·K[0...pos]ᵀ · scale) · V for every span and head; lse [T, H] saved.
-/// q [T, ldq] with head h at column h·D; out [T, H·D]. `scratch` holds per worker [Bq, maxKeys].
+/// q [T, ldq] with head h at column h·D; out [T, H·Dv]. `scratch` holds per worker [Bq, maxKeys].
 func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>, ldq: Int,
                       out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                       scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int, bf16: Bool) {
@@ -87,7 +103,7 @@ func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>
                 if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
             }
             if bf16 { BF16.roundInPlace(S, nb * nk) }
-            sgemm(false, false, nb, s.D, nk, 1, S, nk, span.v + g * s.D, span.ldv, 0, out + (span.row + i0) * s.HD + h * s.D, s.HD)
+            sgemm(false, false, nb, s.Dv, nk, 1, S, nk, span.v + g * s.Dv, span.ldv, 0, out + (span.row + i0) * s.HDv + h * s.Dv, s.HDv)
             i0 += nb
         }
     }
@@ -107,29 +123,29 @@ func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float
     parallelFor(tasks, workers: workers) { task, worker in
         let span = spans[task / s.Hkv], g = task % s.Hkv
         let P = scratch + worker * scratchStride, dP = P + Bq * span.count
-        let kg = span.k + g * s.D, vg = span.v + g * s.D
-        let dkg = dk(span) + g * s.D, dvg = dv(span) + g * s.D
+        let kg = span.k + g * s.D, vg = span.v + g * s.Dv
+        let dkg = dk(span) + g * s.D, dvg = dv(span) + g * s.Dv
         for t in 0..<span.count {
             (dkg + t * span.ldk).update(repeating: 0, count: s.D)
-            (dvg + t * span.ldv).update(repeating: 0, count: s.D)
+            (dvg + t * span.ldv).update(repeating: 0, count: s.Dv)
         }
         for h in (g * s.group)..<((g + 1) * s.group) {
             for t in span.row..<(span.row + span.count) {
-                di[t * s.H + h] = dot(dout + t * s.HD + h * s.D, out + t * s.HD + h * s.D, s.D)
+                di[t * s.H + h] = dot(dout + t * s.HDv + h * s.Dv, out + t * s.HDv + h * s.Dv, s.Dv)
             }
             var i0 = 0
             while i0 < span.count {
                 let nb = min(Bq, span.count - i0), nk = i0 + nb
                 let r0 = span.row + i0
-                let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HD + h * s.D
+                let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
                 sgemm(false, true, nb, nk, s.D, s.scale, qb, ldq, kg, span.ldk, 0, P, nk)
                 for r in 0..<nb {
                     let row = P + r * nk, valid = i0 + r + 1
                     expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
                     if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
                 }
-                sgemm(false, true, nb, nk, s.D, 1, dob, s.HD, vg, span.ldv, 0, dP, nk)
-                sgemm(true, false, nk, s.D, nb, 1, P, nk, dob, s.HD, 1, dvg, span.ldv)
+                sgemm(false, true, nb, nk, s.Dv, 1, dob, s.HDv, vg, span.ldv, 0, dP, nk)
+                sgemm(true, false, nk, s.Dv, nb, 1, P, nk, dob, s.HDv, 1, dvg, span.ldv)
                 for r in 0..<nb {
                     let p = P + r * nk, d = dP + r * nk, dr = di[(r0 + r) * s.H + h]
                     for j in 0..<nk { d[j] = p[j] * (d[j] - dr) }

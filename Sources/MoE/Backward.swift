@@ -36,7 +36,7 @@ extension Engine {
             // MLP block: x_out = x_mid + f(h2); dx holds ∂L/∂x_out
             if p.isMoE {
                 moeIndex -= 1
-                let m = MoEShape(T: T, C: C, E: c.numExperts, K: K, I: c.moeIntermediateSize, norm: c.normTopKProb)
+                let m = moeShape(T: T, p: p)
                 groupOrder(m, offsets: a.offsets, order: ws.order)
                 for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
                 moeBackward(m, ctx: ctx, h: a.h2, dy: ws.dx, probs: a.probs, idx: a.idx, gates: a.gates, perm: a.perm, slot: a.slot,
@@ -44,6 +44,14 @@ extension Engine {
                             router: W + p.router, gateUp: W + p.gateUp, down: W + p.down,
                             dRouter: G + p.router, dGateUp: G + p.gateUp, dDown: G + p.down,
                             dEo: ws.dEo, dAct: ws.dAct, dGu: ws.dGu, dXg: ws.dXg, dProbs: ws.dProbs, dGates: ws.dGates, dh: ws.dh)
+                if p.sharedGateUp >= 0 {   // shared experts: a dense SwiGLU on the same input, added to dh
+                    let Is = c.sharedIntermediateSize
+                    ctx.gemm(false, false, T, Is, C, 1, ws.dx, C, W + p.sharedDown, Is, 0, ws.dAct, Is)
+                    ctx.gemm(true, false, C, Is, T, 1, ws.dx, C, a.sact, Is, 1, G + p.sharedDown, Is)
+                    swigluBackward(a.sgu, ws.dAct, ws.dGu, rows: T, I: Is)
+                    ctx.gemm(true, false, 2 * Is, C, T, 1, ws.dGu, 2 * Is, a.h2, C, 1, G + p.sharedGateUp, C)
+                    ctx.gemm(false, false, T, C, 2 * Is, 1, ws.dGu, 2 * Is, W + p.sharedGateUp, C, 1, ws.dh, C)
+                }
             } else {
                 let F = c.intermediateSize
                 ctx.gemm(false, false, T, F, C, 1, ws.dx, C, W + p.down, F, 0, ws.dAct, F)
@@ -55,20 +63,29 @@ extension Engine {
             rmsnormBackward(a.xMid, ldx: C, W + p.postNorm, rstd: a.rstd2, ws.dh, lddy: C, ws.dx, lddx: C, G + p.postNorm,
                             rows: T, n: C, accumulate: true)
             // attention block: x_mid = x_in + o(attn); dx holds ∂L/∂x_mid
-            ctx.gemm(false, false, T, s.HD, C, 1, ws.dx, C, W + p.o, s.HD, 0, ws.dattn, s.HD)
-            ctx.gemm(true, false, C, s.HD, T, 1, ws.dx, C, a.attn, s.HD, 1, G + p.o, s.HD)
+            ctx.gemm(false, false, T, s.HDv, C, 1, ws.dx, C, W + p.o, s.HDv, 0, ws.dattn, s.HDv)
+            ctx.gemm(true, false, C, s.HDv, T, 1, ws.dx, C, a.attn, s.HDv, 1, G + p.o, s.HDv)
+            let (vBase, ldv) = values(a)
             for i in spans.indices {
                 spans[i].k = a.qk + spans[i].row * s.QK + s.HD; spans[i].ldk = s.QK
-                spans[i].v = a.qkv + spans[i].row * s.QKV + s.QK; spans[i].ldv = s.QKV
+                spans[i].v = vBase + spans[i].row * ldv; spans[i].ldv = ldv
             }
-            let shape = s, dqk = ws.dqk, dqkv = ws.dqkv
+            let shape = s, dqk = ws.dqk
+            let dvBase = mlaShape == nil ? ws.dqkv + s.QK : ws.dv
             attentionBackward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, dout: ws.dattn, lse: a.lse, di: ws.di,
-                              dq: ws.dqk, dk: { dqk + $0.row * shape.QK + shape.HD }, dv: { dqkv + $0.row * shape.QKV + shape.QK },
+                              dq: ws.dqk, dk: { dqk + $0.row * shape.QK + shape.HD }, dv: { dvBase + $0.row * ldv },
                               scratch: ws.attnScratch, scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers)
-            qkNormRopeBackward(s, spans: spans, qkv: a.qkv, dqk: ws.dqk, dqkv: ws.dqkv, rstd: a.qkRstd, qNorm: W + p.qNorm,
-                               kNorm: W + p.kNorm, dqNorm: G + p.qNorm, dkNorm: G + p.kNorm, rope: rope)
-            ctx.gemm(true, false, s.QKV, C, T, 1, ws.dqkv, s.QKV, a.h1, C, 1, G + p.qkv, C)
-            ctx.gemm(false, false, T, C, s.QKV, 1, ws.dqkv, s.QKV, W + p.qkv, C, 0, ws.dh, C)
+            if let ms = mlaShape {
+                mlaBackward(s, ms, spans: spans, ctx: ctx, W: W, G: G, p: p, a: a, T: T, rope: rope, dqk: ws.dqk, dv: ws.dv,
+                            dq: ws.dqkv, g: ws.mla, dh: ws.dh)
+            } else {
+                qkNormRopeBackward(s, spans: spans, qkv: a.qkv, dqk: ws.dqk, dqkv: ws.dqkv, rstd: a.qkRstd,
+                                   qNorm: p.qNorm >= 0 ? W + p.qNorm : nil, kNorm: p.kNorm >= 0 ? W + p.kNorm : nil,
+                                   dqNorm: p.qNorm >= 0 ? G + p.qNorm : nil, dkNorm: p.kNorm >= 0 ? G + p.kNorm : nil, rope: rope)
+                if p.qkvBias >= 0 { for t in 0..<T { axpy(1, ws.dqkv + t * s.QKV, G + p.qkvBias, s.QKV) } }
+                ctx.gemm(true, false, s.QKV, C, T, 1, ws.dqkv, s.QKV, a.h1, C, 1, G + p.qkv, C)
+                ctx.gemm(false, false, T, C, s.QKV, 1, ws.dqkv, s.QKV, W + p.qkv, C, 0, ws.dh, C)
+            }
             rmsnormBackward(ws.residual(l), ldx: C, W + p.inputNorm, rstd: a.rstd1, ws.dh, lddy: C, ws.dx, lddx: C, G + p.inputNorm,
                             rows: T, n: C, accumulate: true)
         }

@@ -1,8 +1,9 @@
-// Engine: the Qwen3-MoE forward and backward passes, top-down, over packed variable-length sequences.
-// Routing is data: every forward takes `.live` or `.replay(tables)` and returns the routes it used.
+// Engine: the forward and backward passes of every family, top-down, over packed variable-length
+// sequences. Routing is data: every forward takes `.live` or `.replay(tables)` and returns the routes it used.
 //
 //   x = embed[ids]
-//   per layer: x += o(attn(rope(qk_norm(qkv(rmsnorm(x))))));  x += moe_or_mlp(rmsnorm(x))
+//   per layer: x += o(attn(q, k, v))   GQA: q, k, v = rope(qk_norm(qkv(rmsnorm(x)) + bias)); MLA: MLA.swift
+//              x += moe_or_mlp(rmsnorm(x))   (MoE: routed experts + shared experts)
 //   logits = rmsnorm(x) · W_lmᵀ
 import Foundation
 import Routes
@@ -60,6 +61,7 @@ public final class Engine {
     public internal(set) var lastTiming = GenerationTiming()
 
     let s: AttnShape
+    let mlaShape: MLAShape?
     let rope: RopeTable
     var ws: Workspace?
     var spans: [AttnSpan] = []
@@ -73,8 +75,10 @@ public final class Engine {
         self.numerics = numerics
         self.workers = max(1, workers)
         self.model = model
-        s = AttnShape(H: config.numHeads, Hkv: config.numKVHeads, D: config.headDim)
-        rope = RopeTable(headDim: config.headDim, theta: config.ropeTheta)
+        s = AttnShape(H: config.numHeads, Hkv: config.kvHeads, D: config.headDim, Dv: config.valueDim)
+        let c = model.config
+        mlaShape = c.mla.map { MLAShape(m: $0, H: c.numHeads, C: c.hiddenSize) }
+        rope = RopeTable(headDim: config.rotaryDim, theta: config.ropeTheta)
         if numerics.precision == .bf16 { syncWeights(from: model) }
     }
 
@@ -220,43 +224,56 @@ public final class Engine {
             // attention
             rmsnormForward(xIn, ldx: C, W + p.inputNorm, a.h1, ldy: C, rstd: a.rstd1, rows: T, n: C, eps: c.rmsNormEps)
             if bf16 { BF16.roundInPlace(a.h1, T * C) }
-            ctx.linear(T, s.QKV, C, a.h1, C, W + p.qkv, 0, a.qkv, s.QKV, scratch: scratch0)
-            qkNormRopeForward(s, spans: spans, qkv: a.qkv, qk: a.qk, rstd: a.qkRstd, qNorm: W + p.qNorm, kNorm: W + p.kNorm,
-                              rope: rope, eps: c.rmsNormEps)
-            if bf16 {
-                BF16.roundInPlace(a.qk, T * s.QK)
-                BF16.roundInPlace(a.qkv + s.QK, rows: T, cols: s.Hkv * s.D, ld: s.QKV)
-            }
-            for i in spans.indices {
-                if let cache {
-                    spans[i].k = cache.keys(layer: l, slot: spans[i].slot); spans[i].ldk = s.Hkv * s.D
-                    spans[i].v = cache.values(layer: l, slot: spans[i].slot); spans[i].ldv = s.Hkv * s.D
-                } else {
-                    spans[i].k = a.qk + spans[i].row * s.QK + s.HD; spans[i].ldk = s.QK
-                    spans[i].v = a.qkv + spans[i].row * s.QKV + s.QK; spans[i].ldv = s.QKV
+            if let ms = mlaShape {
+                mlaForward(s, ms, spans: spans, ctx: ctx, W: W, p: p, a: a, T: T, rope: rope, bf16: bf16, scratch: scratch0)
+            } else {
+                ctx.linear(T, s.QKV, C, a.h1, C, W + p.qkv, 0, a.qkv, s.QKV, scratch: scratch0)
+                if p.qkvBias >= 0 { for t in 0..<T { axpy(1, W + p.qkvBias, a.qkv + t * s.QKV, s.QKV) } }
+                qkNormRopeForward(s, spans: spans, qkv: a.qkv, qk: a.qk, rstd: a.qkRstd, qNorm: p.qNorm >= 0 ? W + p.qNorm : nil,
+                                  kNorm: p.kNorm >= 0 ? W + p.kNorm : nil, rope: rope, eps: c.rmsNormEps)
+                if bf16 {
+                    BF16.roundInPlace(a.qk, T * s.QK)
+                    BF16.roundInPlace(a.qkv + s.QK, rows: T, cols: s.Hkv * s.D, ld: s.QKV)
                 }
             }
-            cache?.store(layer: l, spans: spans, qk: a.qk, qkv: a.qkv, s: s)
+            let (vBase, ldv) = values(a)
+            for i in spans.indices {
+                if let cache {
+                    spans[i].k = cache.keys(layer: l, slot: spans[i].slot); spans[i].ldk = cache.kWidth
+                    spans[i].v = cache.values(layer: l, slot: spans[i].slot); spans[i].ldv = cache.vWidth
+                } else {
+                    spans[i].k = a.qk + spans[i].row * s.QK + s.HD; spans[i].ldk = s.QK
+                    spans[i].v = vBase + spans[i].row * ldv; spans[i].ldv = ldv
+                }
+            }
+            cache?.store(layer: l, spans: spans, k: a.qk + s.HD, ldk: s.QK, v: vBase, ldv: ldv)
             attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
                              scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16)
-            if bf16 { BF16.roundInPlace(a.attn, T * s.HD) }
+            if bf16 { BF16.roundInPlace(a.attn, T * s.HDv) }
             a.xMid.update(from: xIn, count: T * C)
-            ctx.linear(T, C, s.HD, a.attn, s.HD, W + p.o, 1, a.xMid, C, scratch: scratch0)
+            ctx.linear(T, C, s.HDv, a.attn, s.HDv, W + p.o, 1, a.xMid, C, scratch: scratch0)
             // MLP
             rmsnormForward(a.xMid, ldx: C, W + p.postNorm, a.h2, ldy: C, rstd: a.rstd2, rows: T, n: C, eps: c.rmsNormEps)
             if bf16 { BF16.roundInPlace(a.h2, T * C) }
             xOut.update(from: a.xMid, count: T * C)
             if p.isMoE {
-                let m = MoEShape(T: T, C: C, E: c.numExperts, K: K, I: c.moeIntermediateSize, norm: c.normTopKProb)
+                let m = moeShape(T: T, p: p)
                 ctx.linear(T, m.E, C, a.h2, C, W + p.router, 0, a.probs, m.E, scratch: scratch0)
                 fallbacks += routeForward(m, probs: a.probs, idx: a.idx, gates: a.gates, liveIdx: ws.liveIdx,
-                                          forced: forced.map { $0 + moeIndex * K }, forcedStride: moeL * K)
+                                          forced: forced.map { $0 + moeIndex * K }, forcedStride: moeL * K, scratch: ws.routeScratch)
                 groupByExpert(m, idx: a.idx, perm: a.perm, slot: a.slot, offsets: a.offsets, order: ws.order)
                 for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
                 expertsForward(m, ctx: ctx, xg: ws.xg, gateUp: W + p.gateUp, down: W + p.down, offsets: a.offsets,
                                order: ws.order, gu: a.gu, act: a.act, eo: a.eo, bf16: bf16,
                                scratch: { ws.linScratch(worker: $0, config: c) })
                 combineExperts(m, gates: a.gates, slot: a.slot, eo: a.eo, y: xOut, workers: workers)
+                if p.sharedGateUp >= 0 {   // shared experts: ungated, unscaled
+                    let Is = c.sharedIntermediateSize
+                    ctx.linear(T, 2 * Is, C, a.h2, C, W + p.sharedGateUp, 0, a.sgu, 2 * Is, scratch: scratch0)
+                    swigluForward(a.sgu, a.sact, rows: T, I: Is)
+                    if bf16 { BF16.roundInPlace(a.sact, T * Is) }
+                    ctx.linear(T, C, Is, a.sact, Is, W + p.sharedDown, 1, xOut, C, scratch: scratch0)
+                }
                 for t in 0..<T {
                     let o = (t * moeL + moeIndex) * K
                     for j in 0..<K {
@@ -274,6 +291,19 @@ public final class Engine {
             }
         }
         return fallbacks
+    }
+
+    /// Where a layer's attention values live: GQA in the raw projection after q and k, MLA in its own buffer.
+    func values(_ a: LayerActs) -> (UnsafeMutablePointer<Float>, Int) {
+        mlaShape == nil ? (a.qkv + s.QK, s.QKV) : (a.v, s.HDv)
+    }
+
+    /// The MoE block's shape and router of layer `p` for T rows.
+    func moeShape(T: Int, p: LayerParams) -> MoEShape {
+        let c = config
+        return MoEShape(T: T, C: c.hiddenSize, E: c.numExperts, K: c.topK, I: c.moeIntermediateSize, norm: c.normTopKProb,
+                        router: c.router, nGroup: c.nGroup, topkGroup: c.topkGroup, scale: c.routedScalingFactor,
+                        bias: p.routerBias >= 0 ? UnsafePointer(model.params.base + p.routerBias) : nil)
     }
 
     func finalNorm(ws: Workspace, T: Int) {

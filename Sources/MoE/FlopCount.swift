@@ -7,10 +7,16 @@ public enum FlopCount {
         let C = Double(c.hiddenSize), D = Double(c.headDim), H = Double(c.numHeads), Hkv = Double(c.numKVHeads)
         var macs = 0.0
         for l in 0..<c.numLayers {
-            macs += C * (H + 2 * Hkv) * D + H * D * C
+            if let m = c.mla {
+                let Rq = Double(m.qLoraRank), R = Double(m.kvLoraRank), Dq = Double(m.qkDim)
+                macs += (m.qLoraRank > 0 ? C * Rq + Rq * H * Dq : C * H * Dq)
+                macs += C * (R + Double(m.ropeDim)) + R * H * Double(m.nopeDim + m.vDim) + H * Double(m.vDim) * C
+            } else {
+                macs += C * (H + 2 * Hkv) * D + H * D * C
+            }
             if c.isMoE(layer: l) {
                 let I = Double(c.moeIntermediateSize)
-                macs += C * Double(c.numExperts) + Double(c.topK) * 3 * C * I
+                macs += C * Double(c.numExperts) + Double(c.topK) * 3 * C * I + 3 * C * Double(c.sharedIntermediateSize)
             } else {
                 macs += 3 * C * Double(c.intermediateSize)
             }
@@ -22,7 +28,7 @@ public enum FlopCount {
     /// Attention FLOPs (scores and values) of `queries` rows that see keys 0...pos0+i, over all layers.
     public static func attention(_ c: ModelConfig, queries: Int, pos0: Int) -> Double {
         let keys = Double(queries) * Double(pos0) + Double(queries) * Double(queries + 1) / 2
-        return 2 * 2 * Double(c.numHeads * c.headDim) * keys * Double(c.numLayers)
+        return 2 * Double(c.numHeads * (c.headDim + c.valueDim)) * keys * Double(c.numLayers)
     }
 
     /// Forward FLOPs of a packed batch of sequences.

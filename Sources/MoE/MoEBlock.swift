@@ -1,36 +1,69 @@
 // MoEBlock: the sparse MoE block (router + SwiGLU experts) and the dense SwiGLU MLP, forward and
 // backward side by side.
 //
-// Router, live and replay (the R3 contract):
-//   p = softmax(h · W_gateᵀ) over all E experts; live idx = topk(p, K) (descending p), replay idx = recorded
-//   w = p[idx], divided by Σ w when norm_topk_prob; gradients reach W_gate through w (dense softmax).
+// Router, live and replay (the R3 contract), by kind:
+//   softmax (Qwen3-MoE, Mixtral): p = softmax(h · W_gateᵀ) over all E experts; live idx = topk(p, K)
+//     (descending p), replay idx = recorded; w = p[idx], divided by Σ w when norm_topk_prob (Mixtral: always).
+//   sigmoidGrouped (GLM-4.5, DeepSeek-V3): s = sigmoid(h · W_gateᵀ); c = s + e_score_correction_bias;
+//     keep the topk_group groups (of n_group) with the largest sum of their two best c, the rest -inf;
+//     live idx = topk(c, K) (descending c); replay idx = recorded (no bias, no groups);
+//     w = s[idx] (never the bias), ÷ (Σ + 1e-20) when norm_topk_prob, × routed_scaling_factor.
+//     transformers 5.25 models/deepseek_v3/modeling_deepseek_v3.py L119-L157 (-inf at L150, as DeepSeek's
+//     inference/model.py L592 and vLLM; transformers 4.x filled 0.0).
+// Gradients reach W_gate through w (dense softmax / the sigmoid); the bias is a buffer and gets none.
 // Experts run grouped: assignments are counting-sorted by expert, inputs gathered, one GEMM per expert.
+
+import Foundation
 
 struct MoEShape {
     let T, C, E, K, I: Int
     let norm: Bool
+    var router: RouterKind = .softmax
+    var nGroup = 1, topkGroup = 1
+    var scale: Float = 1
+    var bias: UnsafePointer<Float>? = nil
     var A: Int { T * K }
 }
 
-/// Routing of one MoE layer: fills probs, idx (used), gates, liveIdx; returns the replay fallback rows.
-/// `forced` is the layer's replay rows (stride `forcedStride` between tokens) or nil for live routing.
+/// Routing of one MoE layer from the router logits in `probs` (replaced by p or s): fills idx (used),
+/// gates, liveIdx; returns the replay fallback rows. `forced` is the layer's replay rows (stride
+/// `forcedStride` between tokens) or nil for live routing. `scratch` holds E + n_group floats.
 func routeForward(_ m: MoEShape, probs: UnsafeMutablePointer<Float>, idx: UnsafeMutablePointer<Int32>,
                   gates: UnsafeMutablePointer<Float>, liveIdx: UnsafeMutablePointer<Int32>,
-                  forced: UnsafePointer<Int32>?, forcedStride: Int) -> Int {
+                  forced: UnsafePointer<Int32>?, forcedStride: Int, scratch: UnsafeMutablePointer<Float>) -> Int {
     var fallbacks = 0
     for t in 0..<m.T {
         let p = probs + t * m.E
-        softmaxRow(p, m.E)
         let live = liveIdx + t * m.K
-        for j in 0..<m.K {   // top-k by repeated selection; ties go to the lower expert id
-            var best = -1
-            var bestP = -Float.infinity
+        switch m.router {
+        case .softmax:
+            softmaxRow(p, m.E)
+            topK(p, m.E, m.K, into: live)
+        case .sigmoidGrouped:
+            let c = scratch, groupScore = scratch + m.E
             for e in 0..<m.E {
-                var taken = false
-                for j2 in 0..<j where live[j2] == Int32(e) { taken = true; break }
-                if !taken && (best < 0 || p[e] > bestP) { best = e; bestP = p[e] }
+                p[e] = 1 / (1 + expf(-p[e]))
+                c[e] = p[e] + (m.bias?[e] ?? 0)
             }
-            live[j] = Int32(best)
+            if m.topkGroup < m.nGroup {
+                let size = m.E / m.nGroup
+                for g in 0..<m.nGroup {   // a group's score: the sum of its two largest c
+                    var a = -Float.infinity, b = -Float.infinity
+                    for e in (g * size)..<((g + 1) * size) {
+                        if c[e] > a { b = a; a = c[e] } else if c[e] > b { b = c[e] }
+                    }
+                    groupScore[g] = a + b
+                }
+                for _ in 0..<m.topkGroup {   // mark the kept groups by +inf, lowest index on ties
+                    var best = -1
+                    for g in 0..<m.nGroup where groupScore[g] != .infinity && (best < 0 || groupScore[g] > groupScore[best]) { best = g }
+                    groupScore[best] = .infinity
+                }
+                for g in 0..<m.nGroup where groupScore[g] != .infinity {
+                    (c + g * size).update(repeating: -.infinity, count: size)
+                }
+            }
+            topK(c, m.E, m.K, into: live)
         }
         let row = idx + t * m.K
         if let f = forced, f[t * forcedStride] >= 0 {
@@ -41,9 +74,30 @@ func routeForward(_ m: MoEShape, probs: UnsafeMutablePointer<Float>, idx: Unsafe
         }
         var sum: Float = 0
         for j in 0..<m.K { gates[t * m.K + j] = p[Int(row[j])]; sum += p[Int(row[j])] }
-        if m.norm { for j in 0..<m.K { gates[t * m.K + j] /= sum } }
+        switch m.router {
+        case .softmax:
+            if m.norm { for j in 0..<m.K { gates[t * m.K + j] /= sum } }
+        case .sigmoidGrouped:
+            let f = m.norm ? m.scale / (sum + 1e-20) : m.scale
+            for j in 0..<m.K { gates[t * m.K + j] *= f }
+        }
     }
     return fallbacks
+}
+
+/// The K largest of x[0..<n] in descending order by repeated selection; ties go to the lower index.
+@inline(__always)
+func topK(_ x: UnsafePointer<Float>, _ n: Int, _ k: Int, into out: UnsafeMutablePointer<Int32>) {
+    for j in 0..<k {
+        var best = -1
+        var bestV = -Float.infinity
+        for e in 0..<n {
+            var taken = false
+            for j2 in 0..<j where out[j2] == Int32(e) { taken = true; break }
+            if !taken && (best < 0 || x[e] > bestV) { best = e; bestV = x[e] }
+        }
+        out[j] = Int32(best)
+    }
 }
 
 /// Counting sort of the T·K assignments by expert: perm[r] = t·K + j in expert order (stable),
@@ -144,9 +198,20 @@ func moeBackward(_ m: MoEShape, ctx: GemmContext, h: UnsafePointer<Float>, dy: U
         d.update(from: dXg + Int(slot[t * K]) * C, count: C)
         for j in 1..<K { axpy(1, dXg + Int(slot[t * K + j]) * C, d, C) }
     }
-    // router: w → p (renormalisation) → logits (softmax), over the dense softmax
+    // router: w → p (renormalisation) → logits (softmax), over the dense softmax; or w → s → logits (sigmoid)
     dProbs.update(repeating: 0, count: m.T * E)
-    for t in 0..<m.T {
+    for t in 0..<m.T where m.router == .sigmoidGrouped {
+        let s = probs + t * E, dl = dProbs + t * E
+        var sum: Float = 0, dot: Float = 0
+        for j in 0..<K { sum += s[Int(idx[t * K + j])]; dot += dGates[t * K + j] * gates[t * K + j] }
+        for j in 0..<K {
+            let e = Int(idx[t * K + j])
+            // g_j = r·s_j / (Σs + 1e-20): ∂L/∂s_j = (r·dG_j − Σ_i dG_i·g_i) / (Σs + 1e-20); without norm r·dG_j
+            let ds = m.norm ? (m.scale * dGates[t * K + j] - dot) / (sum + 1e-20) : m.scale * dGates[t * K + j]
+            dl[e] = ds * s[e] * (1 - s[e])
+        }
+    }
+    for t in 0..<m.T where m.router == .softmax {
         let p = probs + t * E, dp = dProbs + t * E
         if m.norm {
             var sum: Float = 0, s: Float = 0

@@ -1,4 +1,4 @@
-// Model: a Qwen3-MoE's config and fp32 weights in one flat buffer; random init, and checkpoint load and
+// Model: an MoE model's config and fp32 weights in one flat buffer; random init, and checkpoint load and
 // save in the Hugging Face layout (model.safetensors, or shards plus model.safetensors.index.json).
 import Foundation
 
@@ -15,17 +15,19 @@ public final class Model {
         params = Buffer(count: layout.total)
     }
 
-    /// A randomly initialised model: matrices ~ N(0, std²) (HF's initializer_range), norm weights 1.
+    /// A randomly initialised model: matrices ~ N(0, std²) (HF's initializer_range), norm weights 1,
+    /// biases and buffers (e_score_correction_bias) 0.
     /// `routerStd` overrides the router's std: larger values make routing decisive rather than near-uniform.
     public convenience init(config: ModelConfig, seed: UInt64, std: Float = 0.02, routerStd: Float? = nil) throws {
         try self.init(config: config)
         var rng = SeededRandom(seed: seed)
         for slot in layout.tensors {
             let p = params.base + slot.offset
-            if slot.isNorm {
-                p.update(repeating: 1, count: slot.count)
-            } else {
-                let s = Double(slot.name.hasSuffix("mlp.gate.weight") ? (routerStd ?? std) : std)
+            switch slot.role {
+            case .norm: p.update(repeating: 1, count: slot.count)
+            case .bias, .buffer: p.update(repeating: 0, count: slot.count)
+            case .matrix:
+                let s = Double(slot.name.hasSuffix(".gate.weight") ? (routerStd ?? std) : std)
                 for i in 0..<slot.count { p[i] = Float(rng.normal() * s) }
             }
         }
@@ -41,7 +43,9 @@ public final class Model {
     // MARK: checkpoints
 
     /// Loads `config.json` and the weights of a Hugging Face checkpoint directory. f32, bf16 and f16
-    /// tensors load into f32. A missing, unexpected or misshapen tensor is an error naming it.
+    /// tensors load into f32. A missing, unexpected or misshapen tensor is an error naming it. Tensors of
+    /// multi-token-prediction layers (num_nextn_predict_layers, numbered after the decoder layers) are
+    /// skipped, as transformers skips them.
     public static func load(directory: URL) throws -> Model {
         let config = try ModelConfig.load(directory: directory)
         let model = try Model(config: config)
@@ -54,7 +58,8 @@ public final class Model {
                 guard let slot = expected[name] else {
                     // Tied checkpoints sometimes still carry lm_head; rotary caches are derived, not weights.
                     if (name == "lm_head.weight" && config.tieWordEmbeddings) || name.hasSuffix("rotary_emb.inv_freq") { continue }
-                    throw MoEError.tensor(name: name, reason: "is not a parameter of this Qwen3-MoE config (\(url.lastPathComponent))")
+                    if config.mtpLayers > 0, let l = layerIndex(name), l >= config.numLayers, l < config.numLayers + config.mtpLayers { continue }
+                    throw MoEError.tensor(name: name, reason: "is not a parameter of this \(config.family.rawValue) config (\(url.lastPathComponent))")
                 }
                 guard entry.shape == slot.shape else {
                     throw MoEError.tensor(name: name, reason: "has shape \(entry.shape), config implies \(slot.shape)")
@@ -70,6 +75,12 @@ public final class Model {
             throw MoEError.tensor(name: slot.name, reason: "missing from checkpoint \(directory.path)")
         }
         return model
+    }
+
+    /// N of a `model.layers.N.` tensor name.
+    static func layerIndex(_ name: String) -> Int? {
+        guard name.hasPrefix("model.layers.") else { return nil }
+        return Int(name.dropFirst("model.layers.".count).prefix { $0 != "." })
     }
 
     static func checkpointFiles(_ dir: URL) throws -> [URL] {

@@ -1,25 +1,87 @@
-// ModelConfig: the Qwen3-MoE hyper-parameters that change the maths, read from and written to config.json.
+// ModelConfig: the hyper-parameters that change the maths, read from and written to a Hugging Face
+// config.json, for four MoE families. A family is a small set of differences from Qwen3-MoE:
+//   qwen3_moe    softmax router (norm_topk_prob), per-head q/k RMSNorm, decoder_sparse_step / mlp_only_layers
+//   mixtral      softmax router always renormalised over k, no q/k norm, every layer MoE, keys block_sparse_moe.*.w1/w3/w2
+//   glm4_moe     sigmoid group-limited router with e_score_correction_bias and routed_scaling_factor, shared
+//                experts, first_k_dense_replace dense layers, q/k/v biases, optional q/k norm, partial rotary
+//   deepseek_v3  the same router and layers, multi-head latent attention (MLA) with interleaved RoPE
 import Foundation
 import JSON
 
+/// The model families the engine computes exactly (`model_type` in config.json).
+public enum Family: String, Sendable, Equatable, CaseIterable {
+    case qwen3Moe = "qwen3_moe"
+    case mixtral = "mixtral"
+    case glm4Moe = "glm4_moe"
+    case deepseekV3 = "deepseek_v3"
+
+    var architecture: String {
+        switch self {
+        case .qwen3Moe: return "Qwen3MoeForCausalLM"
+        case .mixtral: return "MixtralForCausalLM"
+        case .glm4Moe: return "Glm4MoeForCausalLM"
+        case .deepseekV3: return "DeepseekV3ForCausalLM"
+        }
+    }
+}
+
+/// How a router turns its logits into the selected experts and their gate weights.
+public enum RouterKind: Sendable, Equatable {
+    /// p = softmax(logits); idx = topk(p); w = p[idx] (÷ Σ when normTopKProb). Qwen3-MoE, Mixtral, OLMoE.
+    case softmax
+    /// s = sigmoid(logits); selection by s + e_score_correction_bias inside the topk_group best of n_group
+    /// groups (group score: sum of its two best); w = s[idx] (÷ (Σ + 1e-20) when normTopKProb) × scaling.
+    /// DeepSeek-V3 "noaux_tc", GLM-4.5, Kimi-K2.
+    case sigmoidGrouped
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3): q through a low-rank bottleneck (or q_proj), k and v from
+/// one shared latent, RoPE on a separate part of each q/k head with a single k_rope shared by all heads.
+public struct MLAConfig: Sendable, Equatable {
+    public var qLoraRank: Int      // 0: q = q_proj(h) (no q bottleneck)
+    public var kvLoraRank: Int
+    public var nopeDim: Int        // qk_nope_head_dim
+    public var ropeDim: Int        // qk_rope_head_dim
+    public var vDim: Int           // v_head_dim
+    public init(qLoraRank: Int, kvLoraRank: Int, nopeDim: Int, ropeDim: Int, vDim: Int) {
+        self.qLoraRank = qLoraRank; self.kvLoraRank = kvLoraRank; self.nopeDim = nopeDim; self.ropeDim = ropeDim; self.vDim = vDim
+    }
+    /// The q/k head width.
+    public var qkDim: Int { nopeDim + ropeDim }
+}
+
 public struct ModelConfig: Sendable, Equatable {
+    public var family: Family = .qwen3Moe
     public var vocabSize: Int            // V
     public var hiddenSize: Int           // C
-    public var intermediateSize: Int     // F: dense SwiGLU width (mlp_only_layers / non-sparse layers)
+    public var intermediateSize: Int     // F: dense SwiGLU width (dense layers)
     public var moeIntermediateSize: Int  // I: per-expert SwiGLU width
     public var numLayers: Int            // L
     public var numHeads: Int             // H
-    public var numKVHeads: Int           // Hkv (GQA: H % Hkv == 0)
-    public var headDim: Int              // D (may differ from C / H)
+    public var numKVHeads: Int           // Hkv (GQA: H % Hkv == 0); MLA: every head has its own k and v
+    public var headDim: Int              // D: q/k head width (MLA: nope + rope)
     public var numExperts: Int           // E (0: every layer dense)
     public var topK: Int                 // K
-    public var normTopKProb: Bool        // renormalise the K gate weights to sum 1
-    public var decoderSparseStep: Int    // layer l is MoE when (l + 1) % step == 0 ...
+    public var normTopKProb: Bool        // renormalise the K gate weights
+    public var decoderSparseStep: Int    // Qwen3: layer l is MoE when (l + 1) % step == 0 ...
     public var mlpOnlyLayers: [Int]      // ... and l is not listed here
     public var tieWordEmbeddings: Bool   // LM head shares the embedding matrix
     public var ropeTheta: Double
     public var rmsNormEps: Float
     public var maxPositionEmbeddings: Int
+    // family differences (defaults: Qwen3-MoE)
+    public var qkNorm = true             // per-head RMSNorm of q and k before RoPE
+    public var attentionBias = false     // q/k/v projection biases (GLM-4.5)
+    public var rotaryDim: Int            // RoPE on the first rotaryDim dims of each head (partial rotary); MLA: ropeDim
+    public var mla: MLAConfig? = nil
+    public var router: RouterKind = .softmax
+    public var nGroup = 1
+    public var topkGroup = 1
+    public var routedScalingFactor: Float = 1
+    public var nSharedExperts = 0        // shared experts: one SwiGLU of width I · nSharedExperts, ungated
+    public var firstKDenseReplace = 0    // GLM / DeepSeek: layers < k are dense ...
+    public var moeLayerFreq = 1          // ... and MoE layers are those with l % freq == 0
+    public var mtpLayers = 0             // num_nextn_predict_layers: their checkpoint tensors are skipped
 
     public init(vocabSize: Int = 256, hiddenSize: Int = 64, intermediateSize: Int = 128,
                 moeIntermediateSize: Int = 32, numLayers: Int = 4, numHeads: Int = 4, numKVHeads: Int = 2,
@@ -32,15 +94,37 @@ public struct ModelConfig: Sendable, Equatable {
         self.normTopKProb = normTopKProb; self.decoderSparseStep = decoderSparseStep
         self.mlpOnlyLayers = mlpOnlyLayers; self.tieWordEmbeddings = tieWordEmbeddings
         self.ropeTheta = ropeTheta; self.rmsNormEps = rmsNormEps; self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.rotaryDim = headDim
     }
 
-    /// Whether decoder layer `l` has a sparse MoE block (else a dense SwiGLU MLP), as in HF Qwen3-MoE.
+    /// Whether decoder layer `l` has a sparse MoE block (else a dense SwiGLU MLP), as the family's HF class decides.
     public func isMoE(layer l: Int) -> Bool {
-        numExperts > 0 && !mlpOnlyLayers.contains(l) && (l + 1) % decoderSparseStep == 0
+        guard numExperts > 0 else { return false }
+        switch family {
+        case .qwen3Moe: return !mlpOnlyLayers.contains(l) && (l + 1) % decoderSparseStep == 0
+        case .mixtral: return true
+        case .glm4Moe, .deepseekV3: return l >= firstKDenseReplace && l % moeLayerFreq == 0
+        }
     }
 
     /// The MoE layers in increasing layer index: the middle axis of every routes array.
     public var moeLayers: [Int] { (0..<numLayers).filter { isMoE(layer: $0) } }
+
+    /// Width of the shared experts' SwiGLU (0: none).
+    public var sharedIntermediateSize: Int { nSharedExperts * moeIntermediateSize }
+    /// Heads that carry keys and values (MLA: every head).
+    public var kvHeads: Int { mla == nil ? numKVHeads : numHeads }
+    /// Value head width.
+    public var valueDim: Int { mla?.vDim ?? headDim }
+
+    /// The config.json key of the expert count in this family.
+    var expertsKey: String {
+        switch family {
+        case .qwen3Moe: return "num_experts"
+        case .mixtral: return "num_local_experts"
+        case .glm4Moe, .deepseekV3: return "n_routed_experts"
+        }
+    }
 
     /// Checks that every value is one the engine can compute with; throws naming the field.
     public func validate() throws {
@@ -49,18 +133,48 @@ public struct ModelConfig: Sendable, Equatable {
         }
         try positive(vocabSize, "vocab_size"); try positive(hiddenSize, "hidden_size")
         try positive(numLayers, "num_hidden_layers"); try positive(numHeads, "num_attention_heads")
-        try positive(numKVHeads, "num_key_value_heads"); try positive(headDim, "head_dim")
         try positive(decoderSparseStep, "decoder_sparse_step"); try positive(maxPositionEmbeddings, "max_position_embeddings")
-        if numHeads % numKVHeads != 0 {
-            throw MoEError.config(field: "num_key_value_heads", reason: "\(numKVHeads) does not divide num_attention_heads \(numHeads)")
+        if let m = mla {
+            try positive(m.kvLoraRank, "kv_lora_rank"); try positive(m.nopeDim, "qk_nope_head_dim")
+            try positive(m.ropeDim, "qk_rope_head_dim"); try positive(m.vDim, "v_head_dim")
+            if m.qLoraRank < 0 { throw MoEError.config(field: "q_lora_rank", reason: "must be null or a positive integer, got \(m.qLoraRank)") }
+            if m.ropeDim % 2 != 0 { throw MoEError.config(field: "qk_rope_head_dim", reason: "must be even for rotary embeddings, got \(m.ropeDim)") }
+            if headDim != m.qkDim || rotaryDim != m.ropeDim {
+                throw MoEError.config(field: "qk_rope_head_dim", reason: "head widths are inconsistent (q/k \(headDim), rope \(rotaryDim))")
+            }
+        } else {
+            try positive(numKVHeads, "num_key_value_heads"); try positive(headDim, "head_dim")
+            if numHeads % numKVHeads != 0 {
+                throw MoEError.config(field: "num_key_value_heads", reason: "\(numKVHeads) does not divide num_attention_heads \(numHeads)")
+            }
+            if headDim % 2 != 0 { throw MoEError.config(field: "head_dim", reason: "must be even for rotary embeddings, got \(headDim)") }
+            if rotaryDim <= 0 || rotaryDim > headDim || rotaryDim % 2 != 0 {
+                throw MoEError.config(field: "partial_rotary_factor", reason: "gives a rotary width of \(rotaryDim) dims of head_dim \(headDim): it must be even and in 2...\(headDim)")
+            }
         }
-        if headDim % 2 != 0 { throw MoEError.config(field: "head_dim", reason: "must be even for rotary embeddings, got \(headDim)") }
-        if numExperts < 0 { throw MoEError.config(field: "num_experts", reason: "must be >= 0, got \(numExperts)") }
-        if numExperts > 65_536 { throw MoEError.config(field: "num_experts", reason: "at most 65536 experts are supported, got \(numExperts)") }
+        if numExperts < 0 { throw MoEError.config(field: expertsKey, reason: "must be >= 0, got \(numExperts)") }
+        if numExperts > 65_536 { throw MoEError.config(field: expertsKey, reason: "at most 65536 experts are supported, got \(numExperts)") }
+        if moeLayerFreq < 1 { throw MoEError.config(field: "moe_layer_freq", reason: "must be a positive integer, got \(moeLayerFreq)") }
+        if firstKDenseReplace < 0 { throw MoEError.config(field: "first_k_dense_replace", reason: "must be >= 0, got \(firstKDenseReplace)") }
+        if nSharedExperts < 0 { throw MoEError.config(field: "n_shared_experts", reason: "must be >= 0, got \(nSharedExperts)") }
         if !moeLayers.isEmpty {
-            try positive(moeIntermediateSize, "moe_intermediate_size")
+            try positive(moeIntermediateSize, family == .mixtral ? "intermediate_size" : "moe_intermediate_size")
             if topK < 1 || topK > numExperts {
                 throw MoEError.config(field: "num_experts_per_tok", reason: "must be in 1...\(numExperts), got \(topK)")
+            }
+            if router == .sigmoidGrouped {
+                if nGroup < 1 || numExperts % nGroup != 0 || numExperts / nGroup < 2 {
+                    throw MoEError.config(field: "n_group", reason: "must divide \(expertsKey) \(numExperts) into groups of at least 2 experts, got \(nGroup)")
+                }
+                if topkGroup < 1 || topkGroup > nGroup {
+                    throw MoEError.config(field: "topk_group", reason: "must be in 1...\(nGroup) (n_group), got \(topkGroup)")
+                }
+                if topK > topkGroup * (numExperts / nGroup) {
+                    throw MoEError.config(field: "num_experts_per_tok", reason: "\(topK) is more than the \(topkGroup * (numExperts / nGroup)) experts of topk_group \(topkGroup) groups")
+                }
+                if !(routedScalingFactor > 0) || !routedScalingFactor.isFinite {
+                    throw MoEError.config(field: "routed_scaling_factor", reason: "must be a positive number, got \(routedScalingFactor)")
+                }
             }
         }
         if moeLayers.count < numLayers { try positive(intermediateSize, "intermediate_size") }
@@ -73,78 +187,144 @@ public struct ModelConfig: Sendable, Equatable {
 
     // MARK: config.json
 
-    /// Parses a Hugging Face `config.json` object. Fields that would change the maths in a way the
-    /// engine does not implement (biases, rope scaling, sliding windows, other activations) are refused.
+    /// Parses a Hugging Face `config.json` object of one of the four families (`model_type`; absent means
+    /// qwen3_moe). Fields that would change the maths in a way the engine does not implement (rope scaling,
+    /// sliding windows, other activations, other router kinds) are refused, naming the field and the value.
     public init(json: JSONObject) throws {
-        func present(_ key: String) -> JSONValue? {
-            guard let v = json[key], !v.isNull else { return nil }
-            return v
-        }
-        func int(_ key: String, default d: Int? = nil) throws -> Int {
-            guard let v = present(key) else {
-                if let d { return d }
-                throw MoEError.config(field: key, reason: "is missing")
+        let r = ConfigReader(json)
+        var family = Family.qwen3Moe
+        if let t = r.present("model_type") {
+            let names = ["qwen3_moe": Family.qwen3Moe, "qwen3": .qwen3Moe, "mixtral": .mixtral, "glm4_moe": .glm4Moe,
+                         "deepseek_v3": .deepseekV3, "kimi_k2": .deepseekV3]
+            guard let s = t.stringValue, let f = names[s] else {
+                throw MoEError.config(field: "model_type", reason: "expected one of \"qwen3_moe\", \"mixtral\", \"glm4_moe\", \"deepseek_v3\" (or \"kimi_k2\"), got \(t.serialized())")
             }
-            guard let i = v.intValue, abs(i) < 1_000_000_000_000_000 else { throw MoEError.config(field: key, reason: "must be an integer, got \(v.serialized())") }
-            return Int(i)
+            family = f
         }
-        func double(_ key: String, default d: Double) throws -> Double {
-            guard let v = present(key) else { return d }
-            guard let x = v.doubleValue else { throw MoEError.config(field: key, reason: "must be a number, got \(v.serialized())") }
-            return x
-        }
-        func bool(_ key: String, default d: Bool) throws -> Bool {
-            guard let v = present(key) else { return d }
-            guard case let .bool(b) = v else { throw MoEError.config(field: key, reason: "must be true or false, got \(v.serialized())") }
-            return b
-        }
-        if let t = present("model_type") {
-            guard let s = t.stringValue, s == "qwen3_moe" || s == "qwen3" else {
-                throw MoEError.config(field: "model_type", reason: "expected \"qwen3_moe\", got \(t.serialized())")
-            }
-        }
-        if let act = present("hidden_act"), act.stringValue != "silu" {
+        if let act = r.present("hidden_act"), act.stringValue != "silu" {
             throw MoEError.config(field: "hidden_act", reason: "only \"silu\" is supported, got \(act.serialized())")
         }
-        if try bool("attention_bias", default: false) {
-            throw MoEError.config(field: "attention_bias", reason: "attention biases are not supported")
-        }
-        if try bool("use_sliding_window", default: false) {
+        if try r.bool("use_sliding_window", default: false) {
             throw MoEError.config(field: "use_sliding_window", reason: "sliding-window attention is not supported")
         }
-        if let rs = present("rope_scaling") {
+        if let rs = r.present("rope_scaling") {
             let type = rs.objectValue.flatMap { ($0["rope_type"] ?? $0["type"])?.stringValue }
             if type != "default" {
                 throw MoEError.config(field: "rope_scaling", reason: "only the default rotary embedding is supported, got \(type ?? rs.serialized())")
             }
         }
-        let hidden = try int("hidden_size"), heads = try int("num_attention_heads")
+        let hidden = try r.int("hidden_size"), heads = try r.int("num_attention_heads")
         guard heads > 0 else { throw MoEError.config(field: "num_attention_heads", reason: "must be a positive integer, got \(heads)") }
-        var mlpOnly: [Int] = []
-        if let v = present("mlp_only_layers") {
-            guard let list = v.arrayValue else { throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices") }
-            for item in list {
-                guard let n = item.intValue, abs(n) < 1 << 31 else {
-                    throw MoEError.config(field: "mlp_only_layers", reason: "must be a list of layer indices, got \(item.serialized())")
-                }
-                mlpOnly.append(Int(n))
-            }
-        }
-        let eps = try double("rms_norm_eps", default: 1e-6)
         self.init(
-            vocabSize: try int("vocab_size"), hiddenSize: hidden,
-            intermediateSize: try int("intermediate_size", default: 0),
-            moeIntermediateSize: try int("moe_intermediate_size", default: 0),
-            numLayers: try int("num_hidden_layers"), numHeads: heads,
-            numKVHeads: try int("num_key_value_heads", default: heads),
-            headDim: try int("head_dim", default: hidden / heads),
-            numExperts: try int("num_experts", default: 0), topK: try int("num_experts_per_tok", default: 0),
-            normTopKProb: try bool("norm_topk_prob", default: false),
-            decoderSparseStep: try int("decoder_sparse_step", default: 1), mlpOnlyLayers: mlpOnly,
-            tieWordEmbeddings: try bool("tie_word_embeddings", default: false),
-            ropeTheta: try double("rope_theta", default: 10_000), rmsNormEps: Float(eps),
-            maxPositionEmbeddings: try int("max_position_embeddings", default: 32_768))
+            vocabSize: try r.int("vocab_size"), hiddenSize: hidden,
+            intermediateSize: try r.int("intermediate_size", default: 0),
+            moeIntermediateSize: try r.int("moe_intermediate_size", default: 0),
+            numLayers: try r.int("num_hidden_layers"), numHeads: heads,
+            numKVHeads: try r.int("num_key_value_heads", default: heads),
+            headDim: try r.int("head_dim", default: hidden / heads),
+            numExperts: 0, topK: try r.int("num_experts_per_tok", default: 0),
+            normTopKProb: try r.bool("norm_topk_prob", default: false),
+            tieWordEmbeddings: try r.bool("tie_word_embeddings", default: false),
+            ropeTheta: try r.double("rope_theta", default: 10_000), rmsNormEps: Float(try r.double("rms_norm_eps", default: 1e-6)),
+            maxPositionEmbeddings: try r.int("max_position_embeddings", default: 32_768))
+        self.family = family
+        switch family {
+        case .qwen3Moe: try readQwen3(r)
+        case .mixtral: try readMixtral(r)
+        case .glm4Moe: try readGLM(r)
+        case .deepseekV3: try readDeepSeek(r)
+        }
         try validate()
+    }
+
+    private mutating func readQwen3(_ r: ConfigReader) throws {
+        if try r.bool("attention_bias", default: false) {
+            throw MoEError.config(field: "attention_bias", reason: "attention biases are not supported in qwen3_moe")
+        }
+        numExperts = try r.int("num_experts", default: 0)
+        decoderSparseStep = try r.int("decoder_sparse_step", default: 1)
+        mlpOnlyLayers = try r.intList("mlp_only_layers") ?? []
+        rotaryDim = headDim
+    }
+
+    // Mixtral (transformers models/mixtral/configuration_mixtral.py): intermediate_size is each expert's
+    // width; head_dim defaults to hidden_size / heads; the router always renormalises.
+    private mutating func readMixtral(_ r: ConfigReader) throws {
+        if let w = r.present("sliding_window") {
+            throw MoEError.config(field: "sliding_window", reason: "sliding-window attention is not supported, got \(w.serialized())")
+        }
+        if let j = r.present("router_jitter_noise"), (j.doubleValue ?? 1) != 0 {
+            throw MoEError.config(field: "router_jitter_noise", reason: "router noise is not supported, got \(j.serialized())")
+        }
+        numExperts = try r.int("num_local_experts", default: 8)
+        moeIntermediateSize = intermediateSize
+        intermediateSize = 0
+        normTopKProb = true
+        qkNorm = false
+        rotaryDim = headDim
+    }
+
+    /// The sigmoid group-limited router and layer pattern shared by GLM-4.5 and DeepSeek-V3. Absent fields
+    /// take the HF config class's defaults (transformers 5.25 configuration_glm4_moe.py L102-L111,
+    /// configuration_deepseek_v3.py L86-L103), as from_pretrained would.
+    private mutating func readGroupedRouter(_ r: ConfigReader) throws {
+        let ds = family == .deepseekV3
+        router = .sigmoidGrouped
+        numExperts = try r.int("n_routed_experts", default: ds ? 256 : 128)
+        topK = try r.int("num_experts_per_tok", default: 8)
+        moeIntermediateSize = try r.int("moe_intermediate_size", default: ds ? 2048 : 1408)
+        nGroup = try r.int("n_group", default: ds ? 8 : 1)
+        topkGroup = try r.int("topk_group", default: ds ? 4 : 1)
+        nSharedExperts = try r.int("n_shared_experts", default: 1)
+        routedScalingFactor = Float(try r.double("routed_scaling_factor", default: ds ? 2.5 : 1))
+        normTopKProb = try r.bool("norm_topk_prob", default: true)
+        firstKDenseReplace = try r.int("first_k_dense_replace", default: ds ? 3 : 1)
+        mtpLayers = try r.int("num_nextn_predict_layers", default: 0)
+        if let f = r.present("moe_layer_freq") {
+            guard let n = f.intValue else { throw MoEError.config(field: "moe_layer_freq", reason: "per-layer lists are not supported, got \(f.serialized())") }
+            moeLayerFreq = Int(n)
+        }
+        if let s = r.present("scoring_func"), s.stringValue != "sigmoid" {
+            throw MoEError.config(field: "scoring_func", reason: "only \"sigmoid\" scoring is supported, got \(s.serialized())")
+        }
+        if let s = r.present("topk_method"), s.stringValue != "noaux_tc" {
+            throw MoEError.config(field: "topk_method", reason: "only \"noaux_tc\" (biased group-limited top-k) is supported, got \(s.serialized())")
+        }
+    }
+
+    // GLM-4.5 (transformers models/glm4_moe/configuration_glm4_moe.py): partial_rotary_factor defaults to 0.5.
+    private mutating func readGLM(_ r: ConfigReader) throws {
+        try readGroupedRouter(r)
+        attentionBias = try r.bool("attention_bias", default: false)
+        qkNorm = try r.bool("use_qk_norm", default: false)
+        let factor = try r.double("partial_rotary_factor", default: 0.5)
+        guard factor > 0, factor <= 1 else { throw MoEError.config(field: "partial_rotary_factor", reason: "must be in (0, 1], got \(factor)") }
+        rotaryDim = Int(Double(headDim) * factor)
+    }
+
+    // DeepSeek-V3 (transformers models/deepseek_v3/configuration_deepseek_v3.py): MLA; rope_interleave
+    // defaults to true and the non-interleaved variant is refused.
+    private mutating func readDeepSeek(_ r: ConfigReader) throws {
+        try readGroupedRouter(r)
+        if try r.bool("attention_bias", default: false) {
+            throw MoEError.config(field: "attention_bias", reason: "MLA projection biases are not supported")
+        }
+        if !(try r.bool("rope_interleave", default: true)) {
+            throw MoEError.config(field: "rope_interleave", reason: "only the interleaved rotary layout of DeepSeek-V3 is supported, got false")
+        }
+        // q_lora_rank: absent → HF's default 1536; null → q_proj without a bottleneck
+        let qLora = r.json["q_lora_rank"] == nil ? 1536 : try r.int("q_lora_rank", default: 0)
+        if qLora == 0, r.present("q_lora_rank") != nil {
+            throw MoEError.config(field: "q_lora_rank", reason: "must be null or a positive integer, got 0")
+        }
+        let m = MLAConfig(qLoraRank: qLora, kvLoraRank: try r.int("kv_lora_rank", default: 512),
+                          nopeDim: try r.int("qk_nope_head_dim", default: 128), ropeDim: try r.int("qk_rope_head_dim", default: 64),
+                          vDim: try r.int("v_head_dim", default: 128))
+        mla = m
+        qkNorm = false
+        headDim = m.qkDim
+        rotaryDim = m.ropeDim
+        numKVHeads = numHeads
     }
 
     /// A config built in code (a dictionary of Swift values): written as JSON text and read back by the
@@ -177,19 +357,41 @@ public struct ModelConfig: Sendable, Equatable {
         return try ModelConfig(json: o)
     }
 
-    /// The Hugging Face `config.json` object for this config (Qwen3MoeForCausalLM).
+    /// The Hugging Face `config.json` object for this config, in its family's field names.
     public func jsonObject() -> [String: Any] {
-        [
-            "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
-            "vocab_size": vocabSize, "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
-            "moe_intermediate_size": moeIntermediateSize, "num_hidden_layers": numLayers,
-            "num_attention_heads": numHeads, "num_key_value_heads": numKVHeads, "head_dim": headDim,
-            "num_experts": numExperts, "num_experts_per_tok": topK, "norm_topk_prob": normTopKProb,
-            "decoder_sparse_step": decoderSparseStep, "mlp_only_layers": mlpOnlyLayers,
-            "tie_word_embeddings": tieWordEmbeddings, "rope_theta": ropeTheta, "rms_norm_eps": Double("\(rmsNormEps)") ?? Double(rmsNormEps),
-            "max_position_embeddings": maxPositionEmbeddings, "hidden_act": "silu", "attention_bias": false,
-            "attention_dropout": 0.0, "torch_dtype": "float32", "rope_scaling": NSNull(), "use_sliding_window": false,
+        var o: [String: Any] = [
+            "architectures": [family.architecture], "model_type": family.rawValue,
+            "vocab_size": vocabSize, "hidden_size": hiddenSize, "num_hidden_layers": numLayers,
+            "num_attention_heads": numHeads, "num_key_value_heads": numKVHeads,
+            "num_experts_per_tok": topK, "tie_word_embeddings": tieWordEmbeddings, "rope_theta": ropeTheta,
+            "rms_norm_eps": Double("\(rmsNormEps)") ?? Double(rmsNormEps),
+            "max_position_embeddings": maxPositionEmbeddings, "hidden_act": "silu", "attention_dropout": 0.0,
+            "torch_dtype": "float32", "rope_scaling": NSNull(),
         ]
+        switch family {
+        case .qwen3Moe:
+            o.merge(["intermediate_size": intermediateSize, "moe_intermediate_size": moeIntermediateSize, "head_dim": headDim,
+                     "num_experts": numExperts, "norm_topk_prob": normTopKProb, "decoder_sparse_step": decoderSparseStep,
+                     "mlp_only_layers": mlpOnlyLayers, "attention_bias": false, "use_sliding_window": false]) { $1 }
+        case .mixtral:
+            o.merge(["intermediate_size": moeIntermediateSize, "num_local_experts": numExperts, "head_dim": headDim,
+                     "sliding_window": NSNull(), "router_jitter_noise": 0.0]) { $1 }
+        case .glm4Moe, .deepseekV3:
+            o.merge(["intermediate_size": intermediateSize, "moe_intermediate_size": moeIntermediateSize,
+                     "n_routed_experts": numExperts, "n_group": nGroup, "topk_group": topkGroup,
+                     "n_shared_experts": nSharedExperts, "routed_scaling_factor": Double("\(routedScalingFactor)") ?? 1,
+                     "norm_topk_prob": normTopKProb, "first_k_dense_replace": firstKDenseReplace,
+                     "moe_layer_freq": moeLayerFreq, "num_nextn_predict_layers": mtpLayers]) { $1 }
+            if let m = mla {
+                o.merge(["q_lora_rank": m.qLoraRank > 0 ? m.qLoraRank as Any : NSNull(), "kv_lora_rank": m.kvLoraRank,
+                         "qk_nope_head_dim": m.nopeDim, "qk_rope_head_dim": m.ropeDim, "v_head_dim": m.vDim,
+                         "rope_interleave": true, "attention_bias": false, "scoring_func": "sigmoid", "topk_method": "noaux_tc"]) { $1 }
+            } else {
+                o.merge(["head_dim": headDim, "attention_bias": attentionBias, "use_qk_norm": qkNorm,
+                         "partial_rotary_factor": Double(rotaryDim) / Double(headDim)]) { $1 }
+            }
+        }
+        return o
     }
 
     public func write(directory: URL) throws {
@@ -198,3 +400,41 @@ public struct ModelConfig: Sendable, Equatable {
     }
 }
 
+/// Typed reads of config.json fields; null counts as absent; errors name the field.
+struct ConfigReader {
+    let json: JSONObject
+    init(_ json: JSONObject) { self.json = json }
+
+    func present(_ key: String) -> JSONValue? {
+        guard let v = json[key], !v.isNull else { return nil }
+        return v
+    }
+    func int(_ key: String, default d: Int? = nil) throws -> Int {
+        guard let v = present(key) else {
+            if let d { return d }
+            throw MoEError.config(field: key, reason: "is missing")
+        }
+        guard let i = v.intValue, abs(i) < 1_000_000_000_000_000 else { throw MoEError.config(field: key, reason: "must be an integer, got \(v.serialized())") }
+        return Int(i)
+    }
+    func double(_ key: String, default d: Double) throws -> Double {
+        guard let v = present(key) else { return d }
+        guard let x = v.doubleValue else { throw MoEError.config(field: key, reason: "must be a number, got \(v.serialized())") }
+        return x
+    }
+    func bool(_ key: String, default d: Bool) throws -> Bool {
+        guard let v = present(key) else { return d }
+        guard case let .bool(b) = v else { throw MoEError.config(field: key, reason: "must be true or false, got \(v.serialized())") }
+        return b
+    }
+    func intList(_ key: String) throws -> [Int]? {
+        guard let v = present(key) else { return nil }
+        guard let list = v.arrayValue else { throw MoEError.config(field: key, reason: "must be a list of layer indices") }
+        return try list.map { item in
+            guard let n = item.intValue, abs(n) < 1 << 31 else {
+                throw MoEError.config(field: key, reason: "must be a list of layer indices, got \(item.serialized())")
+            }
+            return Int(n)
+        }
+    }
+}

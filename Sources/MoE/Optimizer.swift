@@ -7,7 +7,7 @@ public struct AdamWConfig: Sendable {
     public var beta1: Float = 0.9
     public var beta2: Float = 0.999
     public var eps: Float = 1e-8
-    /// Applied to matrices only; norm weights are not decayed.
+    /// Applied to matrices only; norm weights, biases and buffers are not decayed.
     public var weightDecay: Float = 0.0
     public init(learningRate: Float = 1e-4, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0) {
         self.learningRate = learningRate; self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
@@ -23,7 +23,7 @@ public final class AdamW {
     public init(layout: ParameterLayout, config: AdamWConfig) {
         self.config = config
         m = Buffer(count: layout.total); v = Buffer(count: layout.total)
-        decayMask = layout.tensors.filter { !$0.isNorm }.map { $0.offset..<($0.offset + $0.count) }
+        decayMask = layout.tensors.filter { $0.role == .matrix }.map { $0.offset..<($0.offset + $0.count) }
     }
 
     /// One update of `params` from `grads`, split over `workers` threads (it is memory-bound).

@@ -36,6 +36,7 @@ func rmsnormBackward(_ x: UnsafePointer<Float>, ldx: Int, _ w: UnsafePointer<Flo
 }
 
 /// Rotary tables: cos and sin of position · θ^(-2i/D) for i < D/2, computed in Double, grown on demand.
+/// D is the rotary width: head_dim, its partial_rotary_factor share (GLM-4.5), or qk_rope_head_dim (MLA).
 final class RopeTable {
     let half: Int
     let theta: Double
@@ -67,6 +68,28 @@ final class RopeTable {
             let a = x[i], b = x[i + half]
             x[i] = a * c[i] - b * s[i]
             x[i + half] = b * c[i] + a * s[i]
+        }
+    }
+
+    /// Interleaved RoPE (DeepSeek-V3's rope_interleave): pair (2i, 2i+1) rotated by frequency i. HF's
+    /// apply_rotary_pos_emb_interleave first permutes the pairs apart and then rotates halves; the values
+    /// are the same, in another order, and every use of q and k is a dot product under the same permutation.
+    @inline(__always) func applyInterleaved(_ x: UnsafeMutablePointer<Float>, pos: Int) {
+        let c = cos.base + pos * half, s = sin.base + pos * half
+        for i in 0..<half {
+            let a = x[2 * i], b = x[2 * i + 1]
+            x[2 * i] = a * c[i] - b * s[i]
+            x[2 * i + 1] = b * c[i] + a * s[i]
+        }
+    }
+
+    /// The transpose of `applyInterleaved`, in place.
+    @inline(__always) func applyInterleavedBackward(_ d: UnsafeMutablePointer<Float>, pos: Int) {
+        let c = cos.base + pos * half, s = sin.base + pos * half
+        for i in 0..<half {
+            let a = d[2 * i], b = d[2 * i + 1]
+            d[2 * i] = a * c[i] + b * s[i]
+            d[2 * i + 1] = b * c[i] - a * s[i]
         }
     }
 

@@ -5,7 +5,11 @@
 struct LayerActs {
     var rstd1, h1, qkv, qk, qkRstd, attn, lse, xMid, rstd2, h2: UnsafeMutablePointer<Float>
     // qkv [T, (H+2Hkv)D] raw projection; qk [T, (H+Hkv)D] normed + rotated q and k; lse [T, H]
-    var probs, gates: UnsafeMutablePointer<Float>         // [T, E], [T, K]
+    var probs, gates: UnsafeMutablePointer<Float>         // [T, E] (softmax p or sigmoid s), [T, K]
+    // MLA (empty otherwise): qa, qan [T, Rq], qaRstd [T], kva [T, Rkv+Dr], kvn [T, Rkv], kvRstd [T],
+    // kvb [T, H·(Dn+Dv)], v [T, H·Dv]; the raw q [T, H·Dq] lives in qkv
+    var qa, qan, qaRstd, kva, kvn, kvRstd, kvb, v: UnsafeMutablePointer<Float>
+    var sgu, sact: UnsafeMutablePointer<Float>            // shared experts [T, 2Is], [T, Is]
     var gu, act, eo: UnsafeMutablePointer<Float>          // MoE [A, 2I], [A, I], [A, C]; dense [T, 2F], [T, F]
     var idx, perm, slot, offsets: UnsafeMutablePointer<Int32>  // [T, K], [A], [A], [E + 1]
 }
@@ -26,12 +30,15 @@ final class Workspace {
     var attnScratch: UnsafeMutablePointer<Float> // per worker [2, Bq, maxKeys]
     var linScratch: UnsafeMutablePointer<Float>  // per worker [tile, maxIn + maxOut]
     var rowScratch: UnsafeMutablePointer<Float>  // per worker [V]
+    var routeScratch: UnsafeMutablePointer<Float> // [E + n_group] router selection scores
     var order: UnsafeMutablePointer<Int32>       // [E] experts by decreasing load
     var liveIdx: UnsafeMutablePointer<Int32>     // [T, K]
     // backward
     var dx, dh, dqkv, dqk, dattn, di: UnsafeMutablePointer<Float>
     var dEo, dAct, dGu, dXg, dProbs, dGates: UnsafeMutablePointer<Float>
     var dlogits, hFc, dhFc: UnsafeMutablePointer<Float>
+    var dv: UnsafeMutablePointer<Float>          // MLA [T, H·Dv]
+    var mla: MLAGrads                            // MLA projection gradients
     var headRows: UnsafeMutablePointer<Int32>    // [T] rows kept for the LM-head backward
 
     static let blockRows = 64
@@ -39,37 +46,51 @@ final class Workspace {
     init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool) {
         rows = T; savedLayers = saveLayers ? c.numLayers : 1; self.maxKeys = maxKeys; self.workers = workers
         hasBackward = backward
-        let C = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.numKVHeads, V = c.vocabSize
-        let QKV = (H + 2 * Hkv) * D, QK = (H + Hkv) * D, HD = H * D
+        let C = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.kvHeads, V = c.vocabSize
+        let QK = (H + Hkv) * D, HDv = H * c.valueDim
+        let QKV = c.mla == nil ? (H + 2 * Hkv) * D : H * D   // raw projection row (MLA: q only)
         let E = max(c.numExperts, 1), K = max(c.topK, 1), I = c.moeIntermediateSize, F = c.intermediateSize
+        let Is = c.sharedIntermediateSize
         let hasMoE = !c.moeLayers.isEmpty, hasDense = c.moeLayers.count < c.numLayers
         let A = hasMoE ? T * K : 0
-        let guRows = max(hasMoE ? A * 2 * I : 0, hasDense ? T * 2 * F : 0)
-        let actRows = max(hasMoE ? A * I : 0, hasDense ? T * F : 0)
-        let maxIn = max(C, HD, I, F), maxOut = max(V, QKV, 2 * I, 2 * F, C, E)
+        let guRows = max(hasMoE ? A * 2 * I : 0, hasDense ? T * 2 * F : 0, hasMoE ? T * 2 * Is : 0)
+        let actRows = max(hasMoE ? A * I : 0, hasDense ? T * F : 0, hasMoE ? T * Is : 0)
+        let (maxIn, maxOut) = Workspace.linearWidths(c)
+        let m = c.mla.map { MLAShape(m: $0, H: H, C: C) }
+        let Rq = m?.Rq ?? 0, R = m?.R ?? 0, KVA = m?.KVA ?? 0, KVBW = (m?.KVB ?? 0) * H, mlaV = m == nil ? 0 : HDv
+        let sharedLayers = hasMoE && Is > 0
 
         var fp = ArenaPlan(), ip = ArenaPlan()
         let nx = saveLayers ? c.numLayers + 1 : 2
         let xOff = (0..<nx).map { _ in fp.take(T * C) }
-        struct Off { var rstd1, h1, qkv, qk, qkRstd, attn, lse, xMid, rstd2, h2, probs, gates, gu, act, eo, idx, perm, slot, offsets: Int }
+        struct Off {
+            var rstd1, h1, qkv, qk, qkRstd, attn, lse, xMid, rstd2, h2, probs, gates, gu, act, eo, idx, perm, slot, offsets: Int
+            var qa, qan, qaRstd, kva, kvn, kvRstd, kvb, v, sgu, sact: Int
+        }
         var offs: [Off] = []
         for _ in 0..<savedLayers {
             offs.append(Off(rstd1: fp.take(T), h1: fp.take(T * C), qkv: fp.take(T * QKV), qk: fp.take(T * QK),
-                            qkRstd: fp.take(T * (H + Hkv)), attn: fp.take(T * HD), lse: fp.take(T * H),
+                            qkRstd: fp.take(c.qkNorm ? T * (H + Hkv) : 0), attn: fp.take(T * HDv), lse: fp.take(T * H),
                             xMid: fp.take(T * C), rstd2: fp.take(T), h2: fp.take(T * C),
                             probs: fp.take(hasMoE ? T * E : 0), gates: fp.take(hasMoE ? T * K : 0),
                             gu: fp.take(guRows), act: fp.take(actRows), eo: fp.take(A * C),
-                            idx: ip.take(A), perm: ip.take(A), slot: ip.take(A), offsets: ip.take(E + 1)))
+                            idx: ip.take(A), perm: ip.take(A), slot: ip.take(A), offsets: ip.take(E + 1),
+                            qa: fp.take(T * Rq), qan: fp.take(T * Rq), qaRstd: fp.take(Rq > 0 ? T : 0), kva: fp.take(T * KVA),
+                            kvn: fp.take(T * R), kvRstd: fp.take(m == nil ? 0 : T), kvb: fp.take(T * KVBW), v: fp.take(T * mlaV),
+                            sgu: fp.take(sharedLayers ? T * 2 * Is : 0), sact: fp.take(sharedLayers ? T * Is : 0)))
         }
         let oRstdF = fp.take(T), oHF = fp.take(T * C), oLogits = fp.take(T * V), oLse = fp.take(T)
         let oXg = fp.take(A * C)
         let oAttn = fp.take(workers * 2 * Workspace.blockRows * maxKeys)
         let oLin = fp.take(workers * GemmContext.tile * (maxIn + maxOut))
         let oRow = fp.take(workers * V)
+        let oRoute = fp.take(E + max(c.nGroup, 1))
         let oOrder = ip.take(E), oLive = ip.take(hasMoE ? T * K : 0), oHeadRows = ip.take(T)
         let b = backward ? 1 : 0
         let oDx = fp.take(b * T * C), oDh = fp.take(b * T * C), oDqkv = fp.take(b * T * QKV), oDqk = fp.take(b * T * QK)
-        let oDattn = fp.take(b * T * HD), oDi = fp.take(b * T * H)
+        let oDattn = fp.take(b * T * HDv), oDi = fp.take(b * T * H)
+        let oDv = fp.take(b * T * mlaV), oDqan = fp.take(b * T * Rq), oDqa = fp.take(b * T * Rq), oDkvb = fp.take(b * T * KVBW)
+        let oDkvn = fp.take(b * T * R), oDkva = fp.take(b * T * KVA)
         let oDEo = fp.take(b * A * C), oDAct = fp.take(b * actRows), oDGu = fp.take(b * guRows), oDXg = fp.take(b * A * C)
         let oDProbs = fp.take(b * (hasMoE ? T * E : 0)), oDGates = fp.take(b * (hasMoE ? T * K : 0))
         let oDlogits = fp.take(b * T * V), oHFc = fp.take(b * T * C), oDhFc = fp.take(b * T * C)
@@ -81,9 +102,14 @@ final class Workspace {
         layers = offs.map { o in
             LayerActs(rstd1: f + o.rstd1, h1: f + o.h1, qkv: f + o.qkv, qk: f + o.qk, qkRstd: f + o.qkRstd, attn: f + o.attn,
                       lse: f + o.lse, xMid: f + o.xMid, rstd2: f + o.rstd2, h2: f + o.h2, probs: f + o.probs, gates: f + o.gates,
+                      qa: f + o.qa, qan: f + o.qan, qaRstd: f + o.qaRstd, kva: f + o.kva, kvn: f + o.kvn, kvRstd: f + o.kvRstd,
+                      kvb: f + o.kvb, v: f + o.v, sgu: f + o.sgu, sact: f + o.sact,
                       gu: f + o.gu, act: f + o.act, eo: f + o.eo, idx: i + o.idx, perm: i + o.perm, slot: i + o.slot,
                       offsets: i + o.offsets)
         }
+        routeScratch = f + oRoute
+        dv = f + oDv
+        mla = MLAGrads(dqan: f + oDqan, dqa: f + oDqa, dkvb: f + oDkvb, dkvn: f + oDkvn, dkva: f + oDkva)
         rstdF = f + oRstdF; hF = f + oHF; logits = f + oLogits; lseRow = f + oLse; xg = f + oXg
         attnScratch = f + oAttn; linScratch = f + oLin; rowScratch = f + oRow
         order = i + oOrder; liveIdx = i + oLive; headRows = i + oHeadRows
@@ -96,10 +122,21 @@ final class Workspace {
     @inline(__always) func residual(_ l: Int) -> UnsafeMutablePointer<Float> { savedLayers > 1 ? x[l] : x[l % 2] }
     @inline(__always) func acts(_ l: Int) -> LayerActs { savedLayers > 1 ? layers[l] : layers[0] }
 
+    /// The widest input and output of any `linear` of this config (the batch-invariant kernel's scratch).
+    static func linearWidths(_ c: ModelConfig) -> (maxIn: Int, maxOut: Int) {
+        let H = c.numHeads, Is = c.sharedIntermediateSize
+        var maxIn = max(c.hiddenSize, H * c.valueDim, c.moeIntermediateSize, c.intermediateSize, Is)
+        var maxOut = max(c.vocabSize, (H + 2 * c.kvHeads) * c.headDim, 2 * c.moeIntermediateSize, 2 * c.intermediateSize,
+                         c.hiddenSize, max(c.numExperts, 1), 2 * Is)
+        if let m = c.mla {
+            maxIn = max(maxIn, m.qLoraRank, m.kvLoraRank)
+            maxOut = max(maxOut, m.qLoraRank, H * m.qkDim, m.kvLoraRank + m.ropeDim, H * (m.nopeDim + m.vDim))
+        }
+        return (maxIn, maxOut)
+    }
+
     func linScratch(worker: Int, config c: ModelConfig) -> UnsafeMutablePointer<Float> {
-        let maxIn = max(c.hiddenSize, c.numHeads * c.headDim, c.moeIntermediateSize, c.intermediateSize)
-        let maxOut = max(c.vocabSize, (c.numHeads + 2 * c.numKVHeads) * c.headDim, 2 * c.moeIntermediateSize,
-                         2 * c.intermediateSize, c.hiddenSize, max(c.numExperts, 1))
+        let (maxIn, maxOut) = Workspace.linearWidths(c)
         return linScratch + worker * GemmContext.tile * (maxIn + maxOut)
     }
 }
