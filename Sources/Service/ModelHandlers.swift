@@ -26,7 +26,7 @@ extension App {
         let cfgObject = try f.object("config")
         let hf = try f.object("hf_config")
         guard [path != nil, cfgObject != nil, hf != nil].filter({ $0 }).count == 1 else {
-            throw ServiceError.unprocessable("give exactly one of checkpoint_path, config (a random Qwen3-MoE) or hf_config (a config.json, for its route layout)")
+            throw ServiceError.unprocessable("give exactly one of checkpoint_path, config (a random model: qwen3_moe, mixtral, glm4_moe or deepseek_v3) or hf_config (a config.json, for its route layout)")
         }
         if let hf {
             for k in ["seed", "init_std", "router_std"] where f.has(k) { throw ServiceError.unprocessable("\(k) applies to a random model (config), not to hf_config") }

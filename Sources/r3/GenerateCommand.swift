@@ -43,9 +43,9 @@ struct GenerateCommand: ParsableCommand {
 struct InitModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "init-model",
-        abstract: "Write a randomly initialised checkpoint (HF layout) for a Qwen3-MoE config.json.")
+        abstract: "Write a randomly initialised checkpoint (HF layout) for a config.json (qwen3_moe, mixtral, glm4_moe or deepseek_v3).")
 
-    @Option(help: "A Qwen3-MoE config.json.") var config: String
+    @Option(help: "A config.json of one of the engine's families.") var config: String
     @Option var seed: UInt64 = 0
     @Option(help: "Std of the matrices (HF initializer_range).") var std: Float = 0.02
     @Option(name: .customLong("router-std"), help: "Std of the routers (larger: more decisive routing).") var routerStd: Float?

@@ -1,5 +1,6 @@
 """The r3 CLI as an external trainer uses it: numpy writes the routes, safetensors reads the output,
-and everything is compared with the HF float64 reference of shared/fixtures/qwen3moe-tiny-a."""
+and everything is compared with the HF float64 references of shared/fixtures (qwen3moe-tiny-a, and one
+fixture of each other family)."""
 import json
 import os
 import subprocess
@@ -133,3 +134,56 @@ def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
         assert svg.startswith("<svg") and svg.count("<path") >= 5 and "R3" in svg
     # not a terminal: plain progress lines, no carriage-return redraws
     assert "\r" not in p.stderr and "step 6/6" in p.stderr
+
+
+FAMILIES = ["glm4moe-tiny-a", "deepseekv3-tiny-a", "mixtral-tiny-a"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_of_every_family_matches_its_reference(tmp_path, family):
+    """GLM-4.5, DeepSeek-V3 (MLA) and Mixtral hub checkpoints, live and replayed through the CLI, against HF float64."""
+    fx = FIXTURE.parent / family
+    ref = load_file(str(fx / "reference.safetensors"))
+    cfg = json.loads((fx / "config.json").read_text())
+    meta = json.loads((fx / "reference.json").read_text())
+    for seq in (0, 1):
+        tokens = ",".join(str(int(t)) for t in ref[f"seq{seq}.input_ids"])
+        out = tmp_path / f"live{seq}.safetensors"
+        r3("forward", "--model", fx, "--input-ids", tokens, "--output", out)
+        got = load_file(str(out))
+        np.testing.assert_allclose(got["logits"], ref[f"seq{seq}.logits"], atol=1e-4)
+        # routes cover the MoE layers only (dense layers take none), in descending selection score
+        assert got["routed_experts"].shape[1] == len(meta["moe_layers"]) < cfg["num_hidden_layers"] or family == "mixtral-tiny-a"
+        np.testing.assert_array_equal(got["routed_experts"], ref[f"seq{seq}.routed_experts"])
+        np.testing.assert_allclose(got["router_weights"], ref[f"seq{seq}.router_weights"], atol=1e-4)
+        np.save(tmp_path / "r.npy", ref[f"seq{seq}.replay_routed_experts"])
+        out = tmp_path / f"replay{seq}.safetensors"
+        r3("forward", "--model", fx, "--input-ids", tokens, "--replay-routes", tmp_path / "r.npy", "--output", out)
+        got = load_file(str(out))
+        np.testing.assert_allclose(got["logits"], ref[f"seq{seq}.replay_logits"], atol=1e-4)
+        np.testing.assert_allclose(got["router_weights"], ref[f"seq{seq}.replay_router_weights"], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_init_model_and_generate_for_every_family(tmp_path, family):
+    cfg = json.loads((FIXTURE.parent / family / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r3("init-model", "--config", tmp_path / "config.json", "--seed", "3", "--router-std", "0.5", "--out", tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["model_type"] == cfg["model_type"] and saved["architectures"] == cfg["architectures"]
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="np") as f:
+        with safe_open(str(FIXTURE.parent / family / "model.safetensors"), framework="np") as hub:
+            assert set(f.keys()) == set(hub.keys()), "init-model writes the family's hub key names"
+    doc = json.loads(r3("generate", "--model", tmp_path / "m", "--prompt-ids", "1,2,3", "--max-tokens", "5", "--seed", "1").stdout)
+    res = doc["results"][0]
+    moe = 3 if family == "mixtral-tiny-a" else 2
+    assert res["routed_experts_shape"] == [len(res["tokens"]) - 1, moe, cfg["num_experts_per_tok"]]
+
+
+def test_unsupported_family_config_fails_with_one_line(tmp_path):
+    cfg = json.loads((FIXTURE.parent / "deepseekv3-tiny-a" / "config.json").read_text())
+    cfg["rope_scaling"] = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "mscale": 1.0, "mscale_all_dim": 1.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    p = r3("init-model", "--config", tmp_path / "config.json", "--out", tmp_path / "m", ok=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and "rope_scaling" in lines[0] and "yarn" in lines[0], p.stderr
