@@ -20,9 +20,8 @@ struct AttnShape {
     let H, Hkv, D: Int   // D: q/k head width
     let Dv: Int          // value head width
     let scale: Float
-    init(H: Int, Hkv: Int, D: Int, Dv: Int) {
-        self.H = H; self.Hkv = Hkv; self.D = D; self.Dv = Dv
-        scale = 1 / Float(D).squareRoot()
+    init(H: Int, Hkv: Int, D: Int, Dv: Int, scale: Float) {
+        self.H = H; self.Hkv = Hkv; self.D = D; self.Dv = Dv; self.scale = scale
     }
     var group: Int { H / Hkv }
     var QKV: Int { (H + 2 * Hkv) * D }   // GQA raw projection row

@@ -75,10 +75,11 @@ public final class Engine {
         self.numerics = numerics
         self.workers = max(1, workers)
         self.model = model
-        s = AttnShape(H: config.numHeads, Hkv: config.kvHeads, D: config.headDim, Dv: config.valueDim)
+        s = AttnShape(H: config.numHeads, Hkv: config.kvHeads, D: config.headDim, Dv: config.valueDim, scale: config.softmaxScale)
         let c = model.config
         mlaShape = c.mla.map { MLAShape(m: $0, H: c.numHeads, C: c.hiddenSize) }
-        rope = RopeTable(headDim: config.rotaryDim, theta: config.ropeTheta)
+        let freqs = c.ropeFrequencies
+        rope = RopeTable(inverseFrequencies: freqs.inverse, cosSinFactor: freqs.cosSinFactor)
         if numerics.precision == .bf16 { syncWeights(from: model) }
     }
 

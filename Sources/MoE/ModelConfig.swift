@@ -50,6 +50,47 @@ public struct MLAConfig: Sendable, Equatable {
     public var qkDim: Int { nopeDim + ropeDim }
 }
 
+/// YaRN rotary scaling (rope_type "yarn"): interpolated low frequencies, extrapolated high ones, a linear
+/// ramp between (beta_fast / beta_slow rotations), cos/sin × attention_factor, and for MLA models the
+/// softmax scale × mscale(factor, mscale_all_dim)². transformers 5.25 modeling_rope_utils.py L346-L501.
+public struct YarnScaling: Sendable, Equatable {
+    public var factor: Double
+    public var originalMaxPositions: Int
+    public var betaFast: Double = 32
+    public var betaSlow: Double = 1
+    public var mscale: Double = 0
+    public var mscaleAllDim: Double = 0
+    public var attentionFactor: Double? = nil
+    public var truncate = true
+
+    /// 0.1 · m · ln(s) + 1 (1 when s ≤ 1): YaRN's Eq. 21.
+    static func mscale(_ s: Double, _ m: Double) -> Double { s <= 1 ? 1 : 0.1 * m * Foundation.log(s) + 1 }
+
+    /// The factor on cos and sin.
+    public var cosSinFactor: Double {
+        if let attentionFactor { return attentionFactor }
+        if mscale != 0 && mscaleAllDim != 0 { return YarnScaling.mscale(factor, mscale) / YarnScaling.mscale(factor, mscaleAllDim) }
+        return YarnScaling.mscale(factor, 1)
+    }
+
+    /// The inverse frequencies of a rotary width `dim` at base `theta`.
+    public func inverseFrequencies(dim: Int, theta: Double) -> [Double] {
+        func correctionDim(_ rotations: Double) -> Double {
+            Double(dim) * Foundation.log(Double(originalMaxPositions) / (rotations * 2 * Double.pi)) / (2 * Foundation.log(theta))
+        }
+        var low = correctionDim(betaFast), high = correctionDim(betaSlow)
+        if truncate { low = low.rounded(.down); high = high.rounded(.up) }
+        low = max(low, 0); high = min(high, Double(dim - 1))
+        if low == high { high += 0.001 }
+        return (0..<(dim / 2)).map { i in
+            let posFreq = Foundation.pow(theta, Double(2 * i) / Double(dim))
+            let ramp = min(max((Double(i) - low) / (high - low), 0), 1)
+            let extrapolation = 1 - ramp
+            return (1 / (factor * posFreq)) * (1 - extrapolation) + (1 / posFreq) * extrapolation
+        }
+    }
+}
+
 public struct ModelConfig: Sendable, Equatable {
     public var family: Family = .qwen3Moe
     public var vocabSize: Int            // V
@@ -82,6 +123,21 @@ public struct ModelConfig: Sendable, Equatable {
     public var firstKDenseReplace = 0    // GLM / DeepSeek: layers < k are dense ...
     public var moeLayerFreq = 1          // ... and MoE layers are those with l % freq == 0
     public var mtpLayers = 0             // num_nextn_predict_layers: their checkpoint tensors are skipped
+    public var yarn: YarnScaling? = nil  // rope_scaling / rope_parameters of rope_type "yarn"
+
+    /// RoPE's inverse frequencies (rotaryDim / 2 of them) and the factor on cos and sin.
+    public var ropeFrequencies: (inverse: [Double], cosSinFactor: Double) {
+        if let y = yarn { return (y.inverseFrequencies(dim: rotaryDim, theta: ropeTheta), y.cosSinFactor) }
+        return ((0..<(rotaryDim / 2)).map { 1 / Foundation.pow(ropeTheta, Double(2 * $0) / Double(rotaryDim)) }, 1)
+    }
+
+    /// The attention softmax scale: head width^-1/2, and for MLA with yarn × mscale(factor, mscale_all_dim)²
+    /// (transformers 5.25 yarn_apply_mscale, modeling_rope_utils.py L353-L365; DeepseekV3Attention L389).
+    public var softmaxScale: Float {
+        var s = 1 / Double(headDim).squareRoot()
+        if mla != nil, let y = yarn, y.mscaleAllDim != 0 { let m = YarnScaling.mscale(y.factor, y.mscaleAllDim); s *= m * m }
+        return Float(s)
+    }
 
     public init(vocabSize: Int = 256, hiddenSize: Int = 64, intermediateSize: Int = 128,
                 moeIntermediateSize: Int = 32, numLayers: Int = 4, numHeads: Int = 4, numKVHeads: Int = 2,
@@ -207,12 +263,15 @@ public struct ModelConfig: Sendable, Equatable {
         if try r.bool("use_sliding_window", default: false) {
             throw MoEError.config(field: "use_sliding_window", reason: "sliding-window attention is not supported")
         }
-        if let rs = r.present("rope_scaling") {
-            let type = rs.objectValue.flatMap { ($0["rope_type"] ?? $0["type"])?.stringValue }
-            if type != "default" {
-                throw MoEError.config(field: "rope_scaling", reason: "only the default rotary embedding is supported, got \(type ?? rs.serialized())")
-            }
+        // rotary settings: transformers 5 writes `rope_parameters` (rope_theta and partial_rotary_factor
+        // inside); older configs `rope_theta` and `rope_scaling`
+        let ropeField = r.present("rope_parameters") != nil ? "rope_parameters" : "rope_scaling"
+        var rope = JSONObject()
+        if let v = r.present(ropeField) {
+            guard let o = v.objectValue else { throw MoEError.config(field: ropeField, reason: "must be an object, got \(v.serialized())") }
+            rope = o
         }
+        let rr = ConfigReader(rope)
         let hidden = try r.int("hidden_size"), heads = try r.int("num_attention_heads")
         guard heads > 0 else { throw MoEError.config(field: "num_attention_heads", reason: "must be a positive integer, got \(heads)") }
         self.init(
@@ -225,9 +284,29 @@ public struct ModelConfig: Sendable, Equatable {
             numExperts: 0, topK: try r.int("num_experts_per_tok", default: 0),
             normTopKProb: try r.bool("norm_topk_prob", default: false),
             tieWordEmbeddings: try r.bool("tie_word_embeddings", default: false),
-            ropeTheta: try r.double("rope_theta", default: 10_000), rmsNormEps: Float(try r.double("rms_norm_eps", default: 1e-6)),
+            ropeTheta: try rr.double("rope_theta", default: try r.double("rope_theta", default: 10_000)),
+            rmsNormEps: Float(try r.double("rms_norm_eps", default: 1e-6)),
             maxPositionEmbeddings: try r.int("max_position_embeddings", default: 32_768))
         self.family = family
+        let type = (rope["rope_type"] ?? rope["type"])?.stringValue ?? "default"
+        switch type {
+        case "default": break
+        case "yarn":
+            let original = try r.int("original_max_position_embeddings", default: try rr.int("original_max_position_embeddings", default: maxPositionEmbeddings))
+            var y = YarnScaling(factor: try rr.double("factor", default: Double(maxPositionEmbeddings) / Double(max(original, 1))), originalMaxPositions: original)
+            let beta = try rr.double("beta_fast", default: 32), betaSlow = try rr.double("beta_slow", default: 1)
+            y.betaFast = beta == 0 ? 32 : beta; y.betaSlow = betaSlow == 0 ? 1 : betaSlow
+            y.mscale = try rr.double("mscale", default: 0); y.mscaleAllDim = try rr.double("mscale_all_dim", default: 0)
+            if rr.present("attention_factor") != nil { y.attentionFactor = try rr.double("attention_factor", default: 1) }
+            y.truncate = try rr.bool("truncate", default: true)
+            guard y.factor > 0, y.factor.isFinite, original > 0, y.betaFast > 0, y.betaSlow > 0 else {
+                throw MoEError.config(field: ropeField, reason: "yarn needs a positive factor, original_max_position_embeddings, beta_fast and beta_slow")
+            }
+            yarn = y
+        default:
+            throw MoEError.config(field: ropeField, reason: "rope_type \(type) is not supported (default and yarn are)")
+        }
+        r.partialRotary = rope["partial_rotary_factor"].flatMap { $0.isNull ? nil : $0 }
         switch family {
         case .qwen3Moe: try readQwen3(r)
         case .mixtral: try readMixtral(r)
@@ -297,7 +376,7 @@ public struct ModelConfig: Sendable, Equatable {
         try readGroupedRouter(r)
         attentionBias = try r.bool("attention_bias", default: false)
         qkNorm = try r.bool("use_qk_norm", default: false)
-        let factor = try r.double("partial_rotary_factor", default: 0.5)
+        let factor = try r.partialRotary?.doubleValue ?? r.double("partial_rotary_factor", default: 0.5)
         guard factor > 0, factor <= 1 else { throw MoEError.config(field: "partial_rotary_factor", reason: "must be in (0, 1], got \(factor)") }
         rotaryDim = Int(Double(headDim) * factor)
     }
@@ -368,6 +447,14 @@ public struct ModelConfig: Sendable, Equatable {
             "max_position_embeddings": maxPositionEmbeddings, "hidden_act": "silu", "attention_dropout": 0.0,
             "torch_dtype": "float32", "rope_scaling": NSNull(),
         ]
+        if let y = yarn {
+            var rs: [String: Any] = ["rope_type": "yarn", "factor": y.factor, "original_max_position_embeddings": y.originalMaxPositions,
+                                     "beta_fast": y.betaFast, "beta_slow": y.betaSlow, "truncate": y.truncate]
+            if y.mscale != 0 { rs["mscale"] = y.mscale }
+            if y.mscaleAllDim != 0 { rs["mscale_all_dim"] = y.mscaleAllDim }
+            if let a = y.attentionFactor { rs["attention_factor"] = a }
+            o["rope_scaling"] = rs
+        }
         switch family {
         case .qwen3Moe:
             o.merge(["intermediate_size": intermediateSize, "moe_intermediate_size": moeIntermediateSize, "head_dim": headDim,
@@ -401,8 +488,10 @@ public struct ModelConfig: Sendable, Equatable {
 }
 
 /// Typed reads of config.json fields; null counts as absent; errors name the field.
-struct ConfigReader {
+final class ConfigReader {
     let json: JSONObject
+    /// rope_parameters' partial_rotary_factor (transformers 5 keeps it there), when given.
+    var partialRotary: JSONValue?
     init(_ json: JSONObject) { self.json = json }
 
     func present(_ key: String) -> JSONValue? {

@@ -35,16 +35,20 @@ func rmsnormBackward(_ x: UnsafePointer<Float>, ldx: Int, _ w: UnsafePointer<Flo
     }
 }
 
-/// Rotary tables: cos and sin of position · θ^(-2i/D) for i < D/2, computed in Double, grown on demand.
-/// D is the rotary width: head_dim, its partial_rotary_factor share (GLM-4.5), or qk_rope_head_dim (MLA).
+/// Rotary tables: cos and sin of position · invFreq[i] for i < D/2, computed in Double, times the yarn
+/// attention factor (1 without yarn), grown on demand. D is the rotary width: head_dim, its
+/// partial_rotary_factor share (GLM-4.5), or qk_rope_head_dim (MLA); invFreq[i] = θ^(-2i/D) by default.
 final class RopeTable {
     let half: Int
-    let theta: Double
+    let invFreq: [Double]
+    let factor: Double
     private(set) var positions = 0
     private(set) var cos: Buffer<Float> = Buffer(count: 0)
     private(set) var sin: Buffer<Float> = Buffer(count: 0)
 
-    init(headDim: Int, theta: Double) { half = headDim / 2; self.theta = theta }
+    init(inverseFrequencies: [Double], cosSinFactor: Double) {
+        half = inverseFrequencies.count; invFreq = inverseFrequencies; factor = cosSinFactor
+    }
 
     /// Makes positions 0..<n available (called at shape set-up, never inside a pass).
     func reserve(_ n: Int) {
@@ -53,9 +57,8 @@ final class RopeTable {
         let c = Buffer<Float>(count: cap * half), s = Buffer<Float>(count: cap * half)
         for p in 0..<cap {
             for i in 0..<half {
-                let invFreq = 1.0 / pow(theta, Double(2 * i) / Double(2 * half))
-                let a = Double(p) * invFreq
-                c[p * half + i] = Float(_cosD(a)); s[p * half + i] = Float(_sinD(a))
+                let a = Double(p) * invFreq[i]
+                c[p * half + i] = Float(_cosD(a) * factor); s[p * half + i] = Float(_sinD(a) * factor)
             }
         }
         cos = c; sin = s; positions = cap

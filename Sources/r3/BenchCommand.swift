@@ -22,6 +22,7 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(name: .customLong("seq-len")) var seqLen: Int = 512
     @Option(help: "Comma-separated cases to run (default all).") var cases: String?
     @Flag(help: "A small, fast run (smoke test): 1 step, 2 × 128 tokens, 16 decode tokens.") var quick = false
+    @Flag(help: "Training steps (replay off and R3) of every family's bench-m config in one run, with each family's GFLOP/s relative to Qwen3-MoE's.") var families = false
 
     nonisolated(unsafe) static let benchM: [String: Any] = [
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 8192, "hidden_size": 512,
@@ -31,10 +32,38 @@ struct EngineBenchCommand: ParsableCommand {
         "rms_norm_eps": 1e-06, "max_position_embeddings": 4096, "hidden_act": "silu", "attention_bias": false,
     ]
 
+    /// Bench-m-sized configs of the other families: the same width, depth, heads and active expert width
+    /// (4 × 256, or Mixtral's 2 × 512) as qwen3moe-bench-m, with each family's own parts switched on.
+    nonisolated(unsafe) static let familyBenchM: [(String, [String: Any])] = [
+        ("qwen3moe-bench-m", benchM),
+        ("glm4moe-bench-m", [
+            "architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "vocab_size": 8192, "hidden_size": 512,
+            "intermediate_size": 1408, "moe_intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 4, "head_dim": 64, "n_routed_experts": 32, "num_experts_per_tok": 4, "n_group": 4,
+            "topk_group": 2, "n_shared_experts": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": true,
+            "first_k_dense_replace": 1, "attention_bias": true, "use_qk_norm": true, "partial_rotary_factor": 0.5,
+            "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-05, "max_position_embeddings": 4096]),
+        ("deepseekv3-bench-m", [
+            "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 8192, "hidden_size": 512,
+            "intermediate_size": 1408, "moe_intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 8, "q_lora_rank": 192, "kv_lora_rank": 128, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32,
+            "v_head_dim": 64, "n_routed_experts": 32, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+            "n_shared_experts": 1, "routed_scaling_factor": 2.5, "norm_topk_prob": true, "first_k_dense_replace": 1,
+            "rope_theta": 10_000.0, "rms_norm_eps": 1e-06, "max_position_embeddings": 4096]),
+        ("mixtral-bench-m", [
+            "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 8192, "hidden_size": 512,
+            "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "num_local_experts": 8, "num_experts_per_tok": 2, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-05,
+            "max_position_embeddings": 4096, "sliding_window": NSNull()]),
+    ]
+
     func run() throws {
+        if families { return try runFamilies() }
         var json = EngineBenchCommand.benchM
         var configName = "qwen3moe-bench-m (built-in)"
-        if let path = config {
+        if let path = config, let builtIn = EngineBenchCommand.familyBenchM.first(where: { $0.0 == path }) {
+            json = builtIn.1; configName = path + " (built-in)"
+        } else if let path = config {
             guard let data = FileManager.default.contents(atPath: path),
                   let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw ValidationError("cannot read \(path)") }
             json = obj; configName = path
@@ -60,6 +89,29 @@ struct EngineBenchCommand: ParsableCommand {
         try bench.trainSteps([("train_step", false), ("train_step_r3", true)].filter { on($0.0) })
         if on("prefill") { try bench.prefill() }
         for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) { try bench.decode(name, batch: b) }
+    }
+
+    /// Every family's training steps in one run; then each one's GFLOP/s and R3 overhead beside Qwen3-MoE's.
+    func runFamilies() throws {
+        let peak = sgemmPeak(n: quick ? 512 : 1536, threads: workers)
+        BLASThreads.useSingleThreadedBLAS()
+        try printJSON(["case": "sgemm_peak", "gflops": peak, "threads": workers])
+        var summary: [[String: Any]] = []
+        var qwen = 0.0
+        for (name, json) in EngineBenchCommand.familyBenchM {
+            let cfg = try ModelConfig(json: json)
+            let base: [String: Any] = ["model": name + " (built-in)", "family": cfg.family.rawValue, "workers": workers, "experts": cfg.numExperts,
+                                       "top_k": cfg.topK, "layers": cfg.numLayers, "moe_layers": cfg.moeLayers, "hidden": cfg.hiddenSize]
+            let bench = try Bench(cfg: cfg, workers: workers, steps: quick ? 1 : max(1, steps), B: quick ? 2 : batch, S: quick ? 128 : seqLen,
+                                  newTokens: 16, promptLen: 32, peak: peak, base: base)
+            let r = try bench.trainSteps([("train_step", false), ("train_step_r3", true)])
+            let g = r["train_step"]?.gflops ?? 0
+            if cfg.family == .qwen3Moe { qwen = g }
+            summary.append(["model": name, "train_gflops": g, "train_r3_gflops": r["train_step_r3"]?.gflops ?? 0,
+                            "relative_to_qwen3": qwen > 0 ? g / qwen : NSNull(), "r3_overhead_pct": r["train_step_r3"]?.overhead ?? NSNull()])
+        }
+        try printJSON(["case": "families", "families": summary, "sgemm_gflops": peak,
+                       "note": "training-step GFLOP/s of each family's bench-m config (model FLOPs incl. shared experts and MLA projections) in this run"])
     }
 
     static func emit(_ name: String, _ fields: [String: Any], _ base: [String: Any], _ extra: [String: Any]) throws {
@@ -111,8 +163,10 @@ struct EngineBenchCommand: ParsableCommand {
         }
 
         /// Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.
-        func trainSteps(_ modes: [(String, Bool)]) throws {
-            guard !modes.isEmpty else { return }
+        @discardableResult
+        func trainSteps(_ modes: [(String, Bool)]) throws -> [String: (gflops: Double, overhead: Double?)] {
+            guard !modes.isEmpty else { return [:] }
+            var results: [String: (gflops: Double, overhead: Double?)] = [:]
             let trainer = Engine(model: model, numerics: .fp32, workers: workers)
             let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
             // R3: the routes a bf16 inference engine recorded for these tokens
@@ -148,9 +202,11 @@ struct EngineBenchCommand: ParsableCommand {
                     fields["replay_fallback_rows"] = fallback
                     if let off { fields["r3_overhead_pct"] = (t / off - 1) * 100 }
                 }
+                results[name] = (trainFlops / t / 1e9, replay ? off.map { (t / $0 - 1) * 100 } : nil)
                 try emit(name, fields, ["sequences": B, "seq_len": S, "precision": "fp32", "steps": steps,
                                         "loss": "mean log-prob over all positions", "optimizer": "AdamW + clip 1.0"])
             }
+            return results
         }
 
         func prefill() throws {

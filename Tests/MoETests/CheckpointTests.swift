@@ -55,7 +55,7 @@ struct CheckpointTests {
         #expect(configError { $0["num_experts_per_tok"] = 9 }.hasPrefix("config field 'num_experts_per_tok'"))
         #expect(configError { $0["attention_bias"] = true }.hasPrefix("config field 'attention_bias'"))
         #expect(configError { $0["hidden_act"] = "gelu" }.hasPrefix("config field 'hidden_act'"))
-        #expect(configError { $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0] }.hasPrefix("config field 'rope_scaling'"))
+        #expect(configError { $0["rope_scaling"] = ["rope_type": "dynamic", "factor": 4.0] }.hasPrefix("config field 'rope_scaling'"))
         #expect(configError { $0["mlp_only_layers"] = [9] }.hasPrefix("config field 'mlp_only_layers'"))
         #expect(configError { $0["vocab_size"] = "many" }.hasPrefix("config field 'vocab_size': must be an integer"))
         // a JSON boolean is never an integer, and 1 is never a boolean (typed JSON values, not NSNumber)

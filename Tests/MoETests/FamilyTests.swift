@@ -32,7 +32,11 @@ enum FamilyConfigs {
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_local_experts": 6, "num_experts_per_tok": 2,
         "rms_norm_eps": 1e-5, "rope_theta": 1_000_000.0, "sliding_window": NSNull(),
     ]
-    static let all: [(String, [String: Any])] = [("glm", glm), ("glmB", glmB), ("deepseek", deepseek), ("deepseekB", deepseekB), ("mixtral", mixtral)]
+    /// DeepSeek with YaRN as DeepSeek-V3's published config has it (mscale and mscale_all_dim scale cos/sin and the softmax).
+    static let deepseekYarn: [String: Any] = deepseek.merging(["rope_scaling": ["type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4,
+                                                                                "mscale": 1.0, "mscale_all_dim": 0.7, "beta_fast": 32, "beta_slow": 1]]) { $1 }
+    static let all: [(String, [String: Any])] = [("glm", glm), ("glmB", glmB), ("deepseek", deepseek), ("deepseekB", deepseekB), ("mixtral", mixtral),
+                                                 ("deepseekYarn", deepseekYarn)]
     static func named(_ n: String) -> [String: Any] { all.first { $0.0 == n }!.1 }
 
     /// A random model of that config with decisive routing and a non-zero e_score_correction_bias.
@@ -76,8 +80,10 @@ struct FamilyTests {
     }
 
     @Test func unsupportedFamilyFieldsAreRefusedByName() {
-        let yarn: [String: Any] = ["rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096]
-        #expect(configError(FamilyConfigs.deepseek, ["rope_scaling": yarn]).hasPrefix("config field 'rope_scaling': only the default rotary embedding is supported, got yarn"))
+        let dynamic: [String: Any] = ["rope_type": "dynamic", "factor": 4.0]
+        #expect(configError(FamilyConfigs.deepseek, ["rope_scaling": dynamic]) == "config field 'rope_scaling': rope_type dynamic is not supported (default and yarn are)")
+        #expect(configError(FamilyConfigs.glm, ["rope_parameters": ["rope_type": "llama3", "rope_theta": 1e4]]).hasPrefix("config field 'rope_parameters': rope_type llama3"))
+        #expect(configError(FamilyConfigs.glm, ["rope_scaling": ["type": "yarn", "factor": -2.0]]).hasPrefix("config field 'rope_scaling': yarn needs"))
         #expect(configError(FamilyConfigs.deepseek, ["model_type": "deepseek_v2"]).hasPrefix("config field 'model_type'"))
         #expect(configError(FamilyConfigs.deepseek, ["scoring_func": "softmax"]).hasPrefix("config field 'scoring_func'"))
         #expect(configError(FamilyConfigs.deepseek, ["topk_method": "greedy"]).hasPrefix("config field 'topk_method'"))
@@ -94,7 +100,7 @@ struct FamilyTests {
         #expect(configError(FamilyConfigs.mixtral, ["num_local_experts": 1]).hasPrefix("config field 'num_experts_per_tok'"))
     }
 
-    @Test(arguments: ["glm", "glmB", "deepseek", "deepseekB", "mixtral"])
+    @Test(arguments: ["glm", "glmB", "deepseek", "deepseekB", "mixtral", "deepseekYarn"])
     func finiteDifferencesMatchBackwardUnderReplay(family: String) throws {
         let model = try FamilyConfigs.model(family, seed: 7)
         let c = model.config
@@ -154,7 +160,7 @@ struct FamilyTests {
         #expect(replay.replayFallbackRows == 0)
     }
 
-    @Test(arguments: ["glm", "deepseek", "deepseekB", "mixtral"])
+    @Test(arguments: ["glm", "deepseek", "deepseekB", "mixtral", "deepseekYarn"])
     func generationLogprobsMatchFullForward(family: String) throws {
         let model = try FamilyConfigs.model(family, seed: 31, std: 0.1)
         let engine = Engine(model: model)
@@ -185,6 +191,32 @@ struct FamilyTests {
         try m.save(directory: sharded, dtype: .bf16, maxShardBytes: 20_000)
         let half = try Model.load(directory: sharded)
         #expect(half.params.array() == m.params.array().map { BF16.round($0) })
+    }
+
+    /// YaRN against HF itself: tiny DeepSeek-V3 (MLA; mscale / mscale_all_dim) and GLM-4.5 (partial rotary)
+    /// checkpoints saved by transformers 5.24 (config.json with `rope_parameters`, as transformers 5 writes
+    /// it) and their float64 logits over 96 tokens, 3× original_max_position_embeddings
+    /// (Tests/MoETests/Fixtures/make_yarn_fixtures.py made them).
+    @Test(arguments: ["deepseekv3-yarn", "glm4moe-yarn"])
+    func yarnMatchesTransformers(fixture: String) throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(fixture)")
+        let m = try Model.load(directory: dir)
+        #expect(m.config.yarn?.factor == 4 && m.config.yarn?.originalMaxPositions == 32)
+        let ref = try SafetensorsFile(url: dir.appendingPathComponent("reference.safetensors"))
+        let ids = try ref.ints("input_ids").map { Int32($0) }
+        let out = try Engine(model: m).forward([ids], options: ForwardOptions(keepLogits: true))
+        if let msg = worstDifference("\(fixture) logits", out.logits, try ref.doubles("logits"), tol: 1e-4) { Issue.record("\(msg)") }
+        // without yarn the same weights give other logits: the test can tell
+        var plain = m.config
+        plain.yarn = nil
+        let p = try Model(config: plain)
+        p.params.copy(from: m.params)
+        let other = try Engine(model: p).forward([ids], options: ForwardOptions(keepLogits: true))
+        let want = try ref.doubles("logits")
+        func worst(_ a: [Float]) -> Double { zip(a, want).map { abs(Double($0) - $1) }.max()! }
+        #expect(worst(other.logits) > 20 * worst(out.logits), "\(fixture): without yarn \(worst(other.logits)), with \(worst(out.logits))")
+        // and the config survives a save
+        #expect(try ModelConfig(json: m.config.jsonObject()) == m.config)
     }
 
     @Test func multiTokenPredictionLayersAreSkippedOnLoad() throws {

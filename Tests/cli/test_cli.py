@@ -182,8 +182,23 @@ def test_init_model_and_generate_for_every_family(tmp_path, family):
 
 def test_unsupported_family_config_fails_with_one_line(tmp_path):
     cfg = json.loads((FIXTURE.parent / "deepseekv3-tiny-a" / "config.json").read_text())
-    cfg["rope_scaling"] = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "mscale": 1.0, "mscale_all_dim": 1.0}
+    cfg["rope_scaling"] = {"type": "dynamic", "factor": 4.0}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     p = r3("init-model", "--config", tmp_path / "config.json", "--out", tmp_path / "m", ok=False)
     lines = p.stderr.strip().splitlines()
-    assert p.returncode != 0 and len(lines) == 1 and "rope_scaling" in lines[0] and "yarn" in lines[0], p.stderr
+    assert p.returncode != 0 and len(lines) == 1 and "rope_scaling" in lines[0] and "dynamic" in lines[0], p.stderr
+
+
+def test_deepseek_v3_published_config_with_yarn_runs(tmp_path):
+    """DeepSeek-V3's own config.json shape (rope_scaling yarn, factor 40, mscale 1 / mscale_all_dim 1), scaled down."""
+    cfg = json.loads((FIXTURE.parent / "deepseekv3-tiny-a" / "config.json").read_text())
+    cfg["rope_scaling"] = {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                           "original_max_position_embeddings": 64, "type": "yarn"}
+    cfg["max_position_embeddings"] = 2560
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r3("init-model", "--config", tmp_path / "config.json", "--seed", "2", "--out", tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["rope_scaling"]["rope_type"] == "yarn" and saved["rope_scaling"]["factor"] == 40
+    out = tmp_path / "o.safetensors"
+    r3("forward", "--model", tmp_path / "m", "--input-ids", ",".join(str(i % 100) for i in range(200)), "--output", out)
+    assert np.isfinite(load_file(str(out))["logits"]).all()
