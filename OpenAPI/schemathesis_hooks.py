@@ -269,7 +269,7 @@ def new_job(body):
     body["steps"] = min(num(body.get("steps"), 1), 3)
     if kind == "rollout":
         for k in ("task", "difficulty", "rollout_ids", "batch_size", "learning_rate", "algorithm", "replay", "tis", "tis_cap",
-                  "mini_steps", "max_grad_norm", "checkpoint_every", "eval_every", "on_collapse", "collapse", "steps"):
+                  "mini_steps", "max_grad_norm", "checkpoint_every", "eval_every", "on_collapse", "collapse", "steps", "aux_loss_coef"):
             body.pop(k, None)
         body["prompts"] = [{"token_ids": [1, 2, 3]}]
         body["n"] = min(num(body.get("n"), 1), 4)

@@ -43,7 +43,8 @@ extension Engine {
                             offsets: a.offsets, order: ws.order, xg: ws.xg, gu: a.gu, act: a.act, eo: a.eo,
                             router: W + p.router, gateUp: W + p.gateUp, down: W + p.down,
                             dRouter: G + p.router, dGateUp: G + p.gateUp, dDown: G + p.down,
-                            dEo: ws.dEo, dAct: ws.dAct, dGu: ws.dGu, dXg: ws.dXg, dProbs: ws.dProbs, dGates: ws.dGates, dh: ws.dh)
+                            dEo: ws.dEo, dAct: ws.dAct, dGu: ws.dGu, dXg: ws.dXg, dProbs: ws.dProbs, dGates: ws.dGates, dh: ws.dh,
+                            auxGrad: auxGrad.isEmpty ? nil : auxGrad)
                 if p.sharedGateUp >= 0 {   // shared experts: a dense SwiGLU on the same input, added to dh
                     let Is = c.sharedIntermediateSize
                     ctx.gemm(false, false, T, Is, C, 1, ws.dx, C, W + p.sharedDown, Is, 0, ws.dAct, Is)

@@ -19,9 +19,15 @@ public struct ForwardOptions: Sendable {
     public var training = false
     /// Return the per-token entropy.
     public var entropy = false
-    public init(targets: [Int32]? = nil, temperature: Float = 1, keepLogits: Bool = false, training: Bool = false, entropy: Bool = false) {
+    /// Coefficient of the load-balancing loss added to the loss whose gradient `backward` computes (HF's
+    /// router_aux_loss_coef; softmax routers only). The loss itself is always reported in `auxLoss`.
+    public var auxLossCoef: Float = 0
+    /// Return the router logits [T, moe_layers, E].
+    public var routerLogits = false
+    public init(targets: [Int32]? = nil, temperature: Float = 1, keepLogits: Bool = false, training: Bool = false, entropy: Bool = false,
+                auxLossCoef: Float = 0, routerLogits: Bool = false) {
         self.targets = targets; self.temperature = temperature; self.keepLogits = keepLogits
-        self.training = training; self.entropy = entropy
+        self.training = training; self.entropy = entropy; self.auxLossCoef = auxLossCoef; self.routerLogits = routerLogits
     }
 }
 
@@ -41,6 +47,10 @@ public struct ForwardResult: Sendable {
     public var gates: [Float]
     /// Replay rows (token, layer) that were all -1 and fell back to the live router.
     public var replayFallbackRows: Int
+    /// HF's load-balancing loss over every MoE layer and row (NaN for sigmoid routers or no MoE layer).
+    public var auxLoss: Double = .nan
+    /// [T, moe_layers, E] when requested, else empty.
+    public var routerLogits: [Float] = []
 
     /// Row range of sequence s in the packed arrays.
     public func rows(ofSequence s: Int) -> Range<Int> {
@@ -67,6 +77,11 @@ public final class Engine {
     var spans: [AttnSpan] = []
     // state of the last training forward, for backward
     var last: (T: Int, tokens: [Int32], targets: [Int32], temperature: Float, lengths: [Int])?
+    /// Load-balancing statistics of the last forward: per expert, assignments and summed router
+    /// probabilities over every MoE layer and row; and the aux loss gradient per probability (empty: none).
+    var auxCounts: [Double] = [], auxProbSum: [Double] = []
+    var auxGrad: [Float] = []
+    var routerLogitsBuffer: Buffer<Float>?
 
     /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
     public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -122,6 +137,10 @@ public final class Engine {
             for seq in sequences { targets += seq.dropFirst(); targets.append(-1) }
         }
         guard options.temperature > 0, options.temperature.isFinite else { throw MoEError.input("temperature must be positive") }
+        guard options.auxLossCoef >= 0, options.auxLossCoef.isFinite else { throw MoEError.input("aux loss coefficient must be >= 0") }
+        if options.auxLossCoef > 0 && config.router != .softmax {
+            throw MoEError.input("the load-balancing aux loss applies to softmax routers (qwen3_moe, mixtral); \(config.family.rawValue) balances its experts with e_score_correction_bias")
+        }
         let moeL = config.moeLayers.count, K = config.topK
         var forced: [Int32]? = nil
         if case let .replay(tables) = routing {
@@ -145,6 +164,9 @@ public final class Engine {
         var routes = [Int32](repeating: -1, count: T * moeL * K)
         var live = routes
         var gates = [Float](repeating: 0, count: T * moeL * K)
+        let logitsCount = T * moeL * config.numExperts
+        if options.routerLogits && (routerLogitsBuffer?.count ?? 0) < logitsCount { routerLogitsBuffer = Buffer(count: logitsCount) }
+        let logitsOut = options.routerLogits ? routerLogitsBuffer?.base : nil
         let fallbacks = tokens.withUnsafeBufferPointer { tok in
             routes.withUnsafeMutableBufferPointer { r in
                 live.withUnsafeMutableBufferPointer { lv in
@@ -152,11 +174,13 @@ public final class Engine {
                         if let forced {
                             return forced.withUnsafeBufferPointer { f in
                                 layers(tokens: tok.baseAddress!, T: T, ws: ws, save: options.training, cache: nil,
-                                       forced: f.baseAddress, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!)
+                                       forced: f.baseAddress, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!,
+                                       routerLogitsOut: logitsOut)
                             }
                         }
                         return layers(tokens: tok.baseAddress!, T: T, ws: ws, save: options.training, cache: nil,
-                                      forced: nil, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!)
+                                      forced: nil, routesOut: r.baseAddress!, liveOut: lv.baseAddress!, gatesOut: g.baseAddress!,
+                                      routerLogitsOut: logitsOut)
                     }
                 }
             }
@@ -177,12 +201,25 @@ public final class Engine {
             }
         }
         if options.training { last = (T, tokens, targets, options.temperature, lengths) } else { last = nil }
+        // HF's load_balancing_loss_func over the concatenated MoE layers: E · Σ_e f_e · P_e with f_e the share of
+        // the L·T rows' K choices that went to e and P_e the mean router probability (the experts used: under
+        // replay, the replayed ones). Its gradient reaches the router through P only.
+        var auxLoss = Double.nan
+        auxGrad = []
+        if config.router == .softmax && moeL > 0 {
+            let E = config.numExperts, rows = Double(T * moeL)
+            auxLoss = Double(E) * (0..<E).reduce(0.0) { $0 + (auxCounts[$1] / rows) * (auxProbSum[$1] / rows) }
+            if options.training && options.auxLossCoef > 0 {
+                auxGrad = (0..<E).map { Float(Double(options.auxLossCoef) * Double(E) * (auxCounts[$0] / rows) / rows) }
+            }
+        }
         return ForwardResult(
             sequenceLengths: lengths, logprobs: logp, entropy: entropy,
             logits: options.keepLogits ? Array(UnsafeBufferPointer(start: ws.logits, count: T * V)) : [],
             routes: try RouteArray(rows: T, layers: moeL, topK: K, ids: routes),
             liveRoutes: try RouteArray(rows: T, layers: moeL, topK: K, ids: live),
-            gates: gates, replayFallbackRows: fallbacks)
+            gates: gates, replayFallbackRows: fallbacks, auxLoss: auxLoss,
+            routerLogits: options.routerLogits ? Array(UnsafeBufferPointer(start: routerLogitsBuffer!.base, count: logitsCount)) : [])
     }
 
     /// Sizes the workspace for T rows (kept while large enough) and the rotary table.
@@ -211,7 +248,7 @@ public final class Engine {
     /// Embedding and every decoder layer. Returns the count of replay fallback rows.
     func layers(tokens: UnsafePointer<Int32>, T: Int, ws: Workspace, save: Bool, cache: KVCache?,
                 forced: UnsafePointer<Int32>?, routesOut: UnsafeMutablePointer<Int32>, liveOut: UnsafeMutablePointer<Int32>,
-                gatesOut: UnsafeMutablePointer<Float>) -> Int {
+                gatesOut: UnsafeMutablePointer<Float>, routerLogitsOut: UnsafeMutablePointer<Float>? = nil) -> Int {
         let c = config, C = c.hiddenSize, W = model.params.base, lay = model.layout
         let moeL = c.moeLayers.count, K = c.topK
         let x0 = ws.residual(0)
@@ -219,6 +256,9 @@ public final class Engine {
         var fallbacks = 0
         var moeIndex = 0
         let scratch0 = ws.linScratch(worker: 0, config: c)
+        let E = c.numExperts
+        if auxCounts.count != E { auxCounts = Array(repeating: 0, count: E); auxProbSum = auxCounts }
+        for e in 0..<E { auxCounts[e] = 0; auxProbSum[e] = 0 }
         for l in 0..<c.numLayers {
             let p = lay.layers[l], a = ws.acts(l)
             let xIn = ws.residual(l), xOut = ws.residual(l + 1)
@@ -260,8 +300,15 @@ public final class Engine {
             if p.isMoE {
                 let m = moeShape(T: T, p: p)
                 ctx.linear(T, m.E, C, a.h2, C, W + p.router, 0, a.probs, m.E, scratch: scratch0)
+                if let out = routerLogitsOut {
+                    for t in 0..<T { (out + (t * moeL + moeIndex) * E).update(from: a.probs + t * E, count: E) }
+                }
                 fallbacks += routeForward(m, probs: a.probs, idx: a.idx, gates: a.gates, liveIdx: ws.liveIdx,
                                           forced: forced.map { $0 + moeIndex * K }, forcedStride: moeL * K, scratch: ws.routeScratch)
+                if m.router == .softmax {
+                    for i in 0..<(T * K) { auxCounts[Int(a.idx[i])] += 1 }
+                    for t in 0..<T { for e in 0..<E { auxProbSum[e] += Double(a.probs[t * E + e]) } }
+                }
                 groupByExpert(m, idx: a.idx, perm: a.perm, slot: a.slot, offsets: a.offsets, order: ws.order)
                 for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
                 expertsForward(m, ctx: ctx, xg: ws.xg, gateUp: W + p.gateUp, down: W + p.down, offsets: a.offsets,

@@ -170,7 +170,7 @@ func moeBackward(_ m: MoEShape, ctx: GemmContext, h: UnsafePointer<Float>, dy: U
                  dRouter: UnsafeMutablePointer<Float>, dGateUp: UnsafeMutablePointer<Float>, dDown: UnsafeMutablePointer<Float>,
                  dEo: UnsafeMutablePointer<Float>, dAct: UnsafeMutablePointer<Float>, dGu: UnsafeMutablePointer<Float>,
                  dXg: UnsafeMutablePointer<Float>, dProbs: UnsafeMutablePointer<Float>, dGates: UnsafeMutablePointer<Float>,
-                 dh: UnsafeMutablePointer<Float>) {
+                 dh: UnsafeMutablePointer<Float>, auxGrad: [Float]? = nil) {
     let C = m.C, I = m.I, K = m.K, E = m.E
     // gate gradients and the experts' output gradients
     for t in 0..<m.T {
@@ -221,6 +221,7 @@ func moeBackward(_ m: MoEShape, ctx: GemmContext, h: UnsafePointer<Float>, dy: U
         } else {
             for j in 0..<K { dp[Int(idx[t * K + j])] = dGates[t * K + j] }
         }
+        if let a = auxGrad { for e in 0..<E { dp[e] += a[e] } }   // ∂(coef · aux)/∂p_e, the same for every row
         let s = dot(dp, p, E)
         for e in 0..<E { dp[e] = p[e] * (dp[e] - s) }
     }

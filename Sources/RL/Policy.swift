@@ -13,6 +13,8 @@ public struct OptimConfig: Sendable {
     public var maxGradNorm = 1.0
     /// Softmax temperature of sampling and of the training log-probs.
     public var temperature: Float = 1
+    /// Coefficient of the load-balancing aux loss (HF's router_aux_loss_coef; softmax routers).
+    public var auxLossCoef: Float = 0
     public init() {}
 }
 
@@ -59,7 +61,7 @@ public final class Policy {
         guard !samples.isEmpty else { throw RLError.invalid("no samples to train on") }
         guard c.miniSteps >= 1 else { throw RLError.invalid("mini_steps must be at least 1") }
         try check(samples)
-        let L = config.moeLayers.count, K = config.topK
+        let K = config.topK
         let seqs = samples.map(\.tokens)
         let (segments, offsets) = Policy.responseRows(samples)
         let T = seqs.reduce(0) { $0 + $1.count }
@@ -77,15 +79,17 @@ public final class Policy {
             case .R3: routing = .replay(tables)
             case .R2: routing = step == 0 ? .live : .replay(r2)
             }
-            let f = try train.forward(seqs, routing: routing, options: ForwardOptions(temperature: c.temperature, training: true, entropy: step == 0))
+            let f = try train.forward(seqs, routing: routing, options: ForwardOptions(temperature: c.temperature, training: true, entropy: step == 0,
+                                                                                     auxLossCoef: c.auxLossCoef))
+            if step == 0 && !f.auxLoss.isNaN { m["aux_loss"] = f.auxLoss }
             if step == 0 {
                 old = f.logprobs
                 let replayed = samples.indices.map { i in
                     Mismatch.ReplayedSequence(replayed: c.replay == .R3, rows: tables[i].rows, responseRows: segments[i].lowerBound - offsets[i]..<segments[i].upperBound - offsets[i],
                                               missingRows: c.replay == .R3 ? tables[i].missingRowIndices : [])
                 }
-                m = Policy.mismatchMetrics(f, inferLP: inferLP, recorded: recorded, recordedRows: recordedRows, segments: segments, topK: K,
-                                           tisCap: c.loss.tisCap, replay: Mismatch.replayShare(replayed))
+                m.merge(Policy.mismatchMetrics(f, inferLP: inferLP, recorded: recorded, recordedRows: recordedRows, segments: segments, topK: K,
+                                               tisCap: c.loss.tisCap, replay: Mismatch.replayShare(replayed))) { $1 }
                 if c.replay == .R2 { r2 = try (0..<samples.count).map { try f.routes.rows(f.rows(ofSequence: $0)) } }
             }
             if case .replay = routing {
@@ -189,17 +193,19 @@ public final class Policy {
         return m
     }
 
-    /// One supervised step: cross-entropy on the response tokens of `samples`. Returns loss and grad norm.
-    public func supervisedStep(_ samples: [Sample], maxGradNorm: Double = 1) throws -> (loss: Double, gradNorm: Double) {
+    /// One supervised step: cross-entropy on the response tokens of `samples` (plus auxLossCoef × the
+    /// load-balancing loss). Returns loss, grad norm and the aux loss (NaN for sigmoid routers).
+    @discardableResult
+    public func supervisedStep(_ samples: [Sample], maxGradNorm: Double = 1, auxLossCoef: Float = 0) throws -> (loss: Double, gradNorm: Double, auxLoss: Double) {
         let (segments, _) = Policy.responseRows(samples)
-        let f = try train.forward(samples.map(\.tokens), options: ForwardOptions(training: true))
+        let f = try train.forward(samples.map(\.tokens), options: ForwardOptions(training: true, auxLossCoef: auxLossCoef))
         let loss = PolicyLoss.crossEntropy(logp: f.logprobs, segments: segments)
         train.zeroGrad()
         try train.backward(dLogp: loss.dLogp)
         let gn = GradClip.clip(train.grads!, maxNorm: maxGradNorm)
         if gn.isFinite { optimizer.update(params: model.params, grads: train.grads!, workers: workers) }
         inferStale = true
-        return (loss.loss, gn)
+        return (loss.loss, gn, f.auxLoss)
     }
 
     // MARK: checkpoints

@@ -239,6 +239,7 @@ struct JobExecutor {
         opt.loss = LossConfig(algorithm: spec.algorithm, tis: spec.tis, tisCap: spec.tisCap)
         opt.replay = spec.replay; opt.miniSteps = spec.miniSteps; opt.maxGradNorm = spec.maxGradNorm
         opt.temperature = Float(spec.temperature == 0 ? 1 : spec.temperature)
+        opt.auxLossCoef = Float(spec.auxLossCoef)
         var rc = RolloutConfig()
         rc.promptsPerStep = spec.batchSize; rc.samplesPerPrompt = spec.n; rc.maxTokens = spec.maxTokens
         rc.temperature = opt.temperature; rc.seed = UInt64(spec.seed)
@@ -252,9 +253,10 @@ struct JobExecutor {
         let t0 = ContinuousClock.now
         if spec.type == .sft {
             let batch = try policy.supervisedBatch(task: task!, step: step, batch: spec.batchSize, seed: UInt64(spec.seed))
-            let (loss, gn) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm)
+            let (loss, gn, aux) = try policy.supervisedStep(batch, maxGradNorm: spec.maxGradNorm, auxLossCoef: Float(spec.auxLossCoef))
             extra["train_seconds"] = seconds(since: t0)
             var metrics = ["loss": loss, "grad_norm": gn]
+            if !aux.isNaN { metrics["aux_loss"] = aux }
             if (step + 1) % spec.evalEvery == 0 || step + 1 == spec.steps {
                 metrics["reward_mean"] = try policy.evaluate(task: task!, count: 32, seed: UInt64(spec.seed))
             }

@@ -36,13 +36,18 @@ extension App {
             throw ServiceError.badRequest("Idempotency-Key must be 1 to 200 visible ASCII characters")
         }
         let o = try jsonBody(req)
+        var router = RouterKind.softmax
         let spec = try JobSpec(o) { id in
             guard let m = try models.get(project: project, id: id) else { throw ServiceError.unprocessable("model \(id) does not exist in this project") }
             if m.source == "config" {
                 throw ServiceError.unprocessable("model \(id) was registered from its config.json alone (hf_config): it has no weights to run a job on")
             }
             guard let cfg = try? ModelConfig(json: (try? JSONReader.parse(Array(m.configJSON.utf8)))?.objectValue ?? JSONObject()) else { throw ServiceError(500, "stored model config is unreadable") }
+            router = cfg.router
             return cfg.vocabSize
+        }
+        if spec.auxLossCoef > 0 && router != .softmax {
+            throw ServiceError.unprocessable("aux_loss_coef applies to softmax routers (qwen3_moe, mixtral); this model's router balances its experts with e_score_correction_bias")
         }
         // this server's limits (R3_MAX_JOB_STEPS, R3_MAX_JOB_SAMPLES, R3_MAX_NEW_TOKENS)
         if spec.type != .rollout && spec.steps > config.maxJobSteps { throw ServiceError.unprocessable("steps: this server runs at most \(config.maxJobSteps) steps per job") }

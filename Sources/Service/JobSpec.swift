@@ -52,6 +52,8 @@ struct JobSpec {
     var tisCap = 2.0
     var miniSteps = 1
     var maxGradNorm = 1.0
+    /// Load-balancing aux loss coefficient (sft and train; HF's router_aux_loss_coef, softmax routers only).
+    var auxLossCoef = 0.0
     var checkpointEvery = 5
     var evalEvery = 10
     /// What a collapse alarm does to a train job: continue (alert only), pause, or stop (state collapsed).
@@ -66,7 +68,7 @@ struct JobSpec {
         let known: Set<String> = ["type", "model", "policy_version", "max_attempts", "seed", "prompts", "n", "max_tokens", "temperature",
                                   "top_p", "top_k", "stop_token_ids", "precision", "task", "difficulty", "rollout_ids", "steps", "batch_size",
                                   "learning_rate", "algorithm", "replay", "tis", "tis_cap", "mini_steps", "max_grad_norm", "checkpoint_every",
-                                  "eval_every", "on_collapse", "collapse"]
+                                  "eval_every", "on_collapse", "collapse", "aux_loss_coef"]
         let f = try Fields(o, allowed: known)
         guard let t = try f.string("type", required: true, max: 20), let kind = Kind(rawValue: t) else {
             throw ServiceError.unprocessable("type must be rollout, sft or train")
@@ -94,10 +96,13 @@ struct JobSpec {
         case .sft: try parseSFT(f)
         case .train: try parseTrain(f)
         }
+        if kind == .rollout && o["aux_loss_coef"] != nil { throw ServiceError.unprocessable("aux_loss_coef applies to sft and train jobs") }
         if kind != .train && (o["on_collapse"] != nil || o["collapse"] != nil) {
             throw ServiceError.unprocessable("on_collapse and collapse apply to train jobs")
         }
         if kind != .rollout {
+            auxLossCoef = try f.number("aux_loss_coef") ?? auxLossCoef
+            guard auxLossCoef >= 0 && auxLossCoef <= 10 else { throw ServiceError.unprocessable("aux_loss_coef must be in 0...10") }
             guard learningRate > 0 && learningRate <= 1 else { throw ServiceError.unprocessable("learning_rate must be in (0, 1]") }
             checkpointEvery = try f.int("checkpoint_every", range: 1...100_000) ?? checkpointEvery
         }
@@ -201,11 +206,12 @@ struct JobSpec {
             o["n"] = n; o["top_p"] = topP; o["top_k"] = topK; o["stop_token_ids"] = stopTokenIDs
         case .sft:
             o["steps"] = steps; o["batch_size"] = batchSize; o["learning_rate"] = learningRate; o["checkpoint_every"] = checkpointEvery
-            o["eval_every"] = evalEvery
+            o["eval_every"] = evalEvery; o["aux_loss_coef"] = auxLossCoef
         case .train:
             o["steps"] = steps; o["batch_size"] = batchSize; o["n"] = n; o["learning_rate"] = learningRate
             o["algorithm"] = algorithm.rawValue; o["replay"] = replay.rawValue; o["tis"] = tis; o["tis_cap"] = tisCap
             o["mini_steps"] = miniSteps; o["max_grad_norm"] = maxGradNorm; o["checkpoint_every"] = checkpointEvery
+            o["aux_loss_coef"] = auxLossCoef
             o["on_collapse"] = onCollapse.rawValue; o["collapse"] = collapse.json
             if let ids = rolloutIDs { o["rollout_ids"] = ids }
         }

@@ -86,6 +86,7 @@ struct EngineBenchCommand: ParsableCommand {
         var bench = try Bench(cfg: cfg, workers: workers, steps: quick ? 1 : max(1, steps), B: quick ? 2 : batch, S: quick ? 128 : seqLen,
                               newTokens: quick ? 16 : 128, promptLen: quick ? 32 : 128, peak: peak, base: base)
         if on("route_disagreement") { try bench.routeDisagreement() }
+        if on("batch_variance") { try bench.batchVariance() }
         try bench.trainSteps([("train_step", false), ("train_step_r3", true)].filter { on($0.0) })
         if on("prefill") { try bench.prefill() }
         for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) { try bench.decode(name, batch: b) }
@@ -160,6 +161,44 @@ struct EngineBenchCommand: ParsableCommand {
             }
             try emit("route_disagreement", ["router_disagreement": Double(pairs) / Double(T * L), "token_disagreement": Double(tokens) / Double(T)],
                      ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
+        }
+
+        /// The paper's repeated-forward claim: the same sequences, alone and in other batch compositions (packed
+        /// with the others, in reverse order, with extra sequences), through the same weights. Per numerics
+        /// mode: the share of (token, MoE layer) expert sets and of tokens that differ from the sequence alone,
+        /// and the largest log-prob difference. Only the deterministic mode is batch-invariant by design.
+        mutating func batchVariance() throws {
+            let L = cfg.moeLayers.count, K = cfg.topK
+            let extra = (0..<max(2, B / 2)).map { _ in (0..<S).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
+            for numerics in [Numerics.bf16, .fp32, .deterministic] {
+                let engine = Engine(model: model, numerics: numerics, workers: workers)
+                let alone = try seqs.map { try engine.forward([$0]) }
+                var pairs = 0, tokens = 0, rows = 0
+                var maxLP: Float = 0
+                let compositions: [[[Int32]]] = [seqs, Array(seqs.reversed()), extra + seqs]
+                for batch in compositions {
+                    let out = try engine.forward(batch)
+                    for (b, s) in batch.enumerated() {
+                        guard let i = seqs.firstIndex(of: s) else { continue }
+                        let r = out.rows(ofSequence: b)
+                        for (k, t) in r.enumerated() {
+                            var any = false
+                            for l in 0..<L {
+                                let o = (t * L + l) * K, a = (k * L + l) * K
+                                if Set(out.routes.ids[o..<(o + K)]) != Set(alone[i].routes.ids[a..<(a + K)]) { pairs += 1; any = true }
+                            }
+                            if any { tokens += 1 }
+                            rows += 1
+                            let x = out.logprobs[t], y = alone[i].logprobs[k]
+                            if !x.isNaN && !y.isNaN { maxLP = max(maxLP, abs(x - y)) }
+                        }
+                    }
+                }
+                try emit("batch_variance", ["numerics": numerics.name, "router_disagreement": Double(pairs) / Double(max(1, rows * L)),
+                                            "token_disagreement": Double(tokens) / Double(max(1, rows)), "max_abs_logprob_diff": Double(maxLP)],
+                         ["sequences": B, "seq_len": S, "compositions": "each sequence alone vs packed with the others, reversed, and after \(extra.count) other sequences",
+                          "weights": "initial (random)"])
+            }
         }
 
         /// Replay off and R3 run interleaved on one trainer, so both see the same machine state; medians.

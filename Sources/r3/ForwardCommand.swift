@@ -7,7 +7,7 @@ import Routes
 struct ForwardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "forward",
-        abstract: "Run one forward pass and write logits, routed_experts and router_weights to a safetensors file.")
+        abstract: "Run one forward pass and write logits, routed_experts, router_weights and router_logits (and the load-balancing aux_loss in the metadata) to a safetensors file.")
 
     @Option(help: "Checkpoint directory (config.json + model.safetensors, or shards with an index).")
     var model: String
@@ -32,12 +32,14 @@ struct ForwardCommand: ParsableCommand {
             routing = .replay([try RouteArray(rows: arr.shape[0], layers: arr.shape[1], topK: arr.shape[2], ids: try arr.int32s())])
         }
         let engine = Engine(model: m, numerics: numerics)
-        let out = try engine.forward([ids], routing: routing, options: ForwardOptions(keepLogits: true))
+        let out = try engine.forward([ids], routing: routing, options: ForwardOptions(keepLogits: true, routerLogits: true))
         var w = SafetensorsWriter()
         let T = ids.count, L = out.routes.layers, K = out.routes.topK
         w.add("logits", floats: out.logits, shape: [T, m.config.vocabSize])
         w.add("routed_experts", int32s: out.routes.ids, shape: [T, L, K])
         w.add("router_weights", floats: out.gates, shape: [T, L, K])
+        w.add("router_logits", floats: out.routerLogits, shape: [T, L, m.config.numExperts])
+        if !out.auxLoss.isNaN { w.metadata["aux_loss"] = String(out.auxLoss) }
         w.metadata["precision"] = numerics.name
         w.metadata["replay_fallback_rows"] = String(out.replayFallbackRows)
         try w.write(to: URL(fileURLWithPath: output))

@@ -38,7 +38,7 @@ struct RLBenchCommand: ParsableCommand {
         var curve: [[String: Any]] = []
         let t0 = ContinuousClock.now
         for s in 0..<sftSteps {
-            let (loss, _) = try sft.supervisedStep(try sft.supervisedBatch(task: t, step: s, batch: 32, seed: seed))
+            let (loss, _, _) = try sft.supervisedStep(try sft.supervisedBatch(task: t, step: s, batch: 32, seed: seed))
             if (s + 1) % max(1, sftSteps / 10) == 0 || s + 1 == sftSteps {
                 curve.append(["step": s + 1, "loss": loss, "eval_reward": try sft.evaluate(task: t, count: 64, seed: seed)])
             }

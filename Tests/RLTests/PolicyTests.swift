@@ -54,7 +54,7 @@ final class PolicyTests: XCTestCase {
         let task = try Task(kind: .reverse, difficulty: 2)
         var first = 0.0, last = 0.0
         for s in 0..<25 {
-            let (loss, gn) = try p.supervisedStep(try p.supervisedBatch(task: task, step: s, batch: 16, seed: 1))
+            let (loss, gn, _) = try p.supervisedStep(try p.supervisedBatch(task: task, step: s, batch: 16, seed: 1))
             XCTAssertTrue(gn.isFinite)
             if s == 0 { first = loss }
             last = loss

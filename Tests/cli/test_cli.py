@@ -202,3 +202,34 @@ def test_deepseek_v3_published_config_with_yarn_runs(tmp_path):
     out = tmp_path / "o.safetensors"
     r3("forward", "--model", tmp_path / "m", "--input-ids", ",".join(str(i % 100) for i in range(200)), "--output", out)
     assert np.isfinite(load_file(str(out))["logits"]).all()
+
+
+def hf_load_balancing_loss(router_logits, top_k):
+    """numpy transcription of transformers' load_balancing_loss_func without an attention mask
+    (5.24 models/qwen3_moe/modeling_qwen3_moe.py L504-L573; identical in mixtral/modeling_mixtral.py):
+    per layer softmax, top-k, histogram of the choices and sum of the probabilities; E · Σ f · P."""
+    T, L, E = router_logits.shape
+    counts, probs, rows = np.zeros(E), np.zeros(E), 0
+    for layer in range(L):
+        z = router_logits[:, layer].astype(np.float64)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        chosen = np.argsort(-p, -1, kind="stable")[:, :top_k]
+        counts += np.bincount(chosen.reshape(-1), minlength=E)
+        probs += p.sum(0)
+        rows += T
+    return float(np.sum((counts / rows) * (probs / rows)) * E)
+
+
+@pytest.mark.parametrize("family", ["qwen3moe-tiny-a", "mixtral-tiny-a"])
+def test_forward_reports_router_logits_and_hfs_aux_loss(tmp_path, family):
+    fx = FIXTURE.parent / family
+    ref = load_file(str(fx / "reference.safetensors"))
+    k = json.loads((fx / "config.json").read_text())["num_experts_per_tok"]
+    out = tmp_path / "o.safetensors"
+    r3("forward", "--model", fx, "--input-ids", ",".join(str(int(t)) for t in ref["seq0.input_ids"]), "--output", out)
+    got = load_file(str(out))
+    np.testing.assert_allclose(got["router_logits"], ref["seq0.router_logits"], atol=1e-4)
+    with safe_open(str(out), framework="np") as f:
+        aux = float(f.metadata()["aux_loss"])
+    assert abs(aux - hf_load_balancing_loss(ref["seq0.router_logits"], k)) < 1e-5

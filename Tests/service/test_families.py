@@ -97,3 +97,24 @@ def test_family_config_errors_name_the_field(api):
     assert r.status_code == 422 and "rope_scaling" in r.json()["detail"] and "dynamic" in r.json()["detail"]
     r = api.post(api.base + "/v1/models", json={"name": "bad-group", "config": dict(CONFIGS["glm4_moe"], n_group=3)})
     assert r.status_code == 422 and "n_group" in r.json()["detail"]
+
+
+def test_aux_loss_coefficient_in_jobs(api):
+    """aux_loss_coef (HF's router_aux_loss_coef) trains softmax routers with the load-balancing loss and
+    every sft / train step reports aux_loss; sigmoid routers and rollout jobs refuse it by name."""
+    r = api.post(api.base + "/v1/models", json={"name": "aux-mixtral", "config": CONFIGS["mixtral"], "seed": 4, "router_std": 0.5})
+    assert r.status_code == 201, r.text
+    m = r.json()
+    for kind, extra in [("sft", {"batch_size": 4}), ("train", {"batch_size": 2, "n": 2})]:
+        body = {"type": kind, "model": m["id"], "task": "reverse", "difficulty": 2, "steps": 2, "aux_loss_coef": 0.02, "seed": 1, **extra}
+        j = submit(api, body)
+        assert j["params"]["aux_loss_coef"] == 0.02
+        done = wait(api, j["id"])
+        assert done["state"] == "succeeded", done
+        rows = api.get(api.base + f"/v1/jobs/{j['id']}/metrics").json()["data"]
+        assert len(rows) == 2 and all(isinstance(x.get("aux_loss"), float) and x["aux_loss"] >= 1.0 for x in rows), rows
+    r = api.post(api.base + "/v1/jobs", json={"type": "rollout", "model": m["id"], "prompts": [{"token_ids": [1]}], "aux_loss_coef": 0.1})
+    assert r.status_code == 422 and "aux_loss_coef" in r.json()["detail"]
+    g = api.post(api.base + "/v1/models", json={"name": "aux-glm", "config": CONFIGS["glm4_moe"]}).json()
+    r = api.post(api.base + "/v1/jobs", json={"type": "sft", "model": g["id"], "task": "sort", "steps": 1, "aux_loss_coef": 0.01})
+    assert r.status_code == 422 and "aux_loss_coef" in r.json()["detail"] and "e_score_correction_bias" in r.json()["detail"]
