@@ -95,22 +95,35 @@ public final class Engine {
         mlaShape = c.mla.map { MLAShape(m: $0, H: c.numHeads, C: c.hiddenSize) }
         let freqs = c.ropeFrequencies
         rope = RopeTable(inverseFrequencies: freqs.inverse, cosSinFactor: freqs.cosSinFactor)
-        if numerics.precision == .bf16 { syncWeights(from: model) }
+        if numerics.precision != .fp32 { syncWeights(from: model) }
     }
 
     /// Takes new weights (e.g. the training policy after an optimiser step); bf16 engines round a copy.
     public func syncWeights(from source: Model) {
         precondition(source.config == config)
-        if numerics.precision == .bf16 {
+        if numerics.precision != .fp32 {
             if model === source { model = source.clone() } else { model.params.copy(from: source.params) }
             BF16.roundInPlace(model.params.base, model.params.count)
+            if numerics.precision == .fp8 {   // the linear layers' matrices: e4m3 with a scale per output row
+                for slot in model.layout.tensors where slot.role == .matrix && slot.shape.count == 2 && !Engine.keptBF16(slot.name) {
+                    FP8.quantizeRows(model.params.base + slot.offset, rows: slot.shape[0], cols: slot.shape[1])
+                }
+            }
         } else {
             model = source
         }
     }
 
     var ctx: GemmContext { GemmContext(workers: workers, batchInvariant: numerics.batchInvariant) }
-    var bf16: Bool { numerics.precision == .bf16 }
+    /// bf16 rounding of what FP8 serving keeps in 16 bits too (attention, router input, LM head input).
+    var bf16: Bool { numerics.precision != .fp32 }
+    /// Rounding of a linear layer's input.
+    var linearInput: InputRounding { InputRounding(precision: numerics.precision) }
+
+    /// Matrices an FP8 deployment keeps in bf16: embeddings, LM head and routers.
+    static func keptBF16(_ name: String) -> Bool {
+        name == "model.embed_tokens.weight" || name == "lm_head.weight" || name.hasSuffix(".gate.weight")
+    }
 
     public func zeroGrad() { grads?.zero() }
 
@@ -264,9 +277,9 @@ public final class Engine {
             let xIn = ws.residual(l), xOut = ws.residual(l + 1)
             // attention
             rmsnormForward(xIn, ldx: C, W + p.inputNorm, a.h1, ldy: C, rstd: a.rstd1, rows: T, n: C, eps: c.rmsNormEps)
-            if bf16 { BF16.roundInPlace(a.h1, T * C) }
+            linearInput(a.h1, rows: T, cols: C)
             if let ms = mlaShape {
-                mlaForward(s, ms, spans: spans, ctx: ctx, W: W, p: p, a: a, T: T, rope: rope, bf16: bf16, scratch: scratch0)
+                mlaForward(s, ms, spans: spans, ctx: ctx, W: W, p: p, a: a, T: T, rope: rope, bf16: bf16, input: linearInput, scratch: scratch0)
             } else {
                 ctx.linear(T, s.QKV, C, a.h1, C, W + p.qkv, 0, a.qkv, s.QKV, scratch: scratch0)
                 if p.qkvBias >= 0 { for t in 0..<T { axpy(1, W + p.qkvBias, a.qkv + t * s.QKV, s.QKV) } }
@@ -290,7 +303,7 @@ public final class Engine {
             cache?.store(layer: l, spans: spans, k: a.qk + s.HD, ldk: s.QK, v: vBase, ldv: ldv)
             attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
                              scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16)
-            if bf16 { BF16.roundInPlace(a.attn, T * s.HDv) }
+            linearInput(a.attn, rows: T, cols: s.HDv)
             a.xMid.update(from: xIn, count: T * C)
             ctx.linear(T, C, s.HDv, a.attn, s.HDv, W + p.o, 1, a.xMid, C, scratch: scratch0)
             // MLP
@@ -305,6 +318,7 @@ public final class Engine {
                 }
                 fallbacks += routeForward(m, probs: a.probs, idx: a.idx, gates: a.gates, liveIdx: ws.liveIdx,
                                           forced: forced.map { $0 + moeIndex * K }, forcedStride: moeL * K, scratch: ws.routeScratch)
+                if numerics.precision == .fp8 { linearInput(a.h2, rows: T, cols: C) }   // the router saw bf16; the experts take e4m3
                 if m.router == .softmax {
                     for i in 0..<(T * K) { auxCounts[Int(a.idx[i])] += 1 }
                     for t in 0..<T { for e in 0..<E { auxProbSum[e] += Double(a.probs[t * E + e]) } }
@@ -312,14 +326,14 @@ public final class Engine {
                 groupByExpert(m, idx: a.idx, perm: a.perm, slot: a.slot, offsets: a.offsets, order: ws.order)
                 for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
                 expertsForward(m, ctx: ctx, xg: ws.xg, gateUp: W + p.gateUp, down: W + p.down, offsets: a.offsets,
-                               order: ws.order, gu: a.gu, act: a.act, eo: a.eo, bf16: bf16,
+                               order: ws.order, gu: a.gu, act: a.act, eo: a.eo, input: linearInput,
                                scratch: { ws.linScratch(worker: $0, config: c) })
                 combineExperts(m, gates: a.gates, slot: a.slot, eo: a.eo, y: xOut, workers: workers)
                 if p.sharedGateUp >= 0 {   // shared experts: ungated, unscaled
                     let Is = c.sharedIntermediateSize
                     ctx.linear(T, 2 * Is, C, a.h2, C, W + p.sharedGateUp, 0, a.sgu, 2 * Is, scratch: scratch0)
                     swigluForward(a.sgu, a.sact, rows: T, I: Is)
-                    if bf16 { BF16.roundInPlace(a.sact, T * Is) }
+                    linearInput(a.sact, rows: T, cols: Is)
                     ctx.linear(T, C, Is, a.sact, Is, W + p.sharedDown, 1, xOut, C, scratch: scratch0)
                 }
                 for t in 0..<T {
@@ -332,9 +346,10 @@ public final class Engine {
                 moeIndex += 1
             } else {
                 let F = c.intermediateSize
+                if numerics.precision == .fp8 { linearInput(a.h2, rows: T, cols: C) }
                 ctx.linear(T, 2 * F, C, a.h2, C, W + p.gateUp, 0, a.gu, 2 * F, scratch: scratch0)
                 swigluForward(a.gu, a.act, rows: T, I: F)
-                if bf16 { BF16.roundInPlace(a.act, T * F) }
+                linearInput(a.act, rows: T, cols: F)
                 ctx.linear(T, C, F, a.act, F, W + p.down, 1, xOut, C, scratch: scratch0)
             }
         }

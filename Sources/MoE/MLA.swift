@@ -24,19 +24,19 @@ struct MLAShape {
 
 /// Fills a.qk (q heads, then k heads, [T, 2·H·Dq]) and a.v ([T, H·Dv]) from a.h1 for every span row.
 func mlaForward(_ s: AttnShape, _ ms: MLAShape, spans: [AttnSpan], ctx: GemmContext, W: UnsafePointer<Float>, p: LayerParams,
-                a: LayerActs, T: Int, rope: RopeTable, bf16: Bool, scratch: UnsafeMutablePointer<Float>) {
+                a: LayerActs, T: Int, rope: RopeTable, bf16: Bool, input: InputRounding, scratch: UnsafeMutablePointer<Float>) {
     let m = ms.m, C = ms.C, H = ms.H, Dq = ms.Dq, Dn = m.nopeDim, Dr = m.ropeDim, Dv = m.vDim
     if ms.Rq > 0 {
         ctx.linear(T, ms.Rq, C, a.h1, C, W + p.qA, 0, a.qa, ms.Rq, scratch: scratch)
         rmsnormForward(a.qa, ldx: ms.Rq, W + p.qANorm, a.qan, ldy: ms.Rq, rstd: a.qaRstd, rows: T, n: ms.Rq, eps: mlaNormEps)
-        if bf16 { BF16.roundInPlace(a.qan, T * ms.Rq) }
+        input(a.qan, rows: T, cols: ms.Rq)
         ctx.linear(T, ms.QW, ms.Rq, a.qan, ms.Rq, W + p.qProj, 0, a.qkv, ms.QW, scratch: scratch)
     } else {
         ctx.linear(T, ms.QW, C, a.h1, C, W + p.qProj, 0, a.qkv, ms.QW, scratch: scratch)
     }
     ctx.linear(T, ms.KVA, C, a.h1, C, W + p.kvA, 0, a.kva, ms.KVA, scratch: scratch)
     rmsnormForward(a.kva, ldx: ms.KVA, W + p.kvANorm, a.kvn, ldy: ms.R, rstd: a.kvRstd, rows: T, n: ms.R, eps: mlaNormEps)
-    if bf16 { BF16.roundInPlace(a.kvn, T * ms.R) }
+    input(a.kvn, rows: T, cols: ms.R)
     ctx.linear(T, H * ms.KVB, ms.R, a.kvn, ms.R, W + p.kvB, 0, a.kvb, H * ms.KVB, scratch: scratch)
     for span in spans {
         for i in 0..<span.count {

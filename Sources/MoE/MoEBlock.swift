@@ -132,7 +132,7 @@ func groupOrder(_ m: MoEShape, offsets: UnsafePointer<Int32>, order: UnsafeMutab
 func expertsForward(_ m: MoEShape, ctx: GemmContext, xg: UnsafePointer<Float>, gateUp: UnsafePointer<Float>,
                     down: UnsafePointer<Float>, offsets: UnsafePointer<Int32>, order: UnsafePointer<Int32>,
                     gu: UnsafeMutablePointer<Float>, act: UnsafeMutablePointer<Float>, eo: UnsafeMutablePointer<Float>,
-                    bf16: Bool, scratch: (Int) -> UnsafeMutablePointer<Float>) {
+                    input: InputRounding, scratch: (Int) -> UnsafeMutablePointer<Float>) {
     let active = (0..<m.E).reduce(0) { $0 + (offsets[Int(order[$1]) + 1] > offsets[Int(order[$1])] ? 1 : 0) }
     // Few busy experts (decode): split each product across workers instead of running experts in parallel.
     let inner = active < ctx.workers ? ctx : ctx.serial
@@ -142,7 +142,7 @@ func expertsForward(_ m: MoEShape, ctx: GemmContext, xg: UnsafePointer<Float>, g
         let I = m.I, C = m.C
         inner.linear(n, 2 * I, C, xg + r0 * C, C, gateUp + e * 2 * I * C, 0, gu + r0 * 2 * I, 2 * I, scratch: scratch(worker))
         swigluForward(gu + r0 * 2 * I, act + r0 * I, rows: n, I: I)
-        if bf16 { BF16.roundInPlace(act + r0 * I, n * I) }
+        input(act + r0 * I, rows: n, cols: I)
         inner.linear(n, C, I, act + r0 * I, I, down + e * C * I, 0, eo + r0 * C, C, scratch: scratch(worker))
     }
 }

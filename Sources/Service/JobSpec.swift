@@ -7,11 +7,12 @@ import RL
 
 /// The numerics a job's inference engine samples with (training is always fp32).
 enum Precision: String, CaseIterable, Sendable {
-    case bf16, fp32, deterministic
+    case bf16, fp32, deterministic, fp8
     var numerics: Numerics {
         switch self {
         case .bf16: return .bf16
         case .fp32: return .fp32
+        case .fp8: return .fp8
         case .deterministic: return .deterministic
         }
     }

@@ -148,7 +148,8 @@ struct EngineBenchCommand: ParsableCommand {
         /// The mismatch R3 removes: bf16 inference vs fp32 training routes, on the initial weights.
         func routeDisagreement() throws {
             let a = try Engine(model: model, numerics: .fp32, workers: workers).forward(seqs)
-            let b = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
+            for numerics in [Numerics.bf16, .fp8] {
+            let b = try Engine(model: model, numerics: numerics, workers: workers).forward(seqs)
             let L = cfg.moeLayers.count, K = cfg.topK
             var pairs = 0, tokens = 0
             for t in 0..<T {
@@ -159,8 +160,10 @@ struct EngineBenchCommand: ParsableCommand {
                 }
                 if any { tokens += 1 }
             }
-            try emit("route_disagreement", ["router_disagreement": Double(pairs) / Double(T * L), "token_disagreement": Double(tokens) / Double(T)],
-                     ["sequences": B, "seq_len": S, "compared": "bf16 vs fp32 live routes, same weights and tokens"])
+            try emit("route_disagreement", ["numerics": numerics.name, "router_disagreement": Double(pairs) / Double(T * L),
+                                            "token_disagreement": Double(tokens) / Double(T)],
+                     ["sequences": B, "seq_len": S, "compared": "\(numerics.name) vs fp32 live routes, same weights and tokens"])
+            }
         }
 
         /// The paper's repeated-forward claim: the same sequences, alone and in other batch compositions (packed

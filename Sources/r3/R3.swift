@@ -22,7 +22,7 @@ func parseIDs(_ text: String, option: String) throws -> [Int32] {
 }
 
 func parseNumerics(_ name: String) throws -> Numerics {
-    guard let n = Numerics(name: name) else { throw ValidationError("--precision must be fp32, bf16 or deterministic, got '\(name)'") }
+    guard let n = Numerics(name: name) else { throw ValidationError("--precision must be fp32, bf16, fp8 or deterministic, got '\(name)'") }
     return n
 }
 

@@ -113,6 +113,9 @@ def test_aux_loss_coefficient_in_jobs(api):
         assert done["state"] == "succeeded", done
         rows = api.get(api.base + f"/v1/jobs/{j['id']}/metrics").json()["data"]
         assert len(rows) == 2 and all(isinstance(x.get("aux_loss"), float) and x["aux_loss"] >= 1.0 for x in rows), rows
+    fp8 = wait(api, submit(api, {"type": "rollout", "model": m["id"], "prompts": [{"token_ids": [1, 2, 3]}], "max_tokens": 4,
+                                 "precision": "fp8"})["id"])
+    assert fp8["state"] == "succeeded" and fp8["params"]["precision"] == "fp8", fp8
     r = api.post(api.base + "/v1/jobs", json={"type": "rollout", "model": m["id"], "prompts": [{"token_ids": [1]}], "aux_loss_coef": 0.1})
     assert r.status_code == 422 and "aux_loss_coef" in r.json()["detail"]
     g = api.post(api.base + "/v1/models", json={"name": "aux-glm", "config": CONFIGS["glm4_moe"]}).json()
