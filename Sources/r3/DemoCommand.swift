@@ -25,6 +25,9 @@ struct DemoCommand: ParsableCommand {
     @Flag(help: "Print the JSON report to stdout instead of the table.") var json = false
     @Flag(help: "A few minutes at most: a short SFT and 6 RL steps per run.") var quick = false
     @Flag(help: "Stress preset: 10× the learning rate and 4 mini-steps per batch.") var stress = false
+    @Option(help: "Rollout numerics of the RL runs: bf16 (default) or fp8 (training is fp32).") var precision: String?
+    @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing aux loss coefficient in SFT and RL (HF's router_aux_loss_coef).") var auxLossCoef: Double?
+    @Flag(help: "Towards the paper's regime (see README): 16 layers, 128 fine-grained experts, top-8, aux loss 0.1, FP8 rollouts. Explicit options override it.") var realistic = false
     @Option(help: "Also write the table into this Markdown file, between <!-- demo:begin --> and <!-- demo:end -->.") var readme: String?
 
     struct Run { let name: String; let replay: String; let algorithm: String; let tis: Bool }
@@ -34,7 +37,18 @@ struct DemoCommand: ParsableCommand {
                        Run(name: "TIS", replay: "none", algorithm: "grpo", tis: true),
                        Run(name: "GSPO+R3", replay: "R3", algorithm: "gspo", tis: false)]
 
+    /// The shape, aux loss and rollout numerics in effect (the realistic preset's, unless given).
+    var shape: (layers: Int, experts: Int, topK: Int, hidden: Int, precision: String, aux: Double) {
+        let given = { (name: String) in CommandLine.arguments.contains("--\(name)") }
+        if !realistic { return (layers, experts, topK, hidden, precision ?? "bf16", auxLossCoef ?? 0) }
+        return (given("layers") ? layers : 16, given("experts") ? experts : 128, given("top-k") ? topK : 8, hidden,
+                precision ?? "fp8", auxLossCoef ?? 0.1)
+    }
+
     func run() throws {
+        let (layers, experts, topK, hidden, precision, auxLossCoef) = shape
+        guard ["bf16", "fp8", "fp32", "deterministic"].contains(precision) else { throw ValidationError("--precision must be bf16, fp8, fp32 or deterministic") }
+        guard auxLossCoef >= 0 && auxLossCoef <= 10 else { throw ValidationError("--aux-loss-coef must be in 0...10") }
         guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
@@ -80,7 +94,7 @@ struct DemoCommand: ParsableCommand {
         for round in 0..<4 {
             let n = quick ? 60 : 150
             let job = try api.submitAndWait(["type": "sft", "model": modelID, "steps": n, "learning_rate": 3e-3, "seed": seed + round, "checkpoint_every": n,
-                                             "eval_every": n] .merging(task) { $1 }, label: "sft", log: log)
+                                             "eval_every": n, "aux_loss_coef": auxLossCoef] .merging(task) { $1 }, label: "sft", log: log)
             sftSteps += n
             let result = job["result"] as? [String: Any] ?? [:]
             sftReward = result["eval_reward_mean"] as? Double ?? 0
@@ -98,7 +112,7 @@ struct DemoCommand: ParsableCommand {
             let body: [String: Any] = ["type": "train", "model": modelID, "policy_version": sftVersion, "steps": rlSteps,
                                        "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8, "learning_rate": lr, "mini_steps": miniSteps,
                                        "replay": r.replay, "algorithm": r.algorithm, "tis": r.tis, "seed": seed,
-                                       "checkpoint_every": max(rlSteps, 1)]
+                                       "checkpoint_every": max(rlSteps, 1), "precision": precision, "aux_loss_coef": auxLossCoef]
             let job = try api.submitAndWait(body.merging(task) { $1 }, label: r.name, log: log)
             let id = job["id"] as! String
             let rows = (try api.call("GET", "/v1/jobs/\(id)/metrics")["data"] as? [[String: Any]] ?? []).map { row in
@@ -113,8 +127,9 @@ struct DemoCommand: ParsableCommand {
         // 4. report, plots, table
         let plots = try DemoCommand.plots(series, outDir: outDir)
         var report: [String: Any] = [
-            "version": 1, "seed": seed, "quick": quick, "stress": stress,
+            "version": 1, "seed": seed, "quick": quick, "stress": stress, "realistic": realistic,
             "model": ["layers": layers, "hidden": hidden, "experts": experts, "top_k": topK, "id": modelID],
+            "rollout_precision": precision, "aux_loss_coef": auxLossCoef,
             "task": task, "sft": ["steps": sftSteps, "eval_reward": sftReward, "policy_version": sftVersion],
             "rl": ["steps": rlSteps, "learning_rate": lr, "mini_steps": miniSteps, "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8],
             "runs": results, "plots": plots.map(\.path)]
@@ -134,6 +149,9 @@ struct DemoCommand: ParsableCommand {
             print(DemoCommand.table(results))
             print("none / R3: mean k3_kl × \(DemoCommand.fmt(ratio("k3_kl_mean"))), mean extreme_frac_tau2 × \(DemoCommand.fmt(ratio("extreme_frac_tau2_mean")))"
                   + "; at step 0 (same policy, same samples): k3_kl × \(DemoCommand.fmt(ratio("k3_kl_step0")))")
+            if let none = byName["none"] {
+                print("step 0 (none): router disagreement \(DemoCommand.fmt(none["router_disagreement_step0"])) per (token, layer), token disagreement \(DemoCommand.fmt(none["token_disagreement_step0"])); rollouts \(precision), aux loss \(auxLossCoef)")
+            }
             print("report: \(reportURL.path)")
             for p in plots { print("plot: \(p.path)") }
         }
@@ -156,6 +174,7 @@ struct DemoCommand: ParsableCommand {
         return ["name": r.name, "replay": r.replay, "algorithm": r.algorithm, "tis": r.tis, "job_id": job["id"] ?? NSNull(),
                 "k3_kl_step0": first["k3_kl"] ?? NSNull(), "extreme_frac_tau2_step0": first["extreme_frac_tau2"] ?? NSNull(),
                 "router_disagreement_step0": first["router_disagreement"] ?? NSNull(),
+                "token_disagreement_step0": first["token_disagreement"] ?? NSNull(),
                 "router_gate_entropy_step0": first["router_gate_entropy"] ?? NSNull(), "router_gate_entropy_mean": mean("router_gate_entropy"),
                 "state": job["state"] ?? NSNull(), "steps": rows.count,
                 "k3_kl_mean": mean("k3_kl"), "k3_kl_max": maxv("k3_kl"),

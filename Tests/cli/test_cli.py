@@ -121,6 +121,7 @@ def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
     assert report == json.loads((out / "report.json").read_text())
     assert [r["name"] for r in report["runs"]] == ["none", "R2", "R3", "TIS", "GSPO+R3"]
     assert report["sft"]["eval_reward"] > 0
+    assert report["rollout_precision"] == "bf16" and report["aux_loss_coef"] == 0 and report["realistic"] is False
     for r in report["runs"]:
         assert r["state"] == "succeeded" and r["steps"] == 6
         for k in ["k3_kl_mean", "k3_kl_max", "extreme_frac_tau2_mean", "router_disagreement_mean", "token_disagreement_mean",
@@ -134,6 +135,12 @@ def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
         assert svg.startswith("<svg") and svg.count("<path") >= 5 and "R3" in svg
     # not a terminal: plain progress lines, no carriage-return redraws
     assert "\r" not in p.stderr and "step 6/6" in p.stderr
+
+
+def test_demo_options_are_checked_before_any_work(tmp_path):
+    for args, field in [(["--realistic", "--precision", "fp4"], "--precision"), (["--aux-loss-coef=-1"], "--aux-loss-coef")]:
+        p = subprocess.run([R3, "demo", *args, "--out", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and field in p.stderr and not (tmp_path / "d").exists(), p.stderr
 
 
 FAMILIES = ["glm4moe-tiny-a", "deepseekv3-tiny-a", "mixtral-tiny-a"]
