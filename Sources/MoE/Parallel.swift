@@ -8,6 +8,9 @@ public enum BLASThreads {
     /// The engine splits work itself; OpenBLAS must not spawn its own threads on top (oversubscription).
     public static func useSingleThreadedBLAS() { openblas_set_num_threads(1) }
     public static func set(_ n: Int) { openblas_set_num_threads(Int32(n)) }
+    /// The kernel set OpenBLAS chose for this CPU (or OPENBLAS_CORETYPE named): "Haswell", "Zen",
+    /// "SkylakeX", "Cooperlake", … fp32 results differ in their last bits between kernel sets.
+    public static var coreName: String { openblas_get_corename().map { String(cString: $0) } ?? "unknown" }
 }
 
 /// Runs `body(task)` for every task in 0..<tasks on up to `workers` threads; tasks are taken in order

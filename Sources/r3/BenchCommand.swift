@@ -71,7 +71,7 @@ struct EngineBenchCommand: ParsableCommand {
         let cfg = try ModelConfig(json: json)
         let want = cases.map { Set($0.split(separator: ",").map(String.init)) }
         func on(_ c: String) -> Bool { want?.contains(c) ?? true }
-        let base: [String: Any] = ["model": configName, "workers": workers, "experts": cfg.numExperts, "top_k": cfg.topK,
+        let base: [String: Any] = ["model": configName, "workers": workers, "experts": cfg.numExperts, "top_k": cfg.topK, "blas_core": BLASThreads.coreName,
                                    "layers": cfg.numLayers, "hidden": cfg.hiddenSize, "vocab": cfg.vocabSize]
         var peak = 0.0
         if on("sgemm_peak") {
@@ -96,7 +96,7 @@ struct EngineBenchCommand: ParsableCommand {
     func runFamilies() throws {
         let peak = sgemmPeak(n: quick ? 512 : 1536, threads: workers)
         BLASThreads.useSingleThreadedBLAS()
-        try printJSON(["case": "sgemm_peak", "gflops": peak, "threads": workers])
+        try printJSON(["case": "sgemm_peak", "gflops": peak, "threads": workers, "blas_core": BLASThreads.coreName])
         var summary: [[String: Any]] = []
         var qwen = 0.0
         for (name, json) in EngineBenchCommand.familyBenchM {

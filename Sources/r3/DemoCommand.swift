@@ -8,6 +8,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import HTTP
+import MoE
 import Service
 import Store
 
@@ -27,6 +28,7 @@ struct DemoCommand: ParsableCommand {
     @Flag(help: "Stress preset: 10× the learning rate and 4 mini-steps per batch.") var stress = false
     @Option(help: "Rollout numerics of the RL runs: bf16 (default) or fp8 (training is fp32).") var precision: String?
     @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing aux loss coefficient in SFT and RL (HF's router_aux_loss_coef).") var auxLossCoef: Double?
+    @Flag(name: .customLong("native-blas"), help: "Let OpenBLAS pick its kernels for this CPU (faster on AVX-512) instead of pinning the Haswell kernels, which give the same bits on every x86-64 machine with AVX2 and FMA.") var nativeBLAS = false
     @Flag(help: "Towards the paper's regime (see README): 16 layers, 128 fine-grained experts, top-8, aux loss 0.1, FP8 rollouts. Explicit options override it.") var realistic = false
     @Option(help: "Also write the table into this Markdown file, between <!-- demo:begin --> and <!-- demo:end -->.") var readme: String?
 
@@ -45,6 +47,18 @@ struct DemoCommand: ParsableCommand {
                 precision ?? "fp8", auxLossCoef ?? 0.1)
     }
 
+    /// OpenBLAS reads OPENBLAS_CORETYPE when it loads, before any Swift code runs: to pin its kernels the
+    /// process starts itself again with the variable set (once; a value already set is respected).
+    func pinBLASKernels() throws {
+        #if arch(x86_64) && os(Linux)
+        guard !nativeBLAS, ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil else { return }
+        setenv("OPENBLAS_CORETYPE", "Haswell", 1)
+        let argv = CommandLine.arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", argv)
+        throw ValidationError("cannot restart with OPENBLAS_CORETYPE=Haswell (errno \(errno)); pass --native-blas to run with the CPU's own kernels")
+        #endif
+    }
+
     func run() throws {
         let (layers, experts, topK, hidden, precision, auxLossCoef) = shape
         guard ["bf16", "fp8", "fp32", "deterministic"].contains(precision) else { throw ValidationError("--precision must be bf16, fp8, fp32 or deterministic") }
@@ -54,6 +68,7 @@ struct DemoCommand: ParsableCommand {
         }
         let rlSteps = steps ?? (quick ? 6 : 60)
         guard rlSteps >= 2 else { throw ValidationError("--steps must be at least 2") }
+        try pinBLASKernels()
         let outDir = URL(fileURLWithPath: out).standardizedFileURL
         try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
         let log = DemoLog(tty: isatty(STDERR_FILENO) == 1)
@@ -63,6 +78,9 @@ struct DemoCommand: ParsableCommand {
         config.dataDir = outDir.appendingPathComponent("data")
         config.port = 0
         config.workers = 1
+        // the engine splits products by rows over its threads, and a row's bits depend on its place in
+        // OpenBLAS's micro-tile: a fixed thread count keeps the splits, and the bits, the same on any machine
+        config.engineThreads = nativeBLAS ? nil : 2
         let (pool, embedded, _) = try openDatabase(config)
         defer { if embedded?.startedHere == true { embedded?.stop() } }
         let app = try App(config: config, pool: pool)
@@ -74,7 +92,7 @@ struct DemoCommand: ParsableCommand {
         defer { server.shutdown(); runner.stop(); runner.waitUntilStopped(); server.waitUntilStopped() }
         let key = try KeyRepository(pool: pool).create(project: "demo-\(UUID().uuidString.prefix(8))").key
         let api = DemoClient(base: "http://127.0.0.1:\(port)", key: key)
-        log.line("r3 demo: service on http://127.0.0.1:\(port), data in \(config.dataDir.path)")
+        log.line("r3 demo: service on http://127.0.0.1:\(port), data in \(config.dataDir.path), OpenBLAS kernels \(BLASThreads.coreName)")
 
         // 1. a small Qwen3-MoE
         let modelConfig: [String: Any] = [
@@ -129,7 +147,8 @@ struct DemoCommand: ParsableCommand {
         var report: [String: Any] = [
             "version": 1, "seed": seed, "quick": quick, "stress": stress, "realistic": realistic,
             "model": ["layers": layers, "hidden": hidden, "experts": experts, "top_k": topK, "id": modelID],
-            "rollout_precision": precision, "aux_loss_coef": auxLossCoef,
+            "rollout_precision": precision, "aux_loss_coef": auxLossCoef, "blas_core": BLASThreads.coreName,
+            "engine_threads": nativeBLAS ? ProcessInfo.processInfo.activeProcessorCount : 2,
             "task": task, "sft": ["steps": sftSteps, "eval_reward": sftReward, "policy_version": sftVersion],
             "rl": ["steps": rlSteps, "learning_rate": lr, "mini_steps": miniSteps, "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8],
             "runs": results, "plots": plots.map(\.path)]
