@@ -49,7 +49,9 @@ struct DemoCommand: ParsableCommand {
 
     /// OpenBLAS reads OPENBLAS_CORETYPE when it loads, before any Swift code runs: to pin its kernels the
     /// process starts itself again with the variable set (once; a value already set is respected).
-    func pinBLASKernels() throws {
+    func pinBLASKernels() throws { try DemoCommand.pinBLASKernels(native: nativeBLAS) }
+
+    static func pinBLASKernels(native nativeBLAS: Bool) throws {
         #if arch(x86_64) && os(Linux)
         guard !nativeBLAS, ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil else { return }
         setenv("OPENBLAS_CORETYPE", "Haswell", 1)

@@ -8,7 +8,7 @@ struct R3: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "r3",
         abstract: "Rollout Routing Replay for Mixture-of-Experts RL.",
-        subcommands: [ServeCommand.self, WorkerCommand.self, DemoCommand.self, MigrateCommand.self, KeysCommand.self, QuotasCommand.self, ForwardCommand.self, GenerateCommand.self, InitModelCommand.self, BenchCommand.self])
+        subcommands: [ServeCommand.self, WorkerCommand.self, DemoCommand.self, StudyCommand.self, MigrateCommand.self, KeysCommand.self, QuotasCommand.self, ForwardCommand.self, GenerateCommand.self, InitModelCommand.self, BenchCommand.self])
 }
 
 /// Parses "3,17,42" into token ids.

@@ -242,3 +242,28 @@ def test_forward_reports_router_logits_and_hfs_aux_loss(tmp_path, family):
     with safe_open(str(out), framework="np") as f:
         aux = float(f.metadata()["aux_loss"])
     assert abs(aux - hf_load_balancing_loss(ref["seq0.router_logits"], k)) < 1e-5
+
+
+def test_study_writes_the_matrix_and_resumes_only_missing_cells(tmp_path):
+    """`r3 study`: the grid through the API, one file per finished cell; a re-run does only the missing ones."""
+    out = tmp_path / "study"
+    args = [R3, "study", "--quick", "--seeds", "1", "--steps", "2", "--out", str(out)]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["none", "R3", "TIS", "GSPO", "R3+TIS"] and report["cells_reused"] == 0
+    for c in report["cells"]:
+        assert len(c["series"]) == 2 and all(isinstance(s["k3_kl"], float) for s in c["series"]), c["name"]
+    md = (out / "study.md").read_text()
+    assert "Collapse matrix" in md and "| R3+TIS |" in md and all(Path(x).exists() for x in report["plots"])
+    jobs = {c["name"]: c["job_id"] for c in report["cells"]}
+    (out / "cells" / "TIS-seed1.json").unlink()          # as if the study had stopped during that cell
+    p = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads((out / "study.json").read_text())
+    assert again["cells_reused"] == 4 and "done earlier" in p.stderr
+    assert {c["name"]: c["job_id"] for c in again["cells"] if c["name"] != "TIS"} == {k: v for k, v in jobs.items() if k != "TIS"}
+    assert next(c for c in again["cells"] if c["name"] == "TIS")["job_id"] != jobs["TIS"]
+    # other settings never mix into these cells
+    p = subprocess.run(args + ["--learning-rate", "0.01"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "other settings" in p.stderr

@@ -1,0 +1,194 @@
+// StudyCommand: `r3 study`: the replay study under a stress setting, through the public API of a service it
+// starts itself (data kept in --out, so a study resumes): per seed one model and one SFT checkpoint, then
+// the grid {none, R3, TIS, GSPO, R3+TIS} from it. Each finished cell is a file; a crash or Ctrl-C re-runs
+// only the missing cells. Writes study.json, study.md (collapse matrix, k3 and F(2) tables) and SVG plots.
+import ArgumentParser
+import Foundation
+import HTTP
+import MoE
+import Service
+import Store
+
+struct StudyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "study", abstract: "The replay study: {none, R3, TIS, GSPO, R3+TIS} × seeds under stress, through the API; resumable.")
+
+    @Option(help: "Seeds (1...N).") var seeds = 3
+    @Option(help: "RL steps per cell.") var steps: Int?
+    @Option(name: .customLong("learning-rate"), help: "RL learning rate (stress: 4× the demo's).") var learningRate = 2e-3
+    @Option(name: .customLong("mini-steps"), help: "AdamW steps per rollout batch (stress: 4).") var miniSteps = 4
+    @Option(help: "Decoder layers.") var layers = 4
+    @Option(help: "Experts per MoE layer.") var experts = 16
+    @Option(name: .customLong("top-k")) var topK = 4
+    @Option var hidden = 128
+    @Option(help: "Rollout numerics: bf16 or fp8.") var precision = "bf16"
+    @Option(name: .customLong("aux-loss-coef")) var auxLossCoef = 0.0
+    @Option(help: "Output directory (cells, report, plots, the service's data).") var out = "r3-study"
+    @Flag(help: "Small: 60 SFT steps, 4 prompts × 4 samples, 4 RL steps (tests).") var quick = false
+    @Flag(name: .customLong("native-blas"), help: "Let OpenBLAS pick its kernels (see r3 demo).") var nativeBLAS = false
+
+    struct Cell { let name, replay, algorithm: String; let tis: Bool }
+    static let grid = [Cell(name: "none", replay: "none", algorithm: "grpo", tis: false), Cell(name: "R3", replay: "R3", algorithm: "grpo", tis: false),
+                       Cell(name: "TIS", replay: "none", algorithm: "grpo", tis: true), Cell(name: "GSPO", replay: "none", algorithm: "gspo", tis: false),
+                       Cell(name: "R3+TIS", replay: "R3", algorithm: "grpo", tis: true)]
+    static let metrics = ["k3_kl", "extreme_frac_tau2", "reward_mean", "grad_norm", "entropy", "router_disagreement", "token_disagreement"]
+
+    func run() throws {
+        let rlSteps = steps ?? (quick ? 4 : 40)
+        guard seeds >= 1, seeds <= 20, rlSteps >= 2, rlSteps <= 1000 else { throw ValidationError("need --seeds in 1...20 and --steps in 2...1000") }
+        guard ["bf16", "fp8"].contains(precision) else { throw ValidationError("--precision must be bf16 or fp8") }
+        guard learningRate > 0, learningRate <= 1, miniSteps >= 1, miniSteps <= 64, auxLossCoef >= 0, auxLossCoef <= 10 else {
+            throw ValidationError("need --learning-rate in (0, 1], --mini-steps in 1...64, --aux-loss-coef in 0...10")
+        }
+        guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
+            throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
+        }
+        try DemoCommand.pinBLASKernels(native: nativeBLAS)
+        let outDir = URL(fileURLWithPath: out).standardizedFileURL, cells = outDir.appendingPathComponent("cells")
+        try FileManager.default.createDirectory(at: cells, withIntermediateDirectories: true)
+        let log = DemoLog(tty: isatty(STDERR_FILENO) == 1)
+        // the settings a cell was made with: a study resumes only into the same settings
+        let settings: [String: Any] = ["steps": rlSteps, "learning_rate": learningRate, "mini_steps": miniSteps, "layers": layers, "experts": experts,
+                                       "top_k": topK, "hidden": hidden, "precision": precision, "aux_loss_coef": auxLossCoef, "quick": quick,
+                                       "blas_core": BLASThreads.coreName]
+        let settingsURL = outDir.appendingPathComponent("settings.json")
+        let settingsText = try JSONSerialization.data(withJSONObject: settings, options: [.sortedKeys])
+        if let old = try? Data(contentsOf: settingsURL) {
+            guard old == settingsText else {
+                throw ValidationError("\(outDir.path) holds a study with other settings (\(settingsURL.lastPathComponent)); use another --out")
+            }
+        } else {
+            try settingsText.write(to: settingsURL, options: .atomic)
+        }
+
+        var config = try ServiceConfig.fromEnvironment([:])
+        config.dataDir = outDir.appendingPathComponent("data")
+        config.port = 0
+        config.workers = 1
+        config.engineThreads = nativeBLAS ? nil : 2
+        let (pool, embedded, _) = try openDatabase(config)
+        defer { if embedded?.startedHere == true { embedded?.stop() } }
+        let app = try App(config: config, pool: pool)
+        var http = config.http; http.port = 0; http.handlerThreads = 4
+        let server = HTTPServer(config: http) { app.decide($0) }
+        let port = try server.start()
+        let runner = JobRunner(app: app, config: config.jobRunner)
+        runner.start()
+        defer { server.shutdown(); runner.stop(); runner.waitUntilStopped(); server.waitUntilStopped() }
+        let key = try KeyRepository(pool: pool).create(project: "r3-study").key   // one project: a resumed study sees its models
+        let api = DemoClient(base: "http://127.0.0.1:\(port)", key: key)
+        // jobs an interrupted study left behind would compete with the re-run cells
+        for state in ["queued", "running", "paused"] {
+            for j in try api.call("GET", "/v1/jobs?state=\(state)&limit=100")["data"] as? [[String: Any]] ?? [] {
+                if let id = j["id"] as? String { _ = try? api.call("POST", "/v1/jobs/\(id)/cancel") }
+            }
+        }
+
+        let total = seeds * StudyCommand.grid.count
+        var done = 0, reused = 0
+        var results: [[String: Any]] = []
+        let task: [String: Any] = ["task": "reverse", "difficulty": quick ? 4 : 6]
+        for seed in 1...seeds {
+            let sftURL = cells.appendingPathComponent("sft-seed\(seed).json")
+            var sft = (try? JSONSerialization.jsonObject(with: Data(contentsOf: sftURL))) as? [String: Any]
+            if sft == nil {
+                let modelConfig: [String: Any] = ["vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden / 2,
+                                                  "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden / 4,
+                                                  "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": true]
+                let m = try api.call("POST", "/v1/models", ["name": "study-seed\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed])
+                let n = quick ? 60 : 150
+                let job = try api.submitAndWait(["type": "sft", "model": m["id"]!, "steps": n, "learning_rate": 3e-3, "seed": seed, "checkpoint_every": n,
+                                                 "eval_every": n, "aux_loss_coef": auxLossCoef].merging(task) { $1 }, label: "sft \(seed)", log: log)
+                let r = job["result"] as? [String: Any] ?? [:]
+                sft = ["model": m["id"]!, "policy_version": r["policy_version"] ?? 0, "eval_reward": r["eval_reward_mean"] ?? 0, "steps": n]
+                try JSONSerialization.data(withJSONObject: sft!, options: [.sortedKeys]).write(to: sftURL, options: .atomic)
+            }
+            for c in StudyCommand.grid {
+                done += 1
+                let url = cells.appendingPathComponent("\(c.name)-seed\(seed).json")
+                if let cell = (try? JSONSerialization.jsonObject(with: Data(contentsOf: url))) as? [String: Any] {
+                    reused += 1; results.append(cell)
+                    log.line("[\(done)/\(total)] \(c.name) seed \(seed): done earlier")
+                    continue
+                }
+                log.line("[\(done)/\(total)] \(c.name) seed \(seed)")
+                let body: [String: Any] = ["type": "train", "model": sft!["model"]!, "policy_version": sft!["policy_version"]!, "steps": rlSteps,
+                                           "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8, "learning_rate": learningRate, "mini_steps": miniSteps,
+                                           "replay": c.replay, "algorithm": c.algorithm, "tis": c.tis, "seed": seed, "on_collapse": "continue",
+                                           "checkpoint_every": rlSteps, "precision": precision, "aux_loss_coef": auxLossCoef]
+                let job = try api.submitAndWait(body.merging(task) { $1 }, label: "\(c.name) \(seed)", log: log)
+                let id = job["id"] as! String
+                let rows = try api.call("GET", "/v1/jobs/\(id)/metrics")["data"] as? [[String: Any]] ?? []
+                let collapse = try api.events(id).filter { $0["type"] as? String == "training.collapse_detected" }
+                    .compactMap { ($0["data"] as? [String: Any])?["step"] as? Int }.min()
+                let series = rows.map { r in
+                    var o: [String: Any] = ["step": r["step"] ?? 0]
+                    for k in StudyCommand.metrics { o[k] = (r[k] as? NSNumber)?.doubleValue ?? NSNull() }
+                    return o
+                }
+                let cell: [String: Any] = ["name": c.name, "seed": seed, "job_id": id, "collapse_step": collapse ?? NSNull(), "series": series,
+                                           "sft_reward": sft!["eval_reward"]!]
+                try JSONSerialization.data(withJSONObject: cell, options: [.sortedKeys]).write(to: url, options: .atomic)
+                results.append(cell)
+            }
+        }
+        let report = try StudyCommand.report(results, seeds: seeds, settings: settings, reused: reused, outDir: outDir)
+        print(report)
+    }
+
+    /// study.json, study.md and the plots from the cells; returns the Markdown.
+    static func report(_ cells: [[String: Any]], seeds: Int, settings: [String: Any], reused: Int, outDir: URL) throws -> String {
+        func values(_ cell: [String: Any], _ k: String) -> [Double] {
+            (cell["series"] as? [[String: Any]] ?? []).compactMap { $0[k] as? Double }.filter(\.isFinite)
+        }
+        func cell(_ name: String, _ seed: Int) -> [String: Any]? { cells.first { $0["name"] as? String == name && $0["seed"] as? Int == seed } }
+        func mean(_ v: [Double]) -> Double? { v.isEmpty ? nil : v.reduce(0, +) / Double(v.count) }
+        func fmt(_ d: Double?) -> String { DemoCommand.fmt(d) }
+        let seedCols = (1...seeds).map { "seed \($0)" }
+        var md = "`r3 study`: \(settings["steps"]!) RL steps per cell, lr \(settings["learning_rate"]!), mini_steps \(settings["mini_steps"]!), "
+        md += "\(settings["layers"]!) layers × \(settings["experts"]!) experts top-\(settings["top_k"]!), rollouts \(settings["precision"]!), "
+        md += "aux \(settings["aux_loss_coef"]!), OpenBLAS \(settings["blas_core"]!).\n\n"
+        md += "**Collapse matrix** (the step at which the detector first fired; — = never)\n\n| run | " + seedCols.joined(separator: " | ") + " | collapsed |\n|---|"
+        md += String(repeating: "---|", count: seeds + 1) + "\n"
+        var summary: [[String: Any]] = []
+        for g in grid {
+            let steps = (1...seeds).map { s in cell(g.name, s)?["collapse_step"] as? Int }
+            md += "| \(g.name) | " + steps.map { $0.map { "step \($0)" } ?? "—" }.joined(separator: " | ") + " | \(steps.compactMap { $0 }.count)/\(seeds) |\n"
+        }
+        md += "\n**Mismatch and reward** (per run: mean over seeds of each seed's value)\n\n"
+        md += "| run | k3 step 0 | k3 mean | F(2) step 0 | F(2) mean | reward first | reward last |\n|---|---|---|---|---|---|---|\n"
+        for g in grid {
+            let cs = (1...seeds).compactMap { cell(g.name, $0) }
+            func over(_ f: ([String: Any]) -> Double?) -> Double? { mean(cs.compactMap(f)) }
+            let k30 = over { values($0, "k3_kl").first }, k3m = over { mean(values($0, "k3_kl")) }
+            let f0 = over { values($0, "extreme_frac_tau2").first }, fm = over { mean(values($0, "extreme_frac_tau2")) }
+            let r0 = over { mean(Array(values($0, "reward_mean").prefix(3))) }, r1 = over { mean(Array(values($0, "reward_mean").suffix(3))) }
+            md += "| \(g.name) | \(fmt(k30)) | \(fmt(k3m)) | \(fmt(f0)) | \(fmt(fm)) | \(fmt(r0)) | \(fmt(r1)) |\n"
+            summary.append(["name": g.name, "k3_kl_step0": k30 ?? NSNull(), "k3_kl_mean": k3m ?? NSNull(), "extreme_frac_tau2_step0": f0 ?? NSNull(),
+                            "extreme_frac_tau2_mean": fm ?? NSNull(), "reward_first": r0 ?? NSNull(), "reward_last": r1 ?? NSNull(),
+                            "collapsed": (1...seeds).filter { cell(g.name, $0)?["collapse_step"] is Int }.count])
+        }
+        // plots: one line per run, the mean over seeds at each step
+        var plots: [String] = []
+        for (key, title, logY) in [("k3_kl", "k3 KL (mean over seeds)", true), ("extreme_frac_tau2", "F(2) (mean over seeds)", false),
+                                   ("reward_mean", "reward (mean over seeds)", false), ("grad_norm", "grad norm (mean over seeds)", true),
+                                   ("entropy", "entropy (mean over seeds)", false)] {
+            let series = grid.enumerated().map { i, g -> SVGChart.Series in
+                let cs = (1...seeds).compactMap { cell(g.name, $0)?["series"] as? [[String: Any]] }
+                let n = cs.map(\.count).max() ?? 0
+                let pts: [(Double, Double?)] = (0..<n).map { t in (Double(t), mean(cs.compactMap { t < $0.count ? $0[t][key] as? Double : nil }.filter(\.isFinite))) }
+                return SVGChart.Series(name: g.name, color: SVGChart.palette[i % SVGChart.palette.count], points: pts)
+            }
+            var chart = SVGChart(title: title, series: series, logY: logY)
+            chart.width = 720; chart.height = 360
+            let url = outDir.appendingPathComponent("study_\(key).svg")
+            try Data(chart.render().utf8).write(to: url)
+            plots.append(url.path)
+        }
+        let json: [String: Any] = ["version": 1, "settings": settings, "seeds": seeds, "cells_reused": reused, "runs": summary, "cells": cells, "plots": plots]
+        try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+            .write(to: outDir.appendingPathComponent("study.json"))
+        try Data(md.utf8).write(to: outDir.appendingPathComponent("study.md"))
+        return md + "\n\(reused) of \(cells.count) cells were done earlier. Report: \(outDir.appendingPathComponent("study.json").path)"
+    }
+}
