@@ -46,20 +46,12 @@ extension Engine {
                             dEo: ws.dEo, dAct: ws.dAct, dGu: ws.dGu, dXg: ws.dXg, dProbs: ws.dProbs, dGates: ws.dGates, dh: ws.dh,
                             auxGrad: auxGrad.isEmpty ? nil : auxGrad)
                 if p.sharedGateUp >= 0 {   // shared experts: a dense SwiGLU on the same input, added to dh
-                    let Is = c.sharedIntermediateSize
-                    ctx.gemm(false, false, T, Is, C, 1, ws.dx, C, W + p.sharedDown, Is, 0, ws.dAct, Is)
-                    ctx.gemm(true, false, C, Is, T, 1, ws.dx, C, a.sact, Is, 1, G + p.sharedDown, Is)
-                    swigluBackward(a.sgu, ws.dAct, ws.dGu, rows: T, I: Is)
-                    ctx.gemm(true, false, 2 * Is, C, T, 1, ws.dGu, 2 * Is, a.h2, C, 1, G + p.sharedGateUp, C)
-                    ctx.gemm(false, false, T, C, 2 * Is, 1, ws.dGu, 2 * Is, W + p.sharedGateUp, C, 1, ws.dh, C)
+                    denseMLPBackward(T: T, width: c.sharedIntermediateSize, gateUp: p.sharedGateUp, down: p.sharedDown, gu: a.sgu,
+                                     act: a.sact, h: a.h2, ws: ws, accumulate: true)
                 }
             } else {
-                let F = c.intermediateSize
-                ctx.gemm(false, false, T, F, C, 1, ws.dx, C, W + p.down, F, 0, ws.dAct, F)
-                ctx.gemm(true, false, C, F, T, 1, ws.dx, C, a.act, F, 1, G + p.down, F)
-                swigluBackward(a.gu, ws.dAct, ws.dGu, rows: T, I: F)
-                ctx.gemm(true, false, 2 * F, C, T, 1, ws.dGu, 2 * F, a.h2, C, 1, G + p.gateUp, C)
-                ctx.gemm(false, false, T, C, 2 * F, 1, ws.dGu, 2 * F, W + p.gateUp, C, 0, ws.dh, C)
+                denseMLPBackward(T: T, width: c.intermediateSize, gateUp: p.gateUp, down: p.down, gu: a.gu, act: a.act, h: a.h2,
+                                 ws: ws, accumulate: false)
             }
             rmsnormBackward(a.xMid, ldx: C, W + p.postNorm, rstd: a.rstd2, ws.dh, lddy: C, ws.dx, lddx: C, G + p.postNorm,
                             rows: T, n: C, accumulate: true)
@@ -91,5 +83,17 @@ extension Engine {
                             rows: T, n: C, accumulate: true)
         }
         for t in 0..<T { axpy(1, ws.dx + t * C, G + lay.embed + Int(last.tokens[t]) * C, C) }
+    }
+
+    /// Backward of a dense SwiGLU MLP of `width` (a dense layer, or an MoE layer's shared experts) for
+    /// dy = ws.dx: accumulates its weight gradients and writes (or, with `accumulate`, adds) dh = ∂L/∂h.
+    func denseMLPBackward(T: Int, width F: Int, gateUp: Int, down: Int, gu: UnsafePointer<Float>, act: UnsafePointer<Float>,
+                          h: UnsafePointer<Float>, ws: Workspace, accumulate: Bool) {
+        let C = config.hiddenSize, W = model.params.base, G = grads!.base
+        ctx.gemm(false, false, T, F, C, 1, ws.dx, C, W + down, F, 0, ws.dAct, F)
+        ctx.gemm(true, false, C, F, T, 1, ws.dx, C, act, F, 1, G + down, F)
+        swigluBackward(gu, ws.dAct, ws.dGu, rows: T, I: F)
+        ctx.gemm(true, false, 2 * F, C, T, 1, ws.dGu, 2 * F, h, C, 1, G + gateUp, C)
+        ctx.gemm(false, false, T, C, 2 * F, 1, ws.dGu, 2 * F, W + gateUp, C, accumulate ? 1 : 0, ws.dh, C)
     }
 }

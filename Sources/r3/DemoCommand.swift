@@ -76,25 +76,11 @@ struct DemoCommand: ParsableCommand {
         let log = DemoLog(tty: isatty(STDERR_FILENO) == 1)
 
         // the service, on the embedded default, in this process
-        var config = try ServiceConfig.fromEnvironment([:])
-        config.dataDir = outDir.appendingPathComponent("data")
-        config.port = 0
-        config.workers = 1
-        // the engine splits products by rows over its threads, and a row's bits depend on its place in
-        // OpenBLAS's micro-tile: a fixed thread count keeps the splits, and the bits, the same on any machine
-        config.engineThreads = nativeBLAS ? nil : 2
-        let (pool, embedded, _) = try openDatabase(config)
-        defer { if embedded?.startedHere == true { embedded?.stop() } }
-        let app = try App(config: config, pool: pool)
-        var http = config.http; http.port = 0; http.handlerThreads = 4
-        let server = HTTPServer(config: http) { app.decide($0) }
-        let port = try server.start()
-        let runner = JobRunner(app: app, config: config.jobRunner)
-        runner.start()
-        defer { server.shutdown(); runner.stop(); runner.waitUntilStopped(); server.waitUntilStopped() }
-        let key = try KeyRepository(pool: pool).create(project: "demo-\(UUID().uuidString.prefix(8))").key
-        let api = DemoClient(base: "http://127.0.0.1:\(port)", key: key)
-        log.line("r3 demo: service on http://127.0.0.1:\(port), data in \(config.dataDir.path), OpenBLAS kernels \(BLASThreads.coreName)")
+        let service = try LocalService(dataDir: outDir.appendingPathComponent("data"), nativeBLAS: nativeBLAS,
+                                       project: "demo-\(UUID().uuidString.prefix(8))")
+        defer { service.stop() }
+        let api = service.api
+        log.line("r3 demo: service on http://127.0.0.1:\(service.port), data in \(service.dataDir.path), OpenBLAS kernels \(BLASThreads.coreName)")
 
         // 1. a small Qwen3-MoE
         let modelConfig: [String: Any] = [

@@ -61,22 +61,10 @@ struct StudyCommand: ParsableCommand {
             try settingsText.write(to: settingsURL, options: .atomic)
         }
 
-        var config = try ServiceConfig.fromEnvironment([:])
-        config.dataDir = outDir.appendingPathComponent("data")
-        config.port = 0
-        config.workers = 1
-        config.engineThreads = nativeBLAS ? nil : 2
-        let (pool, embedded, _) = try openDatabase(config)
-        defer { if embedded?.startedHere == true { embedded?.stop() } }
-        let app = try App(config: config, pool: pool)
-        var http = config.http; http.port = 0; http.handlerThreads = 4
-        let server = HTTPServer(config: http) { app.decide($0) }
-        let port = try server.start()
-        let runner = JobRunner(app: app, config: config.jobRunner)
-        runner.start()
-        defer { server.shutdown(); runner.stop(); runner.waitUntilStopped(); server.waitUntilStopped() }
-        let key = try KeyRepository(pool: pool).create(project: "r3-study").key   // one project: a resumed study sees its models
-        let api = DemoClient(base: "http://127.0.0.1:\(port)", key: key)
+        // one project: a resumed study sees its models
+        let service = try LocalService(dataDir: outDir.appendingPathComponent("data"), nativeBLAS: nativeBLAS, project: "r3-study")
+        defer { service.stop() }
+        let api = service.api
         // jobs an interrupted study left behind would compete with the re-run cells
         for state in ["queued", "running", "paused"] {
             for j in try api.call("GET", "/v1/jobs?state=\(state)&limit=100")["data"] as? [[String: Any]] ?? [] {
