@@ -28,7 +28,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
-        .target(name: "MoE", dependencies: ["CBLAS", "JSON", "Routes"], swiftSettings: engine),
+        .target(name: "MoE", dependencies: ["CBLAS", "CPosix", "JSON", "Routes"], swiftSettings: engine),
         .target(name: "JSON", dependencies: ["CPosix"], swiftSettings: cpu),
         .target(name: "Routes", dependencies: ["CPosix", "JSON"], swiftSettings: cpu),
         .target(name: "CPosix"),

@@ -83,9 +83,12 @@ func qkNormRopeBackward(_ s: AttnShape, spans: [AttnSpan], qkv: UnsafePointer<Fl
 
 /// out[t, h] = softmax(q[t,h]·K[0...pos]ᵀ · scale) · V for every span and head; lse [T, H] saved.
 /// q [T, ldq] with head h at column h·D; out [T, H·Dv]. `scratch` holds per worker [Bq, maxKeys].
+/// `gemvDecode`: single query rows take `decodeAttention` (the deterministic mode keeps sgemm, so that its
+/// outputs stay the bits they were).
 func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>, ldq: Int,
                       out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
-                      scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int, bf16: Bool) {
+                      scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int, bf16: Bool,
+                      gemvDecode: Bool = true) {
     let Bq = Workspace.blockRows
     let tasks = spans.count * s.H
     parallelFor(tasks, workers: workers) { task, worker in
@@ -95,6 +98,12 @@ func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>
         while i0 < span.count {
             let nb = min(Bq, span.count - i0), nk = span.pos0 + i0 + nb
             let qb = q + (span.row + i0) * ldq + h * s.D
+            if nb == 1 && gemvDecode {   // one query row (decode): dot products and a weighted sum, no sgemm packing
+                decodeAttention(s, q: qb, k: span.k + g * s.D, ldk: span.ldk, v: span.v + g * s.Dv, ldv: span.ldv, keys: nk,
+                                p: S, out: out + (span.row + i0) * s.HDv + h * s.Dv, lse: lse + (span.row + i0) * s.H + h, bf16: bf16)
+                i0 += 1
+                continue
+            }
             sgemm(false, true, nb, nk, s.D, s.scale, qb, ldq, span.k + g * s.D, span.ldk, 0, S, nk)
             for r in 0..<nb {
                 let row = S + r * nk, valid = span.pos0 + i0 + r + 1
@@ -105,6 +114,63 @@ func attentionForward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>
             sgemm(false, false, nb, s.Dv, nk, 1, S, nk, span.v + g * s.Dv, span.ldv, 0, out + (span.row + i0) * s.HDv + h * s.Dv, s.HDv)
             i0 += nb
         }
+    }
+}
+
+/// One query row against `keys` cached keys and values: p = softmax(scale · q·kⱼ), out = Σⱼ pⱼ vⱼ.
+/// Scores take four keys at a time; the weighted sum keeps 32 output columns in registers over all keys.
+@inline(__always)
+func decodeAttention(_ s: AttnShape, q: UnsafePointer<Float>, k: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>, ldv: Int,
+                     keys: Int, p: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, bf16: Bool) {
+    let D = s.D, D8 = D / 8 * 8
+    let rq = UnsafeRawPointer(q)
+    var j = 0
+    while j + 4 <= keys {
+        let k0 = UnsafeRawPointer(k + j * ldk), k1 = UnsafeRawPointer(k + (j + 1) * ldk)
+        let k2 = UnsafeRawPointer(k + (j + 2) * ldk), k3 = UnsafeRawPointer(k + (j + 3) * ldk)
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var d = 0
+        while d < D8 {
+            let qv = rq.loadUnaligned(fromByteOffset: 4 * d, as: SIMD8<Float>.self)
+            a0.addProduct(qv, k0.loadUnaligned(fromByteOffset: 4 * d, as: SIMD8<Float>.self))
+            a1.addProduct(qv, k1.loadUnaligned(fromByteOffset: 4 * d, as: SIMD8<Float>.self))
+            a2.addProduct(qv, k2.loadUnaligned(fromByteOffset: 4 * d, as: SIMD8<Float>.self))
+            a3.addProduct(qv, k3.loadUnaligned(fromByteOffset: 4 * d, as: SIMD8<Float>.self))
+            d += 8
+        }
+        var s0 = a0.sum(), s1 = a1.sum(), s2 = a2.sum(), s3 = a3.sum()
+        while d < D {
+            s0.addProduct(q[d], k[j * ldk + d]); s1.addProduct(q[d], k[(j + 1) * ldk + d])
+            s2.addProduct(q[d], k[(j + 2) * ldk + d]); s3.addProduct(q[d], k[(j + 3) * ldk + d])
+            d += 1
+        }
+        p[j] = s.scale * s0; p[j + 1] = s.scale * s1; p[j + 2] = s.scale * s2; p[j + 3] = s.scale * s3
+        j += 4
+    }
+    while j < keys { p[j] = s.scale * dot(q, k + j * ldk, D); j += 1 }
+    lse.pointee = softmaxRow(p, keys)
+    if bf16 { BF16.roundInPlace(p, keys) }
+    let Dv = s.Dv, D32 = Dv / 32 * 32
+    var c = 0
+    while c < D32 {
+        var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
+        for j in 0..<keys {
+            let pj = SIMD8<Float>(repeating: p[j]), vr = UnsafeRawPointer(v + j * ldv + c)
+            o0.addProduct(pj, vr.loadUnaligned(as: SIMD8<Float>.self))
+            o1.addProduct(pj, vr.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self))
+            o2.addProduct(pj, vr.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self))
+            o3.addProduct(pj, vr.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self))
+        }
+        let ro = UnsafeMutableRawPointer(out + c)
+        ro.storeBytes(of: o0, as: SIMD8<Float>.self); ro.storeBytes(of: o1, toByteOffset: 32, as: SIMD8<Float>.self)
+        ro.storeBytes(of: o2, toByteOffset: 64, as: SIMD8<Float>.self); ro.storeBytes(of: o3, toByteOffset: 96, as: SIMD8<Float>.self)
+        c += 32
+    }
+    while c < Dv {
+        var acc: Float = 0
+        for j in 0..<keys { acc.addProduct(p[j], v[j * ldv + c]) }
+        out[c] = acc
+        c += 1
     }
 }
 

@@ -82,6 +82,11 @@ public final class Engine {
     var auxCounts: [Double] = [], auxProbSum: [Double] = []
     var auxGrad: [Float] = []
     var routerLogitsBuffer: Buffer<Float>?
+    /// bf16 engines: the weights again as bf16 bits, read by linear layers of few rows (decode).
+    var bf16Bits: Buffer<UInt16>?
+    var bf16Twin: BF16Weights?
+    /// Tests switch the twin off to compare with the fp32-weight path.
+    var useBF16Twin = true
 
     /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
     public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -108,13 +113,16 @@ public final class Engine {
                 for slot in model.layout.tensors where slot.role == .matrix && slot.shape.count == 2 && !Engine.keptBF16(slot.name) {
                     FP8.quantizeRows(model.params.base + slot.offset, rows: slot.shape[0], cols: slot.shape[1])
                 }
+            } else {   // bf16: every value is a bf16, so the twin holds them exactly in half the bytes
+                if bf16Bits?.count != model.params.count { bf16Bits = Buffer(count: model.params.count, zero: false) }
+                bf16Twin = BF16Weights(fp32: model.params.base, count: model.params.count, into: bf16Bits!.base)
             }
         } else {
             model = source
         }
     }
 
-    var ctx: GemmContext { GemmContext(workers: workers, batchInvariant: numerics.batchInvariant) }
+    var ctx: GemmContext { GemmContext(workers: workers, batchInvariant: numerics.batchInvariant, bf16: useBF16Twin ? bf16Twin : nil) }
     /// bf16 rounding of what FP8 serving keeps in 16 bits too (attention, router input, LM head input).
     var bf16: Bool { numerics.precision != .fp32 }
     /// Rounding of a linear layer's input.
@@ -302,7 +310,8 @@ public final class Engine {
             }
             cache?.store(layer: l, spans: spans, k: a.qk + s.HD, ldk: s.QK, v: vBase, ldv: ldv)
             attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
-                             scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16)
+                             scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16,
+                             gemvDecode: !numerics.batchInvariant)
             linearInput(a.attn, rows: T, cols: s.HDv)
             a.xMid.update(from: xIn, count: T * C)
             ctx.linear(T, C, s.HDv, a.attn, s.HDv, W + p.o, 1, a.xMid, C, scratch: scratch0)

@@ -8,13 +8,16 @@ public struct GemmContext {
     /// Batch-invariant mode: products over token rows use a fixed-order kernel, so a row's result never
     /// depends on which other rows share the batch.
     public var batchInvariant: Bool
+    /// The bf16 twin of the weights (bf16 inference engines): linear layers of few rows read it instead.
+    public var bf16: BF16Weights?
     public static let tile = 16
 
-    public init(workers: Int, batchInvariant: Bool = false) {
+    public init(workers: Int, batchInvariant: Bool = false, bf16: BF16Weights? = nil) {
         self.workers = workers
         self.batchInvariant = batchInvariant
+        self.bf16 = bf16
     }
-    public var serial: GemmContext { GemmContext(workers: 1, batchInvariant: batchInvariant) }
+    public var serial: GemmContext { GemmContext(workers: 1, batchInvariant: batchInvariant, bf16: bf16) }
 }
 
 /// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, row-major. op(A) = A[M,K] (lda) or Aᵀ with A [K,M];
@@ -63,10 +66,19 @@ extension GemmContext {
     /// Y[M,N] = X[M,K] · Wᵀ + beta·Y for token rows X and a weight W [N,K]: the product of every linear
     /// layer. In batch-invariant mode it runs the fixed-order kernel below instead of sgemm (OpenBLAS's
     /// result for a row depends on the row's slot inside its micro-tile, measured here); `scratch`
-    /// (≥ tile·(K+N) floats) pads the last rows.
+    /// (≥ tile·(K+N) floats) pads the last rows. With a bf16 twin of W and at most `BF16Weights.maxRows`
+    /// rows it reads the twin (`bf16Linear`: the same per-element order as the batch-invariant kernel).
     func linear(_ M: Int, _ N: Int, _ K: Int, _ X: UnsafePointer<Float>, _ ldx: Int,
                 _ W: UnsafePointer<Float>, _ beta: Float, _ Y: UnsafeMutablePointer<Float>, _ ldy: Int,
                 scratch: UnsafeMutablePointer<Float>?) {
+        if M <= BF16Weights.maxRows, let wb = bf16?.twin(of: W) {
+            let parts = M * N * K >= 1 << 17 ? workers : 1
+            parallelFor(parts, workers: parts) { p in
+                let cols = chunk(N, parts: parts, part: p, align: 8)
+                if !cols.isEmpty { bf16Linear(M, K, X, ldx, wb, cols, beta, Y, ldy) }
+            }
+            return
+        }
         if !batchInvariant {
             gemm(false, true, M, N, K, 1, X, ldx, W, K, beta, Y, ldy)
             return

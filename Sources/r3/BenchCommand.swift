@@ -83,8 +83,16 @@ struct EngineBenchCommand: ParsableCommand {
             }
             BLASThreads.useSingleThreadedBLAS()
         }
+        var readGBs = 0.0
+        if on("memory_bandwidth") {
+            let (read, copy) = memoryBandwidth(megabytes: quick ? 64 : 512, threads: workers)
+            readGBs = read
+            try EngineBenchCommand.emit("memory_bandwidth", ["read_gb_s": read, "copy_gb_s": copy, "threads": workers], base,
+                                        ["bytes": (quick ? 64 : 512) << 20, "read": "sum of fp32 over the array", "copy": "bytes read + bytes written"])
+        }
         var bench = try Bench(cfg: cfg, workers: workers, steps: quick ? 1 : max(1, steps), B: quick ? 2 : batch, S: quick ? 128 : seqLen,
                               newTokens: quick ? 16 : 128, promptLen: quick ? 32 : 128, peak: peak, base: base)
+        bench.readGBs = readGBs
         if on("route_disagreement") { try bench.routeDisagreement() }
         if on("batch_variance") { try bench.batchVariance() }
         try bench.trainSteps([("train_step", false), ("train_step_r3", true)].filter { on($0.0) })
@@ -130,6 +138,8 @@ struct EngineBenchCommand: ParsableCommand {
         let peak: Double, base: [String: Any]
         let seqs: [[Int32]]
         var rng = SeededRandom(seed: 2)
+        /// The memory_bandwidth case's read GB/s in this run (0: not measured).
+        var readGBs = 0.0
         var T: Int { B * S }
 
         init(cfg: ModelConfig, workers: Int, steps: Int, B: Int, S: Int, newTokens: Int, promptLen: Int, peak: Double, base: [String: Any]) throws {
@@ -263,19 +273,41 @@ struct EngineBenchCommand: ParsableCommand {
                      ["sequences": B, "seq_len": S, "precision": "bf16"])
         }
 
+        /// Greedy decode after a prompt. Also the bytes a step reads: every weight matrix it multiplies by (only
+        /// the experts the step's rows were routed to, counted from the recorded routes) at 2 bytes (the bf16
+        /// twin) plus the fp32 KV cache it attends over, and that traffic per second against the memory_bandwidth
+        /// case's read rate.
         mutating func decode(_ name: String, batch b: Int) throws {
             let infer = Engine(model: model, numerics: .bf16, workers: workers)
             let prompts = (0..<b).map { _ in (0..<promptLen).map { _ in Int32(rng.next() % UInt64(cfg.vocabSize)) } }
             let params = SamplingParams(maxTokens: newTokens, temperature: 0)
             _ = try infer.generate(prompts, sampling: SamplingParams(maxTokens: 4, temperature: 0))
-            _ = try infer.generate(prompts, sampling: params)
+            let gens = try infer.generate(prompts, sampling: params)
             let tm = infer.lastTiming
             // decode steps feed tokens at positions promptLen ..< promptLen + newTokens − 1
             let attn = (0..<(newTokens - 1)).reduce(0.0) { $0 + FlopCount.attention(cfg, queries: 1, pos0: promptLen + $1) } * Double(b)
             let flops = Double(tm.decodeTokens) * FlopCount.perToken(cfg) + attn
+            let steps = newTokens - 1
+            var distinct = 0   // Σ over decode steps and MoE layers of the experts the batch's rows used
+            let L = cfg.moeLayers.count, K = cfg.topK
+            for step in 0..<steps {
+                for l in 0..<L {
+                    var used = Set<Int32>()
+                    for g in gens { let o = ((promptLen + step) * L + l) * K; used.formUnion(g.routes.ids[o..<(o + K)]) }
+                    distinct += used.count
+                }
+            }
+            let perExpert = Double(3 * cfg.hiddenSize * cfg.moeIntermediateSize)
+            let weightBytes = 2 * (Double(steps) * FlopCount.perToken(cfg) / 2 - Double(steps * L * K) * perExpert + Double(distinct) * perExpert)
+            let kvWidth = Double(cfg.numLayers * cfg.numKVHeads * (cfg.headDim + cfg.valueDim))
+            let kvBytes = 4 * kvWidth * Double(b) * (0..<steps).reduce(0.0) { $0 + Double(promptLen + $1 + 1) }
+            let gbs = (weightBytes + kvBytes) / tm.decodeSeconds / 1e9
             try emit(name, ["gflops": flops / tm.decodeSeconds / 1e9, "tokens_per_s": Double(tm.decodeTokens) / tm.decodeSeconds,
-                            "seconds": tm.decodeSeconds, "prefill_s": tm.prefillSeconds],
-                     ["batch": b, "prompt_tokens": promptLen, "new_tokens": newTokens, "precision": "bf16", "sampling": "greedy"])
+                            "seconds": tm.decodeSeconds, "prefill_s": tm.prefillSeconds,
+                            "bytes_per_step": (weightBytes + kvBytes) / Double(steps), "read_gb_s": gbs,
+                            "fraction_of_read_bandwidth": readGBs > 0 ? gbs / readGBs : NSNull()],
+                     ["batch": b, "prompt_tokens": promptLen, "new_tokens": newTokens, "precision": "bf16", "sampling": "greedy",
+                      "weights": "bf16 twin for linear layers of <= \(BF16Weights.maxRows) rows"])
         }
     }
 }

@@ -135,6 +135,32 @@ struct EngineTests {
         #expect(rate < 0.5)
     }
 
+    /// Decode reads the weights' bf16 twin. Deterministic: the same bits as the fp32-weight path. bf16: the
+    /// same tokens and routes; sgemm sums in another order, and a last-bit difference that crosses a bf16
+    /// rounding of the next layer's input moves log-probs by up to about 2e-3 here (the bench's
+    /// batch_variance case measures the same effect of batch composition at 0.058).
+    @Test(arguments: [Numerics.deterministic, .bf16])
+    func decodeOnTheBF16TwinKeepsItsOutputs(numerics: Numerics) throws {
+        let prompts = Factory.randomSequences(count: 5, lengths: 3...30, vocab: config.vocabSize, seed: 17)
+        for sampling in [SamplingParams(maxTokens: 20, temperature: 0), SamplingParams(maxTokens: 20, temperature: 1, seed: 8)] {
+            let twin = Engine(model: model, numerics: numerics), plain = Engine(model: model, numerics: numerics)
+            plain.useBF16Twin = false
+            for batch in [Array(prompts.prefix(1)), prompts] {
+                let a = try twin.generate(batch, sampling: sampling), b = try plain.generate(batch, sampling: sampling)
+                for (x, y) in zip(a, b) {
+                    #expect(x.tokens == y.tokens)
+                    #expect(x.routes == y.routes)
+                    if numerics.batchInvariant {
+                        #expect(x.logprobs.map(\.bitPattern) == y.logprobs.map(\.bitPattern))
+                    } else {
+                        let worst = zip(x.logprobs, y.logprobs).map { abs($0 - $1) }.max()!
+                        #expect(worst < 5e-3, "log-probs off by \(worst)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func deterministicModeIsBatchInvariant() throws {
         let engine = Engine(model: model, numerics: .deterministic)
         let seqs = Factory.randomSequences(count: 5, lengths: 3...50, vocab: config.vocabSize, seed: 11)

@@ -41,6 +41,57 @@ struct GemmTests {
         }
     }
 
+    /// bf16 weights for the decode kernel: rounded fp32 values and their bf16 twin.
+    func bf16Weights(_ n: Int, seed: UInt64) -> (Buffer<Float>, Buffer<UInt16>, BF16Weights) {
+        let w = Buffer<Float>(count: n), bits = Buffer<UInt16>(count: n)
+        for (i, v) in random(n, seed: seed).enumerated() { w[i] = BF16.round(v) }
+        return (w, bits, BF16Weights(fp32: w.base, count: n, into: bits.base))
+    }
+
+    /// The decode kernel reads bf16 bits but must give, element for element, the bits of the batch-invariant
+    /// kernel on the same (bf16-rounded) fp32 weights: the deterministic mode keeps its outputs.
+    @Test func bf16LinearMatchesTheBatchInvariantKernelBitForBit() {
+        for (N, K) in [(37, 83), (96, 64), (5, 8), (130, 7)] {
+            let (w, bits, twin) = bf16Weights(N * K, seed: 11)
+            let scratch = Buffer<Float>(count: GemmContext.tile * (K + N))
+            for M in [1, 2, 3, 4, 5, 7, 8, 13, 16] {
+                let X = random(M * K, seed: 12).map(BF16.round)
+                for beta: Float in [0, 1] {
+                    let Y0 = random(M * N, seed: 13)
+                    var fast = Y0, invariant = Y0
+                    GemmContext(workers: 2, bf16: twin).linear(M, N, K, X, K, w.base, beta, &fast, N, scratch: nil)
+                    GemmContext(workers: 2, batchInvariant: true).linear(M, N, K, X, K, w.base, beta, &invariant, N, scratch: scratch.base)
+                    let differ = zip(fast, invariant).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differ == 0, "M \(M) N \(N) K \(K) beta \(beta): \(differ) elements differ")
+                }
+            }
+            withExtendedLifetime(bits) {}
+        }
+    }
+
+    /// … and agrees with OpenBLAS's sgemm on the same weights to rounding.
+    @Test func bf16LinearMatchesOpenBLAS() {
+        let N = 1000, K = 512
+        let (w, bits, twin) = bf16Weights(N * K, seed: 14)
+        for M in [1, 4, 11, 16] {
+            let X = random(M * K, seed: 15)
+            var fast = [Float](repeating: 0, count: M * N), blas = fast
+            GemmContext(workers: 2, bf16: twin).linear(M, N, K, X, K, w.base, 0, &fast, N, scratch: nil)
+            sgemm(false, true, M, N, K, 1, X, K, w.base, K, 0, &blas, N)
+            let worst = zip(fast, blas).map { abs($0 - $1) }.max()!
+            #expect(worst < 1e-4 * Float(K).squareRoot(), "M \(M): off by \(worst)")
+            #expect(fast != blas || M == 0, "the twin was not read")
+        }
+        // more rows than the kernel takes: sgemm on the fp32 weights
+        let M = BF16Weights.maxRows + 1
+        let X = random(M * K, seed: 16)
+        var viaCtx = [Float](repeating: 0, count: M * N), blas = viaCtx
+        GemmContext(workers: 1, bf16: twin).linear(M, N, K, X, K, w.base, 0, &viaCtx, N, scratch: nil)
+        sgemm(false, true, M, N, K, 1, X, K, w.base, K, 0, &blas, N)
+        #expect(viaCtx == blas)
+        withExtendedLifetime(bits) {}
+    }
+
     @Test func bf16RoundsToNearestEven() {
         #expect(BF16.round(1.0) == 1.0)
         #expect(BF16.round(Float(bitPattern: 0x3F80_8000)) == 1.0)                          // tie → even (down)
