@@ -2,6 +2,7 @@
 // function turns every error into problem+json (ServiceError.response).
 import Foundation
 import HTTP
+import JSON
 import Log
 import Logging
 import MoE
@@ -140,6 +141,7 @@ public final class App: @unchecked Sendable {
             r("POST", "/v1/keys/{id}/revoke", admin) { app, req, v, p in try app.revokeKey(req, v["id"]!, project: p) },
             r("POST", "/v1/keys/{id}/rotate", admin) { app, req, v, p in try app.rotateKey(req, id: v["id"]!, project: p) },
             r("GET", "/v1/quota") { app, _, _, p in try app.quota(project: p) },
+            r("GET", "/v1/whoami") { app, req, _, _ in try app.whoami(req) },
         ]
     }
 
@@ -358,7 +360,8 @@ extension HTTPResponse {
     }
 
     static func json(_ status: Int, _ obj: Any, headers: [(String, String)] = []) -> HTTPResponse {
-        let data = (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        let data = (try? AnyJSONWriter.data(obj))
+            ?? (try? JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         var h = HTTPHeaders([("Content-Type", "application/json")])
         for (n, v) in headers { h.set(n, v) }
         return HTTPResponse(status: status, headers: h, body: data)

@@ -1,5 +1,5 @@
 // KeyHandlers: an admin-scoped key manages its project's keys (list, create with scopes and expiry, revoke,
-// rotate with an overlap), and any key reads its project's quotas and usage.
+// rotate with an overlap), and any key reads its project's quotas and usage, and itself (whoami).
 import Foundation
 import HTTP
 import JSON
@@ -70,5 +70,23 @@ extension App {
                            "active_jobs": ["used": u.activeJobs, "limit": v(u.quotas.maxActiveJobs)],
                            "requests_per_second": u.quotas.requestsPerSecond.map { $0 as Any } ?? NSNull(),
                            "request_burst": v(u.quotas.requestBurst ?? u.quotas.requestsPerSecond.map { max(1, Int($0.rounded(.up))) })])
+    }
+
+    /// The calling key: its project, prefix, scopes, expiry and the project's quotas. Answered from the
+    /// per-process key cache that authenticated the request, so it costs no database read while cached:
+    /// a check for CI scripts, and the bench's measure of what authentication alone costs.
+    func whoami(_ req: HTTPRequest) throws -> HTTPResponse {
+        let key = String((req.headers["Authorization"] ?? "").dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        guard let p = try authCache.principal(key, lookup: { try keys.authenticate($0) }) else {
+            throw ServiceError(401, "invalid, revoked or expired API key")
+        }
+        func v(_ x: Int?) -> Any { x ?? NSNull() }
+        let until: Any = p.validUntil.map { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: $0)) } ?? NSNull()
+        return .json(200, ["project": p.projectName, "key_id": p.keyID, "key_prefix": p.keyPrefix, "key_name": p.keyName, "scopes": p.scopes.sorted(),
+                           "valid_until": until,
+                           "quotas": ["route_bytes": v(p.quotas.maxRouteBytes), "active_jobs": v(p.quotas.maxActiveJobs),
+                                      "requests_per_second": p.quotas.requestsPerSecond.map { $0 as Any } ?? NSNull(),
+                                      "request_burst": v(p.quotas.requestBurst)],
+                           "cache_seconds": authCache.ttl])
     }
 }

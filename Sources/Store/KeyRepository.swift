@@ -12,6 +12,10 @@ public enum Scope: String, CaseIterable, Sendable {
 public struct Principal: Sendable, Equatable {
     public var keyID: Int
     public var projectID: Int
+    public var projectName: String = ""
+    /// The key's first characters, as listings show them.
+    public var keyPrefix: String = ""
+    public var keyName: String = ""
     public var scopes: Set<String>
     public var quotas: Quotas
     /// When the key stops (expiry, or the end of a rotation's overlap): caches must not outlive it.
@@ -100,7 +104,7 @@ public struct KeyRepository: Sendable {
         guard key.count <= 200 else { return nil }
         return try pool.withRetry { c -> Principal? in
             let r = try c.query("""
-                SELECT k.id, k.project_id, array_to_string(k.scopes, ',') AS scopes,
+                SELECT k.id, k.project_id, p.name AS project_name, k.prefix, k.name AS key_name, array_to_string(k.scopes, ',') AS scopes,
                        (k.last_used_at IS NULL OR k.last_used_at < now() - interval '60 seconds') AS stale,
                        extract(epoch from least(k.expires_at, k.revoked_at))::double precision AS valid_until,
                        p.max_route_bytes, p.max_active_jobs, p.requests_per_second, p.request_burst
@@ -111,7 +115,8 @@ public struct KeyRepository: Sendable {
             guard r.count == 1 else { return nil }
             let id = try r.int(0, "id")
             if try r.boolOrNil(0, "stale") == true { try c.query("UPDATE api_keys SET last_used_at = now() WHERE id = \(id)") }
-            return Principal(keyID: id, projectID: try r.int(0, "project_id"), scopes: Set((try r.stringOrNil(0, "scopes") ?? "").split(separator: ",").map(String.init)),
+            return Principal(keyID: id, projectID: try r.int(0, "project_id"), projectName: try r.stringOrNil(0, "project_name") ?? "",
+                             keyPrefix: try r.stringOrNil(0, "prefix") ?? "", keyName: try r.stringOrNil(0, "key_name") ?? "", scopes: Set((try r.stringOrNil(0, "scopes") ?? "").split(separator: ",").map(String.init)),
                              quotas: Quotas(maxRouteBytes: try r.intOrNil(0, "max_route_bytes"), maxActiveJobs: try r.intOrNil(0, "max_active_jobs"),
                                             requestsPerSecond: try r.doubleOrNil(0, "requests_per_second"), requestBurst: try r.intOrNil(0, "request_burst")),
                              validUntil: try r.doubleOrNil(0, "valid_until"))

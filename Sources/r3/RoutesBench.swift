@@ -86,10 +86,15 @@ struct RoutesBenchCommand: ParsableCommand {
             let small = try client.request("POST", "/v1/rollouts", headers: [auth, "Content-Type: application/json"],
                                            body: Data(#"{"model": "small", "token_ids": [1, 2, 3], "prompt_length": 1}"#.utf8))
             let sid = ((try? JSONSerialization.jsonObject(with: small.body)) as? [String: Any])?["id"] as? String ?? ""
-            for (name, path, headers) in [("small_get_livez", "/livez", [String]()), ("small_get_rollout", "/v1/rollouts/\(sid)", [auth])] {
+            let cases = [("small_get_livez", "/livez", [String]()), ("small_get_whoami", "/v1/whoami", [auth]),
+                         ("small_get_rollout", "/v1/rollouts/\(sid)", [auth])]
+            var livez = 0.0
+            for (name, path, headers) in cases {
                 if let rps = runWrk(port: port, path: path, headers: headers, seconds: wrkSeconds) {
-                    try printJSON(["case": name, "config": ["wrk": "-t2 -c64 -d\(wrkSeconds)s", "path": path.hasPrefix("/v1") ? "/v1/rollouts/{id}" : path, "log_level": config.logLevel.rawValue],
-                                   "requests_per_s": rps])
+                    if name == "small_get_livez" { livez = rps }
+                    try printJSON(["case": name, "config": ["wrk": "-t2 -c64 -d\(wrkSeconds)s", "path": path.hasPrefix("/v1/rollouts") ? "/v1/rollouts/{id}" : path,
+                                                            "log_level": config.logLevel.rawValue],
+                                   "requests_per_s": rps, "fraction_of_livez": livez > 0 ? rps / livez as Any : NSNull()])
                 } else {
                     try printJSON(["case": name, "config": ["wrk": "not installed (apt-get install wrk)"], "requests_per_s": NSNull()])
                 }

@@ -13,7 +13,9 @@ r3 keys revoke --id "$ID"                          # or stop it now: every serve
 curl -s -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' "$U/v1/keys" \
      -d '{"name": "ci", "scopes": ["routes:read", "routes:write"], "expires_in_seconds": 86400}'
 curl -s -H "Authorization: Bearer $ADMIN" "$U/v1/keys"
+curl -s -H "Authorization: Bearer $NEW_KEY" "$U/v1/whoami"   # project, name, prefix, scopes, valid_until, quotas
 # [/cookbook]
+curl -s -H "Authorization: Bearer $NEW_KEY" "$U/v1/whoami" | python3 -c 'import json,sys; w = json.load(sys.stdin); assert w["project"] == "demo" and w["key_name"] == "trainer" and w["scopes"] == ["routes:read"], w'
 test "$(curl -s -o /dev/null -w "%{http_code}" -H "Authorization: Bearer $TRAINER_KEY" "$U/v1/rollouts")" = 401   # revoked
 test "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $NEW_KEY" -X DELETE "$U/v1/rollouts/00000000-0000-0000-0000-000000000000")" = 403
 # [cookbook:quotas]

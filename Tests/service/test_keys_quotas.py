@@ -31,10 +31,17 @@ def test_scopes_expiry_revocation_in_every_process_and_rotation(private_server):
     w = rollout(s.url, reader)
     assert w.status_code == 403 and "routes:write" in w.json()["detail"], w.text
     assert requests.get(s.url + "/v1/jobs", headers=h).status_code == 403
+    me = requests.get(s.url + "/v1/whoami", headers=h)
+    assert me.status_code == 200, me.text
+    assert me.json()["project"] == "project-a" and me.json()["key_name"] == "trainer" and me.json()["scopes"] == ["routes:read"]
+    assert reader.startswith(me.json()["key_prefix"]) and me.json()["valid_until"] is None
+    assert requests.get(s.url + "/v1/whoami", headers={"Authorization": "Bearer r3_not_a_key"}).status_code == 401
     # expiry
     short = cli(s, "keys", "create", "--project", "project-a", "--expires-in", "2s")
     assert requests.get(s.url + "/v1/rollouts", headers={"Authorization": "Bearer " + short}).status_code == 200
+    assert requests.get(s.url + "/v1/whoami", headers={"Authorization": "Bearer " + short}).json()["valid_until"] is not None
     time.sleep(2.5)
+    assert requests.get(s.url + "/v1/whoami", headers={"Authorization": "Bearer " + short}).status_code == 401
     assert requests.get(s.url + "/v1/rollouts", headers={"Authorization": "Bearer " + short}).status_code == 401
     # a second server process on the same database
     second = Server(s.data_dir)
@@ -52,7 +59,7 @@ def test_scopes_expiry_revocation_in_every_process_and_rotation(private_server):
         refused = set()
         while len(refused) < 2 and time.time() - t0 < 10:
             for url in (s.url, second.url):
-                if requests.get(url + "/v1/rollouts", headers={"Authorization": "Bearer " + victim}).status_code == 401:
+                if requests.get(url + "/v1/whoami", headers={"Authorization": "Bearer " + victim}).status_code == 401:
                     refused.add(url)
             time.sleep(0.2)
         assert len(refused) == 2 and time.time() - t0 <= 5.5, f"refused by {refused} after {time.time() - t0:.1f} s"
