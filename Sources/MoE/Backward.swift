@@ -12,20 +12,30 @@ extension Engine {
         let c = config, T = last.T, C = c.hiddenSize, V = c.vocabSize, K = c.topK
         let G = grads!.base, W = model.params.base, lay = model.layout
 
-        // LM head, over the rows that carry gradient only
+        // LM head, over the rows that carry gradient only, ws.headRows at a time. When the forward ran in
+        // chunks (T > ws.headRows) it kept no logits: each chunk's are computed again here.
         var R = 0
-        for t in 0..<T where dLogp[t] != 0 && last.targets[t] >= 0 { ws.headRows[R] = Int32(t); R += 1 }
-        last.targets.withUnsafeBufferPointer { tg in
-            dLogp.withUnsafeBufferPointer { coef in
-                headBackward(logits: ws.logits, V: V, rows: ws.headRows, count: R, targets: tg.baseAddress!, coef: coef.baseAddress!,
-                             lse: ws.lseRow, temperature: last.temperature, dlogits: ws.dlogits, workers: workers)
+        for t in 0..<T where dLogp[t] != 0 && last.targets[t] >= 0 { ws.gradRows[R] = Int32(t); R += 1 }
+        for i in 0..<R { (ws.hFc + i * C).update(from: ws.hF + Int(ws.gradRows[i]) * C, count: C) }
+        let recompute = T > ws.headRows
+        var i0 = 0
+        while i0 < R {
+            let n = min(ws.headRows, R - i0)
+            if recompute {
+                ctx.linear(n, V, C, ws.hFc + i0 * C, C, W + lay.lmHead, 0, ws.logits, V, scratch: ws.linScratch(worker: 0, config: c))
             }
+            last.targets.withUnsafeBufferPointer { tg in
+                dLogp.withUnsafeBufferPointer { coef in
+                    headBackward(logits: ws.logits, compact: recompute, V: V, rows: ws.gradRows + i0, count: n, targets: tg.baseAddress!,
+                                 coef: coef.baseAddress!, lse: ws.lseRow, temperature: last.temperature, dlogits: ws.dlogits, workers: workers)
+                }
+            }
+            ctx.gemm(true, false, V, C, n, 1, ws.dlogits, V, ws.hFc + i0 * C, C, 1, G + lay.lmHead, C)
+            ctx.gemm(false, false, n, C, V, 1, ws.dlogits, V, W + lay.lmHead, C, 0, ws.dhFc + i0 * C, C)
+            i0 += n
         }
-        for i in 0..<R { (ws.hFc + i * C).update(from: ws.hF + Int(ws.headRows[i]) * C, count: C) }
-        ctx.gemm(true, false, V, C, R, 1, ws.dlogits, V, ws.hFc, C, 1, G + lay.lmHead, C)
-        ctx.gemm(false, false, R, C, V, 1, ws.dlogits, V, W + lay.lmHead, C, 0, ws.dhFc, C)
         ws.dh.update(repeating: 0, count: T * C)
-        for i in 0..<R { (ws.dh + Int(ws.headRows[i]) * C).update(from: ws.dhFc + i * C, count: C) }
+        for i in 0..<R { (ws.dh + Int(ws.gradRows[i]) * C).update(from: ws.dhFc + i * C, count: C) }
         ws.dx.update(repeating: 0, count: T * C)
         rmsnormBackward(ws.residual(c.numLayers), ldx: C, W + lay.finalNorm, rstd: ws.rstdF, ws.dh, lddy: C, ws.dx, lddx: C,
                         G + lay.finalNorm, rows: T, n: C, accumulate: true)

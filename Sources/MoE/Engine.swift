@@ -87,6 +87,8 @@ public final class Engine {
     var bf16Twin: BF16Weights?
     /// Tests switch the twin off to compare with the fp32-weight path.
     var useBF16Twin = true
+    /// LM-head rows held at once (nil: `Workspace.headChunk(vocab:)`); tests make it small.
+    var headChunkRows: Int? = nil
 
     /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
     public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -206,18 +208,25 @@ public final class Engine {
                 }
             }
         }
-        // LM head over every row
+        // LM head over every row, in chunks of ws.headRows rows (one chunk up to that many)
         finalNorm(ws: ws, T: T)
-        ctx.linear(T, V, config.hiddenSize, ws.hF, config.hiddenSize, model.params.base + model.layout.lmHead, 0, ws.logits, V,
-                   scratch: ws.linScratch(worker: 0, config: config))
         var logp = [Float](repeating: .nan, count: T)
         var entropy = [Float](repeating: .nan, count: options.entropy ? T : 0)
+        var keptLogits = [Float](repeating: 0, count: options.keepLogits ? T * V : 0)
+        let C = config.hiddenSize, lmHead = model.params.base + model.layout.lmHead
         targets.withUnsafeBufferPointer { tg in
             logp.withUnsafeMutableBufferPointer { lp in
                 entropy.withUnsafeMutableBufferPointer { en in
-                    headForward(logits: ws.logits, rows: T, V: V, targets: tg.baseAddress!, temperature: options.temperature,
-                                logp: lp.baseAddress!, entropy: options.entropy ? en.baseAddress! : nil, lse: ws.lseRow,
-                                scratch: ws.rowScratch, workers: workers)
+                    var r0 = 0
+                    while r0 < T {
+                        let n = min(ws.headRows, T - r0)
+                        ctx.linear(n, V, C, ws.hF + r0 * C, C, lmHead, 0, ws.logits, V, scratch: ws.linScratch(worker: 0, config: config))
+                        headForward(logits: ws.logits, rows: n, V: V, targets: tg.baseAddress! + r0, temperature: options.temperature,
+                                    logp: lp.baseAddress! + r0, entropy: options.entropy ? en.baseAddress! + r0 : nil, lse: ws.lseRow + r0,
+                                    scratch: ws.rowScratch, workers: workers)
+                        if options.keepLogits { for i in 0..<(n * V) { keptLogits[r0 * V + i] = ws.logits[i] } }
+                        r0 += n
+                    }
                 }
             }
         }
@@ -236,7 +245,7 @@ public final class Engine {
         }
         return ForwardResult(
             sequenceLengths: lengths, logprobs: logp, entropy: entropy,
-            logits: options.keepLogits ? Array(UnsafeBufferPointer(start: ws.logits, count: T * V)) : [],
+            logits: keptLogits,
             routes: try RouteArray(rows: T, layers: moeL, topK: K, ids: routes),
             liveRoutes: try RouteArray(rows: T, layers: moeL, topK: K, ids: live),
             gates: gates, replayFallbackRows: fallbacks, auxLoss: auxLoss,
@@ -248,9 +257,12 @@ public final class Engine {
         let keys = maxKeys ?? maxLen
         rope.reserve(keys)
         let saved = training ? config.numLayers : 1
-        if let ws, ws.rows >= T, ws.savedLayers == saved, ws.maxKeys >= keys, ws.hasBackward || !training { return ws }
+        let chunk = headChunkRows ?? Workspace.headChunk(vocab: config.vocabSize)
+        if let ws, ws.rows >= T, ws.savedLayers == saved, ws.maxKeys >= keys, ws.hasBackward || !training, ws.headRows == min(ws.rows, chunk) {
+            return ws
+        }
         let next = Workspace(config: config, rows: max(T, ws?.rows ?? 0), saveLayers: training, maxKeys: max(keys, ws?.maxKeys ?? 0),
-                             workers: workers, backward: training)
+                             workers: workers, backward: training, headChunk: chunk)
         ws = next
         return next
     }

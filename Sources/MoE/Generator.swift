@@ -97,13 +97,19 @@ extension Engine {
             }
             finalNorm(ws: ws, T: T)
             for (i, r) in lastRows.enumerated() where i != r { (ws.hF + i * C).update(from: ws.hF + r * C, count: C) }   // i < r
-            ctx.linear(lastRows.count, V, C, ws.hF, C, model.params.base + model.layout.lmHead, 0, ws.logits, V,
-                       scratch: ws.linScratch(worker: 0, config: c))
-            for (i, b) in active.enumerated() {
-                let (tok, lp) = sampler.sample(ws.logits + i * V, params: sampling, rng: &rngs[b])
-                out[b].tokens.append(tok)
-                out[b].logprobs.append(lp)
-                if sampling.stopTokens.contains(tok) { out[b].finishReason = "stop" }
+            var i0 = 0   // the LM head ws.headRows sequences at a time
+            while i0 < active.count {
+                let n = min(ws.headRows, active.count - i0)
+                ctx.linear(n, V, C, ws.hF + i0 * C, C, model.params.base + model.layout.lmHead, 0, ws.logits, V,
+                           scratch: ws.linScratch(worker: 0, config: c))
+                for i in i0..<(i0 + n) {
+                    let b = active[i]
+                    let (tok, lp) = sampler.sample(ws.logits + (i - i0) * V, params: sampling, rng: &rngs[b])
+                    out[b].tokens.append(tok)
+                    out[b].logprobs.append(lp)
+                    if sampling.stopTokens.contains(tok) { out[b].finishReason = "stop" }
+                }
+                i0 += n
             }
         }
 

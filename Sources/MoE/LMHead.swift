@@ -21,14 +21,15 @@ func headForward(logits: UnsafePointer<Float>, rows R: Int, V: Int, targets: Uns
 }
 
 /// dlogits[i] = (c/τ)·(onehot(y) − p) for the compacted rows with a non-zero coefficient c = ∂L/∂log p.
-func headBackward(logits: UnsafePointer<Float>, V: Int, rows: UnsafePointer<Int32>, count: Int, targets: UnsafePointer<Int32>,
+/// `logits` holds row r at r·V, or (`compact`) the i-th compacted row at i·V.
+func headBackward(logits: UnsafePointer<Float>, compact: Bool = false, V: Int, rows: UnsafePointer<Int32>, count: Int, targets: UnsafePointer<Int32>,
                   coef: UnsafePointer<Float>, lse: UnsafePointer<Float>, temperature: Float,
                   dlogits: UnsafeMutablePointer<Float>, workers: Int) {
     let invT = 1 / temperature
     parallelFor(count, workers: count * V >= 1 << 16 ? workers : 1) { i in
         let r = Int(rows[i]), c = coef[r] * invT
         let d = dlogits + i * V
-        d.update(from: logits + r * V, count: V)
+        d.update(from: logits + (compact ? i : r) * V, count: V)
         expInPlace(d, V, shift: lse[r], scale: invT)
         for v in 0..<V { d[v] *= -c }
         d[Int(targets[r])] += c

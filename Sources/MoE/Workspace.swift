@@ -25,7 +25,10 @@ final class Workspace {
 
     var x: [UnsafeMutablePointer<Float>] = []   // residual stream: L+1 buffers [T, C] (2 when not saving)
     var layers: [LayerActs] = []
-    var rstdF, hF, logits, lseRow: UnsafeMutablePointer<Float>     // [T], [T, C], [T, V], [T]
+    var rstdF, hF, logits, lseRow: UnsafeMutablePointer<Float>     // [T], [T, C], [headRows, V], [T]
+    /// Rows of logits held at once: all T up to `Workspace.headChunk(vocab:)`; past that the LM head runs
+    /// in chunks of that many rows, and backward recomputes each chunk's logits instead of keeping [T, V].
+    let headRows: Int
     var xg: UnsafeMutablePointer<Float>          // gathered expert inputs [A, C]
     var attnScratch: UnsafeMutablePointer<Float> // per worker [2, Bq, maxKeys]
     var linScratch: UnsafeMutablePointer<Float>  // per worker [tile, maxIn + maxOut]
@@ -39,13 +42,18 @@ final class Workspace {
     var dlogits, hFc, dhFc: UnsafeMutablePointer<Float>
     var dv: UnsafeMutablePointer<Float>          // MLA [T, H·Dv]
     var mla: MLAGrads                            // MLA projection gradients
-    var headRows: UnsafeMutablePointer<Int32>    // [T] rows kept for the LM-head backward
+    var gradRows: UnsafeMutablePointer<Int32>    // [T] rows kept for the LM-head backward
 
     static let blockRows = 64
 
-    init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool) {
+    /// LM-head rows held at once for a vocabulary of V: 2^27 floats' worth (512 MB), 256 to 4,096 rows.
+    /// Bench-m's 8 × 512 tokens fit whole; a 32K-token sequence runs in 8 chunks.
+    static func headChunk(vocab V: Int) -> Int { min(4096, max(256, (1 << 27) / max(V, 1))) }
+
+    init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool, headChunk: Int? = nil) {
         rows = T; savedLayers = saveLayers ? c.numLayers : 1; self.maxKeys = maxKeys; self.workers = workers
         hasBackward = backward
+        headRows = max(1, min(T, headChunk ?? Workspace.headChunk(vocab: c.vocabSize)))
         let C = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.kvHeads, V = c.vocabSize
         let QK = (H + Hkv) * D, HDv = H * c.valueDim
         let QKV = c.mla == nil ? (H + 2 * Hkv) * D : H * D   // raw projection row (MLA: q only)
@@ -79,7 +87,7 @@ final class Workspace {
                             kvn: fp.take(T * R), kvRstd: fp.take(m == nil ? 0 : T), kvb: fp.take(T * KVBW), v: fp.take(T * mlaV),
                             sgu: fp.take(sharedLayers ? T * 2 * Is : 0), sact: fp.take(sharedLayers ? T * Is : 0)))
         }
-        let oRstdF = fp.take(T), oHF = fp.take(T * C), oLogits = fp.take(T * V), oLse = fp.take(T)
+        let oRstdF = fp.take(T), oHF = fp.take(T * C), oLogits = fp.take(headRows * V), oLse = fp.take(T)
         let oXg = fp.take(A * C)
         let oAttn = fp.take(workers * 2 * Workspace.blockRows * maxKeys)
         let oLin = fp.take(workers * GemmContext.tile * (maxIn + maxOut))
@@ -93,7 +101,7 @@ final class Workspace {
         let oDkvn = fp.take(b * T * R), oDkva = fp.take(b * T * KVA)
         let oDEo = fp.take(b * A * C), oDAct = fp.take(b * actRows), oDGu = fp.take(b * guRows), oDXg = fp.take(b * A * C)
         let oDProbs = fp.take(b * (hasMoE ? T * E : 0)), oDGates = fp.take(b * (hasMoE ? T * K : 0))
-        let oDlogits = fp.take(b * T * V), oHFc = fp.take(b * T * C), oDhFc = fp.take(b * T * C)
+        let oDlogits = fp.take(b * headRows * V), oHFc = fp.take(b * T * C), oDhFc = fp.take(b * T * C)
 
         floats = Buffer(count: fp.total)
         ints = Buffer(count: ip.total)
@@ -112,7 +120,7 @@ final class Workspace {
         mla = MLAGrads(dqan: f + oDqan, dqa: f + oDqa, dkvb: f + oDkvb, dkvn: f + oDkvn, dkva: f + oDkva)
         rstdF = f + oRstdF; hF = f + oHF; logits = f + oLogits; lseRow = f + oLse; xg = f + oXg
         attnScratch = f + oAttn; linScratch = f + oLin; rowScratch = f + oRow
-        order = i + oOrder; liveIdx = i + oLive; headRows = i + oHeadRows
+        order = i + oOrder; liveIdx = i + oLive; gradRows = i + oHeadRows
         dx = f + oDx; dh = f + oDh; dqkv = f + oDqkv; dqk = f + oDqk; dattn = f + oDattn; di = f + oDi
         dEo = f + oDEo; dAct = f + oDAct; dGu = f + oDGu; dXg = f + oDXg; dProbs = f + oDProbs; dGates = f + oDGates
         dlogits = f + oDlogits; hFc = f + oHFc; dhFc = f + oDhFc

@@ -20,7 +20,8 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(help: "Worker threads (default: all cores).") var workers: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Sequences × tokens per training step / prefill.") var batch: Int = 8
     @Option(name: .customLong("seq-len")) var seqLen: Int = 512
-    @Option(help: "Comma-separated cases to run (default all).") var cases: String?
+    @Option(help: "Comma-separated cases to run (default all but train_step_32k, which runs only when named).") var cases: String?
+    @Option(name: .customLong("long-seq"), help: "Tokens of the one sequence of train_step_32k.") var longSeq: Int = 32768
     @Flag(help: "A small, fast run (smoke test): 1 step, 2 × 128 tokens, 16 decode tokens.") var quick = false
     @Flag(help: "Training steps (replay off and R3) of every family's bench-m config in one run, with each family's GFLOP/s relative to Qwen3-MoE's.") var families = false
 
@@ -98,6 +99,12 @@ struct EngineBenchCommand: ParsableCommand {
         try bench.trainSteps([("train_step", false), ("train_step_r3", true)].filter { on($0.0) })
         if on("prefill") { try bench.prefill() }
         for (name, b) in [("decode_b1", 1), ("decode_b16", 16)] where on(name) { try bench.decode(name, batch: b) }
+        // only when asked for by name: minutes per step
+        if want?.contains("train_step_32k") == true {
+            let long = try Bench(cfg: cfg, workers: workers, steps: 1, B: 1, S: quick ? 2048 : longSeq, newTokens: 16, promptLen: 32,
+                                 peak: peak, base: base)
+            try long.trainSteps([("train_step_32k", false)])
+        }
     }
 
     /// Every family's training steps in one run; then each one's GFLOP/s and R3 overhead beside Qwen3-MoE's.
@@ -222,8 +229,11 @@ struct EngineBenchCommand: ParsableCommand {
             let trainer = Engine(model: model, numerics: .fp32, workers: workers)
             let opt = AdamW(layout: model.layout, config: AdamWConfig(learningRate: 1e-5))
             // R3: the routes a bf16 inference engine recorded for these tokens
-            let rec = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
-            let r3 = Routing.replay(try seqs.indices.map { try rec.routes.rows(rec.rows(ofSequence: $0)) })
+            var r3 = Routing.live
+            if modes.contains(where: { $0.1 }) {
+                let rec = try Engine(model: model, numerics: .bf16, workers: workers).forward(seqs)
+                r3 = .replay(try seqs.indices.map { try rec.routes.rows(rec.rows(ofSequence: $0)) })
+            }
             var phases: [String: [[Double]]] = [:]
             var fallback = 0
             for step in 0...steps {

@@ -161,6 +161,34 @@ struct EngineTests {
         }
     }
 
+    /// Long sequences run the LM head in chunks and recompute each chunk's logits in backward, instead of
+    /// holding [T, V] logits and their gradient: log-probs, entropy, logits and every gradient as whole.
+    @Test func chunkedLMHeadGivesTheSameLossAndGradients() throws {
+        let seqs = Factory.randomSequences(count: 3, lengths: 15...40, vocab: config.vocabSize, seed: 19)
+        let T = seqs.reduce(0) { $0 + $1.count }
+        var rng = SeededRandom(seed: 20)
+        let dLogp = (0..<T).map { t in t % 5 == 0 ? Float(0) : Float(rng.normal()) }
+        func run(chunk: Int?) throws -> (ForwardResult, [Float]) {
+            let e = Engine(model: model.clone(), numerics: .fp32)
+            e.headChunkRows = chunk
+            let r = try e.forward(seqs, options: ForwardOptions(keepLogits: true, training: true, entropy: true))
+            try e.backward(dLogp: dLogp)
+            return (r, e.grads!.array())
+        }
+        let (whole, gWhole) = try run(chunk: nil)
+        for chunk in [7, 16] {
+            let (parts, gParts) = try run(chunk: chunk)
+            #expect(T > chunk)
+            let lp = zip(whole.logprobs, parts.logprobs).map { $0.isNaN && $1.isNaN ? 0 : abs($0 - $1) }.max()!
+            let en = zip(whole.entropy, parts.entropy).map { abs($0 - $1) }.max()!
+            let lg = zip(whole.logits, parts.logits).map { abs($0 - $1) }.max()!
+            #expect(lp < 1e-5 && en < 1e-5 && lg < 1e-5, "chunk \(chunk): log-probs \(lp), entropy \(en), logits \(lg)")
+            let scale = gWhole.map { abs($0) }.max()!
+            let g = zip(gWhole, gParts).map { abs($0 - $1) }.max()!
+            #expect(g < 1e-5 * scale, "chunk \(chunk): gradients differ by \(g) (largest \(scale))")
+        }
+    }
+
     @Test func deterministicModeIsBatchInvariant() throws {
         let engine = Engine(model: model, numerics: .deterministic)
         let seqs = Factory.randomSequences(count: 5, lengths: 3...50, vocab: config.vocabSize, seed: 11)
