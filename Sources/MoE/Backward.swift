@@ -49,6 +49,10 @@ extension Engine {
                 let m = moeShape(T: T, p: p)
                 groupOrder(m, offsets: a.offsets, order: ws.order)
                 for r in 0..<m.A { (ws.xg + r * C).update(from: a.h2 + (Int(a.perm[r]) / K) * C, count: C) }
+                if ws.mlpShared {   // the forward kept only the last layer's expert activations
+                    expertsForward(m, ctx: ctx, xg: ws.xg, gateUp: W + p.gateUp, down: W + p.down, offsets: a.offsets, order: ws.order,
+                                   gu: a.gu, act: a.act, eo: a.eo, input: linearInput, scratch: { ws.linScratch(worker: $0, config: c) })
+                }
                 moeBackward(m, ctx: ctx, h: a.h2, dy: ws.dx, probs: a.probs, idx: a.idx, gates: a.gates, perm: a.perm, slot: a.slot,
                             offsets: a.offsets, order: ws.order, xg: ws.xg, gu: a.gu, act: a.act, eo: a.eo,
                             router: W + p.router, gateUp: W + p.gateUp, down: W + p.down,
@@ -60,6 +64,12 @@ extension Engine {
                                      act: a.sact, h: a.h2, ws: ws, accumulate: true)
                 }
             } else {
+                if ws.mlpShared {
+                    let F = c.intermediateSize
+                    ctx.linear(T, 2 * F, C, a.h2, C, W + p.gateUp, 0, a.gu, 2 * F, scratch: ws.linScratch(worker: 0, config: c))
+                    swigluForward(a.gu, a.act, rows: T, I: F)
+                    linearInput(a.act, rows: T, cols: F)
+                }
                 denseMLPBackward(T: T, width: c.intermediateSize, gateUp: p.gateUp, down: p.down, gu: a.gu, act: a.act, h: a.h2,
                                  ws: ws, accumulate: false)
             }

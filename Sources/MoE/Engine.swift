@@ -89,6 +89,10 @@ public final class Engine {
     var useBF16Twin = true
     /// LM-head rows held at once (nil: `Workspace.headChunk(vocab:)`); tests make it small.
     var headChunkRows: Int? = nil
+    /// Training inputs of more rows than this keep one layer's MLP activations, not every layer's, and
+    /// backward computes each layer's again (about a third more expert work; 670 MB less per layer at
+    /// 32K tokens of bench-m). Tests set 0.
+    var recomputeMLPAbove = 8192
 
     /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
     public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -258,11 +262,13 @@ public final class Engine {
         rope.reserve(keys)
         let saved = training ? config.numLayers : 1
         let chunk = headChunkRows ?? Workspace.headChunk(vocab: config.vocabSize)
-        if let ws, ws.rows >= T, ws.savedLayers == saved, ws.maxKeys >= keys, ws.hasBackward || !training, ws.headRows == min(ws.rows, chunk) {
+        if let ws, ws.rows >= T, ws.savedLayers == saved, ws.maxKeys >= keys, ws.hasBackward || !training, ws.headRows == min(ws.rows, chunk),
+           ws.mlpShared == (training && ws.rows > recomputeMLPAbove) {
             return ws
         }
-        let next = Workspace(config: config, rows: max(T, ws?.rows ?? 0), saveLayers: training, maxKeys: max(keys, ws?.maxKeys ?? 0),
-                             workers: workers, backward: training, headChunk: chunk)
+        let rows = max(T, ws?.rows ?? 0)
+        let next = Workspace(config: config, rows: rows, saveLayers: training, maxKeys: max(keys, ws?.maxKeys ?? 0),
+                             workers: workers, backward: training, headChunk: chunk, shareMLP: rows > recomputeMLPAbove)
         ws = next
         return next
     }

@@ -20,6 +20,9 @@ final class Workspace {
     let maxKeys: Int         // longest key range one attention row may see
     let workers: Int
     let hasBackward: Bool
+    /// Every layer's MLP activations (gate/up, SwiGLU output, expert outputs) share one buffer instead of
+    /// one per layer; backward computes a layer's again before using them (long inputs).
+    let mlpShared: Bool
     let floats: Buffer<Float>
     let ints: Buffer<Int32>
 
@@ -50,9 +53,11 @@ final class Workspace {
     /// Bench-m's 8 × 512 tokens fit whole; a 32K-token sequence runs in 8 chunks.
     static func headChunk(vocab V: Int) -> Int { min(4096, max(256, (1 << 27) / max(V, 1))) }
 
-    init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool, headChunk: Int? = nil) {
+    init(config c: ModelConfig, rows T: Int, saveLayers: Bool, maxKeys: Int, workers: Int, backward: Bool, headChunk: Int? = nil,
+         shareMLP: Bool = false) {
         rows = T; savedLayers = saveLayers ? c.numLayers : 1; self.maxKeys = maxKeys; self.workers = workers
         hasBackward = backward
+        mlpShared = shareMLP && saveLayers
         headRows = max(1, min(T, headChunk ?? Workspace.headChunk(vocab: c.vocabSize)))
         let C = c.hiddenSize, D = c.headDim, H = c.numHeads, Hkv = c.kvHeads, V = c.vocabSize
         let QK = (H + Hkv) * D, HDv = H * c.valueDim
@@ -76,12 +81,13 @@ final class Workspace {
             var qa, qan, qaRstd, kva, kvn, kvRstd, kvb, v, sgu, sact: Int
         }
         var offs: [Off] = []
+        let sharedMLP = mlpShared ? (gu: fp.take(guRows), act: fp.take(actRows), eo: fp.take(A * C)) : nil
         for _ in 0..<savedLayers {
             offs.append(Off(rstd1: fp.take(T), h1: fp.take(T * C), qkv: fp.take(T * QKV), qk: fp.take(T * QK),
                             qkRstd: fp.take(c.qkNorm ? T * (H + Hkv) : 0), attn: fp.take(T * HDv), lse: fp.take(T * H),
                             xMid: fp.take(T * C), rstd2: fp.take(T), h2: fp.take(T * C),
                             probs: fp.take(hasMoE ? T * E : 0), gates: fp.take(hasMoE ? T * K : 0),
-                            gu: fp.take(guRows), act: fp.take(actRows), eo: fp.take(A * C),
+                            gu: sharedMLP?.gu ?? fp.take(guRows), act: sharedMLP?.act ?? fp.take(actRows), eo: sharedMLP?.eo ?? fp.take(A * C),
                             idx: ip.take(A), perm: ip.take(A), slot: ip.take(A), offsets: ip.take(E + 1),
                             qa: fp.take(T * Rq), qan: fp.take(T * Rq), qaRstd: fp.take(Rq > 0 ? T : 0), kva: fp.take(T * KVA),
                             kvn: fp.take(T * R), kvRstd: fp.take(m == nil ? 0 : T), kvb: fp.take(T * KVBW), v: fp.take(T * mlaV),

@@ -189,6 +189,27 @@ struct EngineTests {
         }
     }
 
+    /// Long inputs keep one layer's MLP activations and recompute each layer's in backward: the same
+    /// gradients, bit for bit (the same products on the same inputs), with dense and MoE layers.
+    @Test(arguments: [false, true])
+    func recomputedMLPActivationsGiveTheSameGradients(odd: Bool) throws {
+        let cfg = odd ? Factory.oddConfig() : config
+        let m = odd ? try Model(config: cfg, seed: 5) : model
+        let seqs = Factory.randomSequences(count: 3, lengths: 10...30, vocab: cfg.vocabSize, seed: 23)
+        let T = seqs.reduce(0) { $0 + $1.count }
+        var rng = SeededRandom(seed: 24)
+        let dLogp = (0..<T).map { _ in Float(rng.normal()) }
+        func grads(recomputeAbove: Int) throws -> [Float] {
+            let e = Engine(model: m.clone(), numerics: .fp32)
+            e.recomputeMLPAbove = recomputeAbove
+            _ = try e.forward(seqs, options: ForwardOptions(training: true))
+            #expect(e.ws!.mlpShared == (recomputeAbove == 0))
+            try e.backward(dLogp: dLogp)
+            return e.grads!.array()
+        }
+        #expect(try grads(recomputeAbove: 0).map(\.bitPattern) == grads(recomputeAbove: 1 << 20).map(\.bitPattern))
+    }
+
     @Test func deterministicModeIsBatchInvariant() throws {
         let engine = Engine(model: model, numerics: .deterministic)
         let seqs = Factory.randomSequences(count: 5, lengths: 3...50, vocab: config.vocabSize, seed: 11)
