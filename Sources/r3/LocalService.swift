@@ -24,14 +24,20 @@ final class LocalService {
         config.engineThreads = nativeBLAS ? nil : 2
         let (pool, embedded, _) = try openDatabase(config)
         self.embedded = embedded
-        let app = try App(config: config, pool: pool)
-        var http = config.http; http.port = 0; http.handlerThreads = 4
-        server = HTTPServer(config: http) { app.decide($0) }
-        port = try server.start()
-        runner = JobRunner(app: app, config: config.jobRunner)
-        runner.start()
-        self.dataDir = dataDir
-        api = DemoClient(base: "http://127.0.0.1:\(port)", key: try KeyRepository(pool: pool).create(project: project).key)
+        do {
+            let app = try App(config: config, pool: pool)
+            var http = config.http; http.port = 0; http.handlerThreads = 4
+            server = HTTPServer(config: http) { app.decide($0) }
+            port = try server.start()
+            let key = try KeyRepository(pool: pool).create(project: project).key
+            runner = JobRunner(app: app, config: config.jobRunner)
+            runner.start()
+            self.dataDir = dataDir
+            api = DemoClient(base: "http://127.0.0.1:\(port)", key: key)
+        } catch {   // the cluster started for this run stops with it
+            if embedded?.startedHere == true { embedded?.stop() }
+            throw error
+        }
     }
 
     func stop() {

@@ -21,16 +21,21 @@ func openDatabase(_ config: ServiceConfig) throws -> (ConnectionPool, EmbeddedPo
         try pg.start()
         embedded = pg; conninfo = pg.conninfo; label = "embedded PostgreSQL in \(pg.directory.path)"
     }
-    let pool = ConnectionPool(conninfo: conninfo, size: config.dbPool)
-    try Migrator.migrate(pool, Migrator.load(directory: try migrationsDirectory()))
-    // checkpoints an installation from before the checkpoint store wrote to this machine's disk
-    let log = R3Log.logger("r3")
-    let own = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
-    let (moved, missing) = try CheckpointStore.importLegacyFiles(pool, ownDirectory: own) { log.warning("\($0)") }
-    if moved + missing > 0 {
-        log.notice("checkpoints moved into the database", metadata: ["moved": .stringConvertible(moved), "not_on_this_machine": .stringConvertible(missing)])
+    do {
+        let pool = ConnectionPool(conninfo: conninfo, size: config.dbPool)
+        try Migrator.migrate(pool, Migrator.load(directory: try migrationsDirectory()))
+        // checkpoints an installation from before the checkpoint store wrote to this machine's disk
+        let log = R3Log.logger("r3")
+        let own = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
+        let (moved, missing) = try CheckpointStore.importLegacyFiles(pool, ownDirectory: own) { log.warning("\($0)") }
+        if moved + missing > 0 {
+            log.notice("checkpoints moved into the database", metadata: ["moved": .stringConvertible(moved), "not_on_this_machine": .stringConvertible(missing)])
+        }
+        return (pool, embedded, label)
+    } catch {   // a cluster started here must not outlive a failed start (the next run would not own it)
+        if embedded?.startedHere == true { embedded?.stop() }
+        throw error
     }
-    return (pool, embedded, label)
 }
 
 /// R3_MIGRATIONS_DIR, else Migrations/ beside the repository the binary was built in, else ./Migrations,

@@ -267,3 +267,20 @@ def test_study_writes_the_matrix_and_resumes_only_missing_cells(tmp_path):
     # other settings never mix into these cells
     p = subprocess.run(args + ["--learning-rate", "0.01"], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "other settings" in p.stderr
+
+
+def test_a_failed_start_stops_the_embedded_cluster_it_started(tmp_path):
+    """A binary that cannot find its migrations fails after starting the embedded PostgreSQL: the cluster it
+    started must stop with it, or the next run on the same directory finds a server it does not own."""
+    import shutil
+    binary = tmp_path / "bin" / "r3"
+    binary.parent.mkdir()
+    shutil.copy(R3, binary)   # away from the repository: no Migrations/ beside it
+    env = {k: v for k, v in os.environ.items() if k != "R3_MIGRATIONS_DIR"}
+    out = tmp_path / "study"
+    p = subprocess.run([str(binary), "study", "--quick", "--seeds", "1", "--steps", "2", "--out", str(out)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "Migrations" in p.stderr, p.stderr[-2000:]
+    pg = out / "data" / "pg" / "data"
+    assert (pg / "PG_VERSION").exists(), "the cluster was initialised (the failure came after its start)"
+    assert not (pg / "postmaster.pid").exists(), "the embedded PostgreSQL is still running"
