@@ -196,3 +196,9 @@ uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst) {
     }
     return o;
 }
+
+/* Set while the HTTP event loop runs an inline responder: code that would block (a database call)
+   checks it and declines, so the request goes to a worker instead. */
+static __thread int r3_inline_context;
+void r3_set_inline_context(int on) { r3_inline_context = on; }
+int r3_in_inline_context(void) { return r3_inline_context; }

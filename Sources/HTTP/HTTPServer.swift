@@ -27,6 +27,9 @@ public struct HTTPServerConfig: Sendable {
     public var idleTimeout: Double = 60        // keep-alive connection with no request; a client not reading its response
     public var maxConnections = 1024
     public var handlerThreads = 8
+    /// Event loop threads, each with its own listening socket on the port (SO_REUSEPORT) and its own
+    /// connections; they answer from memory what needs no worker (see `HTTPInlineResponder`).
+    public var eventLoops = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
     public var shutdownGrace: Double = 30
     /// Streamed responses (SSE) open at once; more get 503.
     public var maxStreams = 64
@@ -56,38 +59,43 @@ public enum HTTPHeadDecision: Sendable {
 
 public typealias HTTPResponder = @Sendable (HTTPRequest) -> HTTPHeadDecision
 public typealias HTTPHandler = @Sendable (HTTPRequest) -> HTTPResponse
+/// Runs on the event loop thread itself and must never block: it answers a request it can answer from
+/// memory (a health check, a key already in the cache) and returns nil for anything else, which then
+/// goes to a worker. Code it calls can ask `HTTPInline.isActive` and throw `HTTPInline.WouldBlock`.
+public typealias HTTPInlineResponder = @Sendable (HTTPRequest) -> HTTPHeadDecision?
+
+/// Whether this thread is the event loop running an inline responder.
+public enum HTTPInline {
+    public static var isActive: Bool { r3_in_inline_context() != 0 }
+    /// Thrown by code that would have to block (a database read) while `isActive`.
+    public struct WouldBlock: Error { public init() {} }
+}
 
 public final class HTTPServer: @unchecked Sendable {
     public let config: HTTPServerConfig
     let responder: HTTPResponder
+    let inline: HTTPInlineResponder?
     let pool: WorkerPool
     let uploadPool: WorkerPool
     /// Requests the server answers itself (bad framing, limits, timeouts): one line each.
     public var logger = Logger(label: "r3.http", factory: { _ in SwiftLogNoOpLogHandler() })
-    private var listenFD: Int32 = -1
-    private var epfd: Int32 = -1
-    private var wakeFD: Int32 = -1
-    private var conns: [Int32: Connection] = [:]
-    private let lock = NSLock()
-    private var completions: [Completion] = []
+    private var loops: [EventLoop] = []
+    /// Guards what the loops share: the counters below and `stopRequested`.
+    let lock = NSLock()
     private var stopRequested = false
-    private var streams = 0
-    private var uploads = 0
-    /// Body bytes buffered by `.collect` on all connections (loop thread only).
+    var streams = 0
+    var uploads = 0
+    /// Open connections, all loops together (the `maxConnections` cap).
+    var connections = 0
+    /// Body bytes buffered by `.collect`, all loops together.
     private var bufferedBodyBytes = 0
-    private var loopThread: Thread?
+    private var running = 0
     private let stopped = DispatchSemaphore(value: 0)
     public private(set) var boundPort: UInt16 = 0
 
-    enum Completion {
-        case decided(Connection, HTTPHeadDecision)
-        case responded(Connection, HTTPResponse)
-        case drained(Connection)
-        case wantsBody(Connection)
-    }
-
-    public init(config: HTTPServerConfig, responder: @escaping HTTPResponder) {
+    public init(config: HTTPServerConfig, inline: HTTPInlineResponder? = nil, responder: @escaping HTTPResponder) {
         self.config = config
+        self.inline = inline
         self.responder = responder
         pool = WorkerPool(threads: config.handlerThreads, name: "r3-http")
         uploadPool = WorkerPool(threads: config.uploadThreads, name: "r3-upload")
@@ -102,48 +110,126 @@ public final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    /// Binds and starts the event loop on its own thread; returns the bound port (useful with port 0).
+    /// Binds and starts the event loops, each on its own thread with its own listening socket on the same
+    /// port (SO_REUSEPORT: the kernel spreads new connections over them); returns the bound port (useful
+    /// with port 0).
     @discardableResult
     public func start() throws -> UInt16 {
-        listenFD = try sys("socket") { r3_tcp_socket() }
-        var one: Int32 = 1
-        try sys("setsockopt") { setsockopt(listenFD, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = config.port.bigEndian
-        guard inet_pton(AF_INET, config.host, &addr.sin_addr) == 1 else {
-            throw SyscallError(call: "inet_pton(\(config.host))", errno: EINVAL)
-        }
-        try withUnsafePointer(to: &addr) { p in
-            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
-                try sys("bind \(config.host):\(config.port)") { bind(listenFD, sp, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        var port = config.port
+        do {
+            for i in 0..<max(1, config.eventLoops) {
+                let fd = try listenSocket(port: port)
+                if i == 0 {
+                    var bound = sockaddr_in(), len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+                    boundPort = UInt16(bigEndian: bound.sin_port)
+                    port = boundPort
+                }
+                do { loops.append(try EventLoop(server: self, listenFD: fd, index: i)) } catch { Glibc.close(fd); throw error }
             }
+        } catch {
+            for l in loops { l.discard() }
+            loops = []
+            throw error
         }
-        try sys("listen") { listen(listenFD, 1024) }
-        var bound = sockaddr_in(), len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listenFD, $0, &len) } }
-        boundPort = UInt16(bigEndian: bound.sin_port)
-        epfd = try sys("epoll_create1") { r3_epoll_create() }
-        wakeFD = try sys("eventfd") { r3_eventfd() }
-        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, listenFD, EPOLLIN) }
-        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, wakeFD, EPOLLIN) }
-        let t = Thread { [self] in self.loop() }
-        t.name = "r3-http-loop"
-        loopThread = t
-        t.start()
+        lock.lock(); running = loops.count; lock.unlock()
+        for l in loops { l.start() }
         return boundPort
+    }
+
+    private func listenSocket(port: UInt16) throws -> Int32 {
+        let fd = try sys("socket") { r3_tcp_socket() }
+        do {
+            var one: Int32 = 1
+            try sys("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            try sys("setsockopt") { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, config.host, &addr.sin_addr) == 1 else {
+                throw SyscallError(call: "inet_pton(\(config.host))", errno: EINVAL)
+            }
+            try withUnsafePointer(to: &addr) { p in
+                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp in
+                    try sys("bind \(config.host):\(port)") { bind(fd, sp, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+            }
+            try sys("listen") { listen(fd, 1024) }
+            return fd
+        } catch { Glibc.close(fd); throw error }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdownGrace`), then closes everything.
     public func shutdown() {
         lock.lock(); stopRequested = true; lock.unlock()
-        wake()
+        for l in loops { l.wake() }
     }
 
     public func waitUntilStopped() { stopped.wait(); stopped.signal() }
 
-    public var connectionCount: Int { lock.lock(); defer { lock.unlock() }; return conns.count }
+    public var connectionCount: Int { lock.lock(); defer { lock.unlock() }; return connections }
     public var isStopping: Bool { lock.lock(); defer { lock.unlock() }; return stopRequested }
+
+    /// Counts `n` more buffered body bytes, or says no past `maxBufferedBodyBytes`.
+    func reserveBody(_ n: Int) -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if bufferedBodyBytes + n > config.maxBufferedBodyBytes { return false }
+        bufferedBodyBytes += n
+        return true
+    }
+
+    func releaseBody(_ n: Int) { lock.lock(); bufferedBodyBytes -= n; lock.unlock() }
+
+    /// A loop ended; the last one stops the worker pools and lets `waitUntilStopped` return.
+    func loopStopped() {
+        lock.lock(); running -= 1; let last = running == 0; lock.unlock()
+        if last { pool.stop(); uploadPool.stop(); stopped.signal() }
+    }
+}
+
+/// One event loop: an epoll set, its listening socket and the connections it accepted, on one thread.
+/// A connection stays on the loop that accepted it; workers hand their results back to that loop.
+final class EventLoop: @unchecked Sendable {
+    unowned let server: HTTPServer
+    let index: Int
+    var config: HTTPServerConfig { server.config }
+    var logger: Logger { server.logger }
+    var pool: WorkerPool { server.pool }
+    var uploadPool: WorkerPool { server.uploadPool }
+    private var listenFD: Int32
+    private let epfd: Int32
+    private let wakeFD: Int32
+    private var conns: [Int32: Connection] = [:]
+    private let lock = NSLock()
+    private var completions: [Completion] = []
+    private let inline: HTTPInlineResponder?
+    private let responder: HTTPResponder
+
+    enum Completion {
+        case decided(Connection, HTTPHeadDecision)
+        case responded(Connection, HTTPResponse)
+        case drained(Connection)
+        case wantsBody(Connection)
+    }
+
+    init(server: HTTPServer, listenFD: Int32, index: Int) throws {
+        self.server = server; self.listenFD = listenFD; self.index = index
+        inline = server.inline; responder = server.responder
+        epfd = try sys("epoll_create1") { r3_epoll_create() }
+        wakeFD = try sys("eventfd") { r3_eventfd() }
+        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, listenFD, EPOLLIN) }
+        try sys("epoll_ctl") { r3_epoll_ctl(epfd, EpollOp.add.rawValue, wakeFD, EPOLLIN) }
+    }
+
+    /// Closes its descriptors when the server failed to start (the loop never ran).
+    func discard() { Glibc.close(listenFD); Glibc.close(epfd); Glibc.close(wakeFD) }
+
+    func start() {
+        let name = "r3-http-loop-\(index)"
+        // named from inside: corelibs Foundation sets the kernel's thread name only for the current thread
+        let t = Thread { [self] in Thread.current.name = name; self.loop() }
+        t.start()
+    }
 
     // MARK: event loop
 
@@ -166,8 +252,7 @@ public final class HTTPServer: @unchecked Sendable {
             }
             drainCompletions()
             expireDeadlines()
-            lock.lock(); let stop = stopRequested; lock.unlock()
-            if stop {
+            if server.isStopping {
                 if shutdownStarted == nil {
                     shutdownStarted = .now
                     if listenFD >= 0 { _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, listenFD, 0); Glibc.close(listenFD); listenFD = -1 }
@@ -178,10 +263,9 @@ public final class HTTPServer: @unchecked Sendable {
             }
         }
         for c in Array(conns.values) { close(c) }
-        pool.stop()
-        uploadPool.stop()
+        if listenFD >= 0 { Glibc.close(listenFD); listenFD = -1 }
         Glibc.close(epfd); Glibc.close(wakeFD)
-        stopped.signal()
+        server.loopStopped()
     }
 
     private func acceptAll() {
@@ -190,7 +274,8 @@ public final class HTTPServer: @unchecked Sendable {
             if fd < 0 { if errno == EINTR { continue }; return }
             _ = r3_set_nodelay(fd)
             let c = Connection(fd: fd, limits: config.limits)
-            lock.lock(); let full = conns.count >= config.maxConnections; conns[fd] = c; lock.unlock()
+            server.lock.lock(); let full = server.connections >= config.maxConnections; server.connections += 1; server.lock.unlock()
+            conns[fd] = c
             _ = r3_epoll_ctl(epfd, EpollOp.add.rawValue, fd, EPOLLIN | EPOLLRDHUP)
             c.interest = EPOLLIN | EPOLLRDHUP
             if full {
@@ -240,8 +325,20 @@ public final class HTTPServer: @unchecked Sendable {
         }
     }
 
-    /// Drives the parser as far as the connection's phase allows.
+    /// Drives the parser as far as the connection's phase allows. Not reentrant: a call made while it runs
+    /// for the same connection (an inline answer flushed, a pipelined request behind it) only asks it to go
+    /// round again, so a client's pipelined requests never deepen the loop thread's stack.
     private func process(_ c: Connection) {
+        if c.processing { c.processAgain = true; return }
+        c.processing = true
+        defer { c.processing = false }
+        repeat {
+            c.processAgain = false
+            processOnce(c)
+        } while c.processAgain && !c.closed
+    }
+
+    private func processOnce(_ c: Connection) {
         while !c.closed {
             switch c.phase {
             case .idle:
@@ -255,6 +352,15 @@ public final class HTTPServer: @unchecked Sendable {
                     c.deadline = nil
                     let req = HTTPRequest(head: head)
                     c.phase = .deciding(head)
+                    if let inline {
+                        r3_set_inline_context(1)
+                        let d = inline(req)
+                        r3_set_inline_context(0)
+                        if let d {   // answered here: no worker, no wake-up, no change of epoll interest
+                            decided(c, head, d)
+                            continue
+                        }
+                    }
                     let responder = self.responder
                     pool.submit { [weak self] in self?.complete(.decided(c, responder(req))) }
                     return
@@ -274,10 +380,10 @@ public final class HTTPServer: @unchecked Sendable {
                             let piece = UnsafeRawBufferPointer(rebasing: buf[(used + r.lowerBound)..<(used + r.upperBound)])
                             if c.body.count + piece.count > limit {
                                 failure = (413, "the body exceeds the limit of \(limit) bytes for this request")
-                            } else if bufferedBodyBytes + piece.count > config.maxBufferedBodyBytes {
+                            } else if !server.reserveBody(piece.count) {
                                 failure = (503, "the server is buffering too many request bodies; retry later")
                             } else {
-                                c.body.append(contentsOf: piece); bufferedBodyBytes += piece.count
+                                c.body.append(contentsOf: piece)
                             }
                         case .end: ended = true
                         case let .error(e): failure = (e.status, e.message)
@@ -344,7 +450,7 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     private func releaseBody(_ c: Connection) {
-        bufferedBodyBytes -= c.body.count
+        server.releaseBody(c.body.count)
         c.body = []
     }
 
@@ -444,7 +550,7 @@ public final class HTTPServer: @unchecked Sendable {
             c.lastInput = .now
             process(c)
         case let .stream(handler):
-            lock.lock(); let full = uploads >= config.maxUploads; if !full { uploads += 1 }; lock.unlock()
+            server.lock.lock(); let full = server.uploads >= config.maxUploads; if !full { server.uploads += 1 }; server.lock.unlock()
             if full {
                 c.phase = .idle; c.closeAfterWrite = true
                 return refuse(c, 503, "the server is taking \(config.maxUploads) uploads already; retry later", head, level: .warning,
@@ -465,7 +571,7 @@ public final class HTTPServer: @unchecked Sendable {
             uploadPool.submit { [weak self] in
                 let r = handler(body)
                 guard let self else { return }
-                self.lock.lock(); self.uploads -= 1; self.lock.unlock()
+                self.server.lock.lock(); self.server.uploads -= 1; self.server.lock.unlock()
                 self.complete(.responded(c, r))
             }
             process(c)
@@ -493,9 +599,9 @@ public final class HTTPServer: @unchecked Sendable {
     }
 
     private func respond(_ c: Connection, _ r: HTTPResponse) {
-        lock.lock(); let stopping = stopRequested; lock.unlock()
+        let stopping = server.isStopping
         if let body = r.stream {
-            lock.lock(); let full = streams >= config.maxStreams; if !full { streams += 1 }; lock.unlock()
+            server.lock.lock(); let full = server.streams >= config.maxStreams; if !full { server.streams += 1 }; server.lock.unlock()
             if full || stopping {
                 return refuse(c, 503, "too many open streams; retry later", nil, level: .warning)
             }
@@ -505,16 +611,17 @@ public final class HTTPServer: @unchecked Sendable {
             let pending = c.out.take()
             c.closed = true
             _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, fd, 0)
-            lock.lock(); conns[fd] = nil; lock.unlock()
+            conns[fd] = nil
+            server.lock.lock(); server.connections -= 1; server.lock.unlock()
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
             var tv = timeval(tv_sec: 10, tv_usec: 0)
             _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            let writer = HTTPStreamWriter(fd: fd, server: self)
+            let writer = HTTPStreamWriter(fd: fd, server: server)
             let head = r.head(keepAlive: false, date: httpDate())
             let t = Thread { [self] in
                 if pending.allSatisfy({ writer.write($0) }) && writer.write(head) { body(writer) }
                 Glibc.close(fd)
-                lock.lock(); streams -= 1; lock.unlock()
+                server.lock.lock(); server.streams -= 1; server.lock.unlock()
             }
             t.name = "r3-http-stream"
             t.start()
@@ -582,10 +689,11 @@ public final class HTTPServer: @unchecked Sendable {
         if case .collecting = c.phase { releaseBody(c) }
         _ = r3_epoll_ctl(epfd, EpollOp.delete.rawValue, c.fd, 0)
         Glibc.close(c.fd)
-        lock.lock(); conns[c.fd] = nil; lock.unlock()
+        conns[c.fd] = nil
+        server.lock.lock(); server.connections -= 1; server.lock.unlock()
     }
 
-    private func wake() { var one: UInt64 = 1; _ = write(wakeFD, &one, 8) }
+    func wake() { var one: UInt64 = 1; _ = write(wakeFD, &one, 8) }
 
     private var dateCache: (Int, String) = (0, "")
     private func httpDate() -> String {
@@ -644,6 +752,9 @@ final class Connection: @unchecked Sendable {
     var lastOutput = ContinuousClock.now
     var deadline: ContinuousClock.Instant?
     var deadlineStatus: Int?
+    /// `process` is running for this connection / was asked to run again meanwhile.
+    var processing = false
+    var processAgain = false
 
     init(fd: Int32, limits: HTTPLimits) { self.fd = fd; parser = HTTPParser(limits: limits) }
 

@@ -11,8 +11,8 @@ public final class WorkerPool: @unchecked Sendable {
 
     public init(threads n: Int, name: String) {
         for i in 0..<max(1, n) {
-            let t = Thread { [unowned self] in self.run() }
-            t.name = "\(name)-\(i)"
+            let label = "\(name)-\(i)"
+            let t = Thread { [unowned self] in Thread.current.name = label; self.run() }   // named from inside (see EventLoop.start)
             t.stackSize = 1 << 20
             threads.append(t)
             t.start()

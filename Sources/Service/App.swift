@@ -79,7 +79,7 @@ public final class App: @unchecked Sendable {
             Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json, max: max), scopes: scopes, handler: nil, stream: h)
         }
         routes = [
-            r("GET", "/livez", auth: false) { _, _, _, _ in .json(200, ["status": "ok"]) },
+            r("GET", "/livez", auth: false) { _, _, _, _ in HTTPResponse.livez },
             r("GET", "/readyz", auth: false) { app, _, _, _ in try app.ready() },
             r("GET", "/metrics", auth: false) { app, req, _, _ in try app.renderMetrics(req) },
             r("GET", "/jobs", auth: false) { app, req, _, _ in try app.jobsPage(req) },
@@ -148,7 +148,23 @@ public final class App: @unchecked Sendable {
     /// The HTTP entry point: routes and authenticates a request from its head, then says how its body is
     /// read (if at all). 404, 405, 401, 415 and a declared length over the route's limit (413) are
     /// answered before any body byte is read.
+    /// Routes the event loop answers itself when they can be answered from memory: no database read, no
+    /// file, no lock held for long. An authenticated one is answered inline only while its key is in the
+    /// cache (`AuthCache` throws `HTTPInline.WouldBlock` otherwise, and the request goes to a worker).
+    static let inlineRoutes: Set<String> = ["/livez", "/v1/whoami"]
+
+    /// The event loop's inline responder (HTTPServer `inline:`): nil hands the request to a worker.
+    public func decideInline(_ req: HTTPRequest) -> HTTPHeadDecision? {
+        guard let (route, _) = try? match(req), App.inlineRoutes.contains(route.name), case .none = route.body else { return nil }
+        return decideOrDecline(req)
+    }
+
     public func decide(_ req: HTTPRequest) -> HTTPHeadDecision {
+        decideOrDecline(req) ?? .respond(.problem(500, detail: "internal error"))   // declines only inline
+    }
+
+    /// nil when, on the event loop, answering would block (`HTTPInline.WouldBlock`): nothing was logged or counted.
+    private func decideOrDecline(_ req: HTTPRequest) -> HTTPHeadDecision? {
         let start = ContinuousClock.now
         var ctx = RequestContext(id: App.requestID(req.headers["X-Request-Id"]))
         do {
@@ -162,7 +178,7 @@ public final class App: @unchecked Sendable {
             let ctx = ctx
             switch route.body {
             case .none:
-                return .respond(finish(ctx, req, start) { try self.run(route, req, vars, project) })
+                return .respond(try finishOrDecline(ctx, req, start) { try self.run(route, req, vars, project) })
             case let .buffered(limit, types):
                 guard req.hasBody else {
                     return .respond(finish(ctx, req, start) { _ = try requireContentType(req, types); return try self.run(route, req, vars, project) })
@@ -190,6 +206,8 @@ public final class App: @unchecked Sendable {
                     }
                 }
             }
+        } catch is HTTPInline.WouldBlock {
+            return nil
         } catch {
             return .respond(finish(ctx, req, start) { throw error })
         }
@@ -264,8 +282,19 @@ public final class App: @unchecked Sendable {
     /// request's body, query or headers: they may hold keys.
     private func finish(_ ctx: RequestContext, _ req: HTTPRequest, _ start: ContinuousClock.Instant, bytesIn: () -> Int = { 0 },
                         _ body: () throws -> HTTPResponse) -> HTTPResponse {
+        do { return try finishOrDecline(ctx, req, start, bytesIn: bytesIn, body) } catch {
+            // only inline code throws WouldBlock, and it goes through finishOrDecline; a worker never sees it
+            return finish(ctx, req, start, bytesIn: bytesIn) { throw ServiceError(500, "a handler declined to block off the event loop") }
+        }
+    }
+
+    /// `finish`, except that `HTTPInline.WouldBlock` is thrown on, before anything is logged or counted.
+    private func finishOrDecline(_ ctx: RequestContext, _ req: HTTPRequest, _ start: ContinuousClock.Instant, bytesIn: () -> Int = { 0 },
+                                 _ body: () throws -> HTTPResponse) throws -> HTTPResponse {
         var resp: HTTPResponse
-        do { resp = try body() } catch {
+        do { resp = try body() } catch is HTTPInline.WouldBlock {
+            throw HTTPInline.WouldBlock()
+        } catch {
             resp = ServiceError.response(for: error)
             if resp.status >= 500 {
                 logger.error("internal error", metadata: ["request_id": .string(ctx.id), "method": .string(req.method), "route": .string(ctx.route),
@@ -358,6 +387,9 @@ extension HTTPResponse {
         for (n, v) in headers { h.set(n, v) }
         return HTTPResponse(status: status, headers: h, body: Data(text.utf8))
     }
+
+    /// The liveness answer, made once.
+    static let livez = HTTPResponse.json(200, ["status": "ok"])
 
     static func json(_ status: Int, _ obj: Any, headers: [(String, String)] = []) -> HTTPResponse {
         let data = (try? AnyJSONWriter.data(obj))

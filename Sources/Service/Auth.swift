@@ -21,6 +21,7 @@ final class AuthCache: @unchecked Sendable {
         lock.lock()
         if let e = entries[id], now < e.until { lock.unlock(); return e.principal }
         lock.unlock()
+        if HTTPInline.isActive { throw HTTPInline.WouldBlock() }   // the event loop never waits for the database
         let p = try lookup(key)
         var keep = p == nil ? min(1, ttl) : ttl
         if let until = p?.validUntil { keep = min(keep, max(0, until - Date().timeIntervalSince1970)) }   // never past expiry

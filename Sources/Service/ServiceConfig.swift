@@ -10,7 +10,7 @@ public struct ServiceConfig: Sendable {
         var h = HTTPServerConfig()
         h.host = host; h.port = port
         h.limits.maxBodyBytes = max(maxBodyBytes, maxImportBytes)
-        h.maxConnections = maxConnections; h.handlerThreads = httpThreads
+        h.maxConnections = maxConnections; h.handlerThreads = httpThreads; h.eventLoops = eventLoops
         h.uploadThreads = uploadThreads; h.maxUploads = maxUploads
         h.headerTimeout = headerTimeout; h.bodyTimeout = bodyTimeout; h.idleTimeout = idleTimeout
         return h
@@ -32,6 +32,7 @@ public struct ServiceConfig: Sendable {
       R3_MAX_IMPORT_ROLLOUTS most rollouts one import request may store (default 4096)
       R3_MAX_CONNECTIONS     open connections before 503 (default 1024)
       R3_HTTP_THREADS        request handler threads (default 8)
+      R3_EVENT_LOOPS         HTTP event loop threads; each accepts and serves its own connections (default: CPU cores, at most 8)
       R3_UPLOAD_THREADS      threads reading streamed uploads (rollouts, imports, turns), apart from the others (default 8)
       R3_MAX_UPLOADS         uploads running or waiting for an upload thread before 503 (default 64)
       R3_MAX_UPLOADS_PER_PROJECT  one project's uploads at once before 429 (default 4)
@@ -70,6 +71,7 @@ public struct ServiceConfig: Sendable {
     public var maxImportRollouts = 4096
     public var maxConnections = 1024
     public var httpThreads = 8
+    public var eventLoops = max(1, min(ProcessInfo.processInfo.activeProcessorCount, 8))
     public var uploadThreads = 8
     public var maxUploads = 64
     public var maxUploadsPerProject = 4
@@ -129,6 +131,7 @@ public struct ServiceConfig: Sendable {
         c.maxImportRollouts = try int("R3_MAX_IMPORT_ROLLOUTS", 1...100_000) ?? c.maxImportRollouts
         c.maxConnections = try int("R3_MAX_CONNECTIONS", 1...100_000) ?? c.maxConnections
         c.httpThreads = try int("R3_HTTP_THREADS", 1...256) ?? c.httpThreads
+        c.eventLoops = try int("R3_EVENT_LOOPS", 1...64) ?? c.eventLoops
         c.uploadThreads = try int("R3_UPLOAD_THREADS", 1...256) ?? c.uploadThreads
         c.maxUploads = try int("R3_MAX_UPLOADS", 1...100_000) ?? c.maxUploads
         c.maxUploadsPerProject = try int("R3_MAX_UPLOADS_PER_PROJECT", 1...100_000) ?? c.maxUploadsPerProject
@@ -171,7 +174,7 @@ extension ServiceConfig {
             "database_read": .string(databaseReadURL.map(ServiceConfig.redacted) ?? "none"), "read_replica_wait_s": d(replicaWaitSeconds),
             "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path), "checkpoint_cache_bytes": n(checkpointCacheBytes), "retention_s": d(retentionSeconds),
             "max_body_bytes": n(maxBodyBytes), "max_import_bytes": n(maxImportBytes), "max_import_rollouts": n(maxImportRollouts),
-            "max_connections": n(maxConnections), "http_threads": n(httpThreads), "upload_threads": n(uploadThreads),
+            "max_connections": n(maxConnections), "http_threads": n(httpThreads), "event_loops": n(eventLoops), "upload_threads": n(uploadThreads),
             "max_uploads": n(maxUploads), "max_uploads_per_project": n(maxUploadsPerProject), "db_pool": n(dbPool),
             "header_timeout_s": d(headerTimeout), "body_timeout_s": d(bodyTimeout), "idle_timeout_s": d(idleTimeout),
             "max_route_values": n(maxRouteValues), "workers": n(workers), "engine_threads": n(jobRunner.threadsPerWorker),

@@ -27,7 +27,7 @@ final class LocalService {
         do {
             let app = try App(config: config, pool: pool)
             var http = config.http; http.port = 0; http.handlerThreads = 4
-            server = HTTPServer(config: http) { app.decide($0) }
+            server = HTTPServer(config: http, inline: { app.decideInline($0) }) { app.decide($0) }
             port = try server.start()
             let key = try KeyRepository(pool: pool).create(project: project).key
             runner = JobRunner(app: app, config: config.jobRunner)

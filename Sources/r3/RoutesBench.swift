@@ -264,7 +264,7 @@ final class BenchService {
         let app = try App(config: config, pool: pool)
         var http = config.http
         http.port = 0
-        server = HTTPServer(config: http) { app.decide($0) }
+        server = HTTPServer(config: http, inline: { app.decideInline($0) }) { app.decide($0) }
         server.logger = R3Log.logger("r3.http")
         port = try server.start()
         key = try KeyRepository(pool: pool).create(project: "bench-\(name)-\(getpid())").key

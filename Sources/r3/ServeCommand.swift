@@ -89,7 +89,7 @@ struct ServeCommand: ParsableCommand {
         let (pool, embedded, label) = try openDatabase(config)
         let readPool = config.databaseReadURL.map { ConnectionPool(conninfo: $0, size: config.dbPool) }
         let app = try App(config: config, pool: pool, readPool: readPool)
-        let server = HTTPServer(config: config.http) { app.decide($0) }
+        let server = HTTPServer(config: config.http, inline: { app.decideInline($0) }) { app.decide($0) }
         server.logger = R3Log.logger("r3.http")
         let port = try server.start()
         let runner = JobRunner(app: app, config: config.jobRunner)

@@ -130,6 +130,9 @@ func loopCPUSeconds() -> Double {
         active.send("GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
         #expect(active.responses(1).first?.status == 200, "one handler thread still serves while 30 clients stall")
         let more = try (0..<9).map { _ in try RawClient(port: s.boundPort) }
+        // each event loop accepts from its own queue: wait until all 40 are in before the 41st arrives
+        for _ in 0..<500 where s.connectionCount < 40 { usleep(10_000) }
+        #expect(s.connectionCount == 40)
         let over = try RawClient(port: s.boundPort)
         // all 40 others must stay open until the 41st is answered (release builds end lifetimes at last use)
         withExtendedLifetime((idle, active, more)) {
@@ -191,6 +194,54 @@ func loopCPUSeconds() -> Double {
         let r = c.responses(1).first
         #expect(r?.status == 200 && r?.headers["connection"] == "close")
         s.waitUntilStopped()
+        #expect(throws: SyscallError.self) { try RawClient(port: s.boundPort) }
+    }
+
+    /// The inline responder runs on the event loop (HTTPInline.isActive) and answers there; what it declines
+    /// goes to a worker, in order with what it answered. Thousands of pipelined requests answered inline on
+    /// one connection do not deepen the loop's stack (process is not reentrant).
+    @Test func inlineAnswersOnTheLoopAndDeclinesToAWorker() throws {
+        var c = HTTPServerConfig(); c.port = 0
+        let s = HTTPServer(config: c, inline: { req in
+            req.path == "/fast" ? .respond(.text(200, "inline \(HTTPInline.isActive)")) : nil
+        }) { req in .respond(.text(200, "worker \(HTTPInline.isActive) \(req.path)")) }
+        try s.start(); defer { s.shutdown(); s.waitUntilStopped() }
+        let client = try RawClient(port: s.boundPort)
+        client.send("GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(client.responses(3).map(\.body) == ["inline true", "worker false /slow", "inline true"])
+
+        let n = 20_000
+        let many = try RawClient(port: s.boundPort)
+        many.send(String(repeating: "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n", count: n - 1) + "GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        var data = [UInt8](), buf = [UInt8](repeating: 0, count: 1 << 16)
+        while true { let k = recv(many.fd, &buf, buf.count, 0); if k <= 0 { break }; data += buf[0..<k] }
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(text.components(separatedBy: "HTTP/1.1 200 OK").count - 1 == n)
+        #expect(text.components(separatedBy: "inline true").count - 1 == n)
+    }
+
+    /// Several event loops share the port (SO_REUSEPORT): connections land on more than one of them, each
+    /// is served by the loop that accepted it, and shutdown stops them all.
+    @Test func eventLoopsShareThePort() throws {
+        var c = HTTPServerConfig(); c.port = 0; c.eventLoops = 2
+        let s = HTTPServer(config: c, inline: { _ in
+            let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?"
+            return .respond(.text(200, name.trimmingCharacters(in: .whitespacesAndNewlines)))
+        }) { _ in .respond(.text(500, "")) }
+        try s.start()
+        let clients = try (0..<64).map { _ in try RawClient(port: s.boundPort) }
+        var names = Set<String>()
+        for cl in clients {
+            cl.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            let rs = cl.responses(2)
+            #expect(rs.count == 2 && rs[0].body == rs[1].body, "one connection, one loop")
+            names.formUnion(rs.map(\.body))
+        }
+        #expect(names == ["r3-http-loop-0", "r3-http-loop-1"], "64 connections all on one loop: \(names)")
+        #expect(s.connectionCount == 64)
+        s.shutdown()
+        s.waitUntilStopped()
+        #expect(clients.allSatisfy { $0.closedByServer() })
         #expect(throws: SyscallError.self) { try RawClient(port: s.boundPort) }
     }
 }

@@ -17,6 +17,9 @@ int r3_epoll_ctl(int epfd, int op, int fd, uint32_t events);
 /// Waits; fills fds[i] and events[i]; returns the count or -1 (errno set).
 int r3_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
 int r3_eventfd(void);
+/* the HTTP loop thread running an inline responder (see cposix.c) */
+void r3_set_inline_context(int on);
+int r3_in_inline_context(void);
 int r3_set_nodelay(int fd);
 /// A non-blocking, close-on-exec IPv4 TCP socket.
 int r3_tcp_socket(void);
