@@ -130,15 +130,24 @@ public struct HTTPResponse: Sendable {
 
     /// Status line and header block, CRLF-terminated (Content-Length and Connection added here).
     public func head(keepAlive: Bool, date: String) -> Data {
-        var s = "HTTP/1.1 \(status) \(HTTPResponse.reason(status))\r\n"
-        for (n, v) in headers.fields where n.lowercased() != "content-length" && n.lowercased() != "connection" { s += "\(n): \(v)\r\n" }
-        if let n = headLength { s += "Content-Length: \(n)\r\n" }
-        else if let src = source { s += "Content-Length: \(src.length)\r\n" }
-        else if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { s += "Content-Length: \(body.count)\r\n" }
-        s += "Date: \(date)\r\n"
-        s += keepAlive ? "" : "Connection: close\r\n"
-        s += "\r\n"
-        return Data(s.utf8)
+        var b = [UInt8]()
+        b.reserveCapacity(160 + headers.fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 })
+        func put(_ s: String) { var s = s; s.withUTF8 { b.append(contentsOf: $0) } }
+        func put(_ s: StaticString) { s.withUTF8Buffer { b.append(contentsOf: $0) } }
+        func number(_ n: Int) { put(String(n)) }
+        put("HTTP/1.1 "); number(status); put(" " as StaticString); put(HTTPResponse.reason(status)); put("\r\n" as StaticString)
+        for (n, v) in headers.fields where !HTTPHeaders.same(n, "Content-Length") && !HTTPHeaders.same(n, "Connection") {
+            put(n); put(": " as StaticString); put(v); put("\r\n" as StaticString)
+        }
+        var length: Int?
+        if let n = headLength { length = n }
+        else if let src = source { length = src.length }
+        else if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { length = body.count }
+        if let n = length { put("Content-Length: " as StaticString); number(n); put("\r\n" as StaticString) }
+        put("Date: " as StaticString); put(date); put("\r\n" as StaticString)
+        if !keepAlive { put("Connection: close\r\n" as StaticString) }
+        put("\r\n" as StaticString)
+        return Data(b)
     }
 
     public static func reason(_ status: Int) -> String {

@@ -22,28 +22,14 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = [UInt8]()
-        line.reserveCapacity(320)
-        line.append(contentsOf: #"{"ts":""#.utf8)
-        JSONLogHandler.timestamp(&line)
-        line.append(contentsOf: #"","level":""#.utf8)
-        line.append(contentsOf: event.level.rawValue.utf8)
-        line.append(contentsOf: #"","logger":"#.utf8); JSONLogHandler.string(label, &line)
-        line.append(contentsOf: #","msg":"#.utf8); JSONLogHandler.string(event.message.description, &line)
+        var line = JSONLogLine(level: event.level, label: label, message: event.message.description)
         var all = metadata
         if let m = event.metadata { all.merge(m) { _, new in new } }
         for key in all.keys.sorted() where key != "ts" && key != "level" && key != "logger" && key != "msg" {
-            line.append(UInt8(ascii: ",")); JSONLogHandler.string(key, &line); line.append(UInt8(ascii: ":"))
-            JSONLogHandler.value(all[key]!, &line)
+            line.key(key)
+            JSONLogHandler.value(all[key]!, &line.bytes)
         }
-        line.append(contentsOf: "}\n".utf8)
-        line.withUnsafeBytes { raw in
-            var off = 0
-            while off < raw.count {
-                let n = Foundation.write(fd, raw.baseAddress! + off, raw.count - off)
-                if n > 0 { off += n } else if n < 0 && errno == EINTR { continue } else { return }
-            }
-        }
+        line.write(fd: fd)
     }
 
     static func value(_ v: Logger.Metadata.Value, _ out: inout [UInt8]) {
@@ -109,7 +95,50 @@ public struct JSONLogHandler: LogHandler {
     }
 }
 
+/// One JSON log line built field by field: the bytes `JSONLogHandler` writes for the same event, without a
+/// Metadata dictionary (the request log's hot path). The caller adds fields in sorted key order, as the
+/// handler writes them.
+public struct JSONLogLine {
+    var bytes: [UInt8] = []
+
+    public init(level: Logger.Level, label: String, message: String) {
+        bytes.reserveCapacity(320)
+        bytes.append(contentsOf: #"{"ts":""#.utf8)
+        JSONLogHandler.timestamp(&bytes)
+        bytes.append(contentsOf: #"","level":""#.utf8)
+        bytes.append(contentsOf: level.rawValue.utf8)
+        bytes.append(contentsOf: #"","logger":"#.utf8); JSONLogHandler.string(label, &bytes)
+        bytes.append(contentsOf: #","msg":"#.utf8); JSONLogHandler.string(message, &bytes)
+    }
+
+    mutating func key(_ k: String) {
+        bytes.append(UInt8(ascii: ",")); JSONLogHandler.string(k, &bytes); bytes.append(UInt8(ascii: ":"))
+    }
+    public mutating func field(_ k: String, _ v: String) { key(k); JSONLogHandler.string(v, &bytes) }
+    public mutating func field(_ k: String, _ v: Int) { key(k); bytes.append(contentsOf: String(v).utf8) }
+    public mutating func field(_ k: String, _ v: Double) {
+        key(k)
+        if v.isFinite { bytes.append(contentsOf: String(v).utf8) } else { JSONLogHandler.string(v.description, &bytes) }
+    }
+
+    /// The line with its newline, in one write(2) (lines from threads and processes never interleave).
+    public func write(fd: Int32 = 2) {
+        var line = bytes
+        line.append(contentsOf: "}\n".utf8)
+        line.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = Foundation.write(fd, raw.baseAddress! + off, raw.count - off)
+                if n > 0 { off += n } else if n < 0 && errno == EINTR { continue } else { return }
+            }
+        }
+    }
+}
+
 public enum R3Log {
+    /// Whether `bootstrap` ran: loggers write JSON lines to stderr (set once, before any server starts).
+    public static var isBootstrapped: Bool { lock.lock(); defer { lock.unlock() }; return bootstrapped }
+
     nonisolated(unsafe) private static var bootstrapped = false
     private static let lock = NSLock()
 

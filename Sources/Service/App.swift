@@ -23,6 +23,8 @@ public final class App: @unchecked Sendable {
     let uploadGate: UploadGate
     /// JSON lines on stderr once `R3Log.bootstrap` ran (the r3 commands), else nothing.
     let logger = R3Log.logger("r3.api")
+    /// Request lines go to stderr as JSON (the process bootstrapped R3Log), at level info.
+    let logRequests = R3Log.isBootstrapped
     /// Absolute data directory: the local checkpoint cache and scratch space (the checkpoints themselves
     /// are in the database).
     let dataDirectory: URL
@@ -52,6 +54,8 @@ public final class App: @unchecked Sendable {
         let handler: Handler?; let stream: StreamHandler?
     }
     let routes: [Route]
+    /// Paths that only routes without variables match: the indexes of those routes, in order.
+    private(set) var staticRoutes: [String: [Int]] = [:]
 
     /// `readPool`: a streaming replica (DATABASE_URL_READ) for route fetches and rollout listings.
     public init(config: ServiceConfig, pool: ConnectionPool, readPool: ConnectionPool? = nil) throws {
@@ -143,6 +147,13 @@ public final class App: @unchecked Sendable {
             r("GET", "/v1/quota") { app, _, _, p in try app.quota(project: p) },
             r("GET", "/v1/whoami") { app, req, _, _ in try app.whoami(req) },
         ]
+        for (i, route) in routes.enumerated() where !route.pattern.contains(where: { $0.hasPrefix("{") }) {
+            let path = route.name
+            let segs = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+            // a path a route with variables also matches keeps the scan (whose order decides)
+            if routes.contains(where: { $0.pattern.contains(where: { $0.hasPrefix("{") }) && match($0.pattern, segs) != nil }) { continue }
+            staticRoutes[path, default: []].append(i)
+        }
     }
 
     /// The HTTP entry point: routes and authenticates a request from its head, then says how its body is
@@ -308,19 +319,33 @@ public final class App: @unchecked Sendable {
         }
         let elapsed = seconds(since: start)
         metrics.observe(route: ctx.route, method: req.method, status: resp.status, seconds: elapsed)
-        if logger.logLevel <= .info {
-            var m: Logger.Metadata = ["request_id": .string(ctx.id), "method": .string(req.method), "route": .string(ctx.route),
-                                      "status": .stringConvertible(resp.status), "bytes_in": .stringConvertible(bytesIn()),
-                                      "duration_ms": .stringConvertible((elapsed * 1e5).rounded() / 100)]
-            if resp.stream == nil { m["bytes_out"] = .stringConvertible(resp.headLength ?? resp.source?.length ?? resp.body.count) }
-            if let p = ctx.project { m["project"] = .stringConvertible(p) }
-            if let k = ctx.keyID { m["key_id"] = .stringConvertible(k) }
-            logger.info("request", metadata: m)
+        if logRequests && logger.logLevel <= .info {
+            // the request log, written field by field in the order JSONLogHandler sorts them (no Metadata dictionary)
+            var line = JSONLogLine(level: .info, label: "r3.api", message: "request")
+            line.field("bytes_in", bytesIn())
+            if resp.stream == nil { line.field("bytes_out", resp.headLength ?? resp.source?.length ?? resp.body.count) }
+            line.field("duration_ms", (elapsed * 1e5).rounded() / 100)
+            if let k = ctx.keyID { line.field("key_id", k) }
+            line.field("method", req.method)
+            if let p = ctx.project { line.field("project", p) }
+            line.field("request_id", ctx.id)
+            line.field("route", ctx.route)
+            line.field("status", resp.status)
+            line.write()
         }
         return resp
     }
 
     private func match(_ req: HTTPRequest) throws -> (Route, [String: String]) {
+        if let candidates = staticRoutes[req.path] {   // the same answer as the scan below, without splitting the path
+            var allowed: [String] = []
+            for i in candidates {
+                let route = routes[i]
+                if route.method == req.method || (route.method == "GET" && req.method == "HEAD") { return (route, [:]) }
+                allowed.append(route.method)
+            }
+            throw ServiceError(405, "\(req.method) is not allowed here", headers: [("Allow", allowed.joined(separator: ", "))])
+        }
         let segs = req.path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         var allowed: [String] = []
         for route in routes {

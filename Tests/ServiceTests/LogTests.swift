@@ -34,6 +34,33 @@ struct LogTests {
         #expect(o["ts"]?.stringValue?.hasSuffix("Z") == true)
     }
 
+    /// The request log's field-by-field line is byte for byte what the handler writes for the same event
+    /// (apart from the timestamp).
+    @Test func aLineBuiltFieldByFieldIsTheHandlersLine() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        let h = JSONLogHandler(label: "r3.api", level: .info, fd: fds[1])
+        let logger = Logger(label: "r3.api", factory: { _ in h })
+        logger.info("request", metadata: ["request_id": "a\"b", "method": "GET", "route": "/v1/x", "status": .stringConvertible(200),
+                                          "bytes_in": .stringConvertible(0), "bytes_out": .stringConvertible(15),
+                                          "duration_ms": .stringConvertible(0.07), "project": .stringConvertible(3), "key_id": .stringConvertible(9)])
+        var line = JSONLogLine(level: .info, label: "r3.api", message: "request")
+        line.field("bytes_in", 0); line.field("bytes_out", 15); line.field("duration_ms", 0.07); line.field("key_id", 9)
+        line.field("method", "GET"); line.field("project", 3); line.field("request_id", "a\"b"); line.field("route", "/v1/x")
+        line.field("status", 200)
+        line.write(fd: fds[1])
+        close(fds[1])
+        var all = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true { let n = read(fds[0], &buf, buf.count); if n <= 0 { break }; all += buf[0..<n] }
+        let lines = all.split(separator: 0x0A).map { String(decoding: $0, as: UTF8.self) }
+        #expect(lines.count == 2)
+        let noTime = lines.map { $0.replacingOccurrences(of: #""ts":"[^"]*""#, with: "", options: .regularExpression) }
+        #expect(noTime[0] == noTime[1])
+        #expect(noTime[0].contains(#""duration_ms":0.07,"#) && noTime[0].contains(#""request_id":"a\"b""#))
+    }
+
     @Test(arguments: [
         ("postgres://r3:hunter2@db.example:5432/r3?sslmode=require", "postgres://r3:***@db.example:5432/r3?sslmode=require"),
         ("postgresql://r3@db/r3?password=hunter2&sslmode=require", "postgresql://r3@db/r3?password=***&sslmode=require"),
