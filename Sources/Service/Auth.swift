@@ -58,7 +58,7 @@ extension App {
         guard let h = req.headers["Authorization"], h.lowercased().hasPrefix("bearer ") else {
             throw ServiceError(401, "missing bearer API key (Authorization: Bearer r3_...)")
         }
-        let key = String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        let key = App.bearerToken(h)
         guard let p = try authCache.principal(key, lookup: { try keys.authenticate($0) }) else {
             throw ServiceError(401, "invalid, revoked or expired API key")
         }

@@ -76,17 +76,33 @@ extension App {
     /// per-process key cache that authenticated the request, so it costs no database read while cached:
     /// a check for CI scripts, and the bench's measure of what authentication alone costs.
     func whoami(_ req: HTTPRequest) throws -> HTTPResponse {
-        let key = String((req.headers["Authorization"] ?? "").dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        let key = App.bearerToken(req.headers["Authorization"] ?? "")
         guard let p = try authCache.principal(key, lookup: { try keys.authenticate($0) }) else {
             throw ServiceError(401, "invalid, revoked or expired API key")
         }
-        func v(_ x: Int?) -> Any { x ?? NSNull() }
-        let until: Any = p.validUntil.map { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: $0)) } ?? NSNull()
-        return .json(200, ["project": p.projectName, "key_id": p.keyID, "key_prefix": p.keyPrefix, "key_name": p.keyName, "scopes": p.scopes.sorted(),
-                           "valid_until": until,
-                           "quotas": ["route_bytes": v(p.quotas.maxRouteBytes), "active_jobs": v(p.quotas.maxActiveJobs),
-                                      "requests_per_second": p.quotas.requestsPerSecond.map { $0 as Any } ?? NSNull(),
-                                      "request_burst": v(p.quotas.requestBurst)],
-                           "cache_seconds": authCache.ttl])
+        // typed JSON in sorted key order (answered on the event loop: no dynamic casts, no JSONSerialization)
+        func v(_ x: Int?) -> JSONValue { x.map { .int(Int64($0)) } ?? .null }
+        let until: JSONValue = p.validUntil.map { .string(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: $0))) } ?? .null
+        let body = JSONValue.object(JSONObject([
+            ("cache_seconds", .double(authCache.ttl)), ("key_id", .int(Int64(p.keyID))), ("key_name", .string(p.keyName)),
+            ("key_prefix", .string(p.keyPrefix)), ("project", .string(p.projectName)),
+            ("quotas", .object(JSONObject([("active_jobs", v(p.quotas.maxActiveJobs)), ("request_burst", v(p.quotas.requestBurst)),
+                                           ("requests_per_second", p.quotas.requestsPerSecond.map { .double($0) } ?? .null),
+                                           ("route_bytes", v(p.quotas.maxRouteBytes))]))),
+            ("scopes", .array(p.scopes.sorted().map { .string($0) })), ("valid_until", until),
+        ]))
+        var out: [UInt8] = []
+        body.write(&out)
+        return HTTPResponse(status: 200, headers: HTTPHeaders([("Content-Type", "application/json")]), body: Data(out))
+    }
+
+    /// The token of an `Authorization: Bearer <token>` value, ASCII spaces and tabs trimmed (after the
+    /// 7-byte scheme; the caller checked the scheme).
+    static func bearerToken(_ header: String) -> String {
+        let u = Array(header.utf8.dropFirst(7))
+        var a = 0, b = u.count
+        while a < b && (u[a] == 0x20 || u[a] == 0x09) { a += 1 }
+        while b > a && (u[b - 1] == 0x20 || u[b - 1] == 0x09) { b -= 1 }
+        return String(decoding: u[a..<b], as: UTF8.self)
     }
 }

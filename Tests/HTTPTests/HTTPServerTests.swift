@@ -244,4 +244,15 @@ func loopCPUSeconds() -> Double {
         #expect(clients.allSatisfy { $0.closedByServer() })
         #expect(throws: SyscallError.self) { try RawClient(port: s.boundPort) }
     }
+
+    /// problem+json bodies are written by hand: valid JSON with the four fields, whatever the detail holds.
+    @Test func problemBodiesAreJSON() throws {
+        let detail = "a \"quoted\" path /x\\y, a newline\n, a tab\t, a bell \u{7} and é"
+        let r = HTTPResponse.problem(422, detail: detail)
+        let o = try #require(try JSONSerialization.jsonObject(with: r.body) as? [String: Any])
+        #expect(o["detail"] as? String == detail && o["status"] as? Int == 422)
+        #expect(o["title"] as? String == "Unprocessable Content" || o["title"] as? String == HTTPResponse.reason(422))
+        #expect(o["type"] as? String == "about:blank" && o.count == 4)
+        #expect(r.headers["content-type"] == "application/problem+json")
+    }
 }
