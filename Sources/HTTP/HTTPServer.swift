@@ -133,7 +133,8 @@ public final class HTTPServer: @unchecked Sendable {
             throw error
         }
         lock.lock(); running = loops.count; lock.unlock()
-        for l in loops { l.start() }
+        lock.lock(); let ls = loops; lock.unlock()
+        for l in ls { l.start() }
         return boundPort
     }
 
@@ -161,8 +162,8 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Stops accepting, lets in-flight requests finish (up to `shutdownGrace`), then closes everything.
     public func shutdown() {
-        lock.lock(); stopRequested = true; lock.unlock()
-        for l in loops { l.wake() }
+        lock.lock(); stopRequested = true; let ls = loops; lock.unlock()
+        for l in ls { l.wake() }
     }
 
     public func waitUntilStopped() { stopped.wait(); stopped.signal() }
@@ -182,7 +183,7 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// A loop ended; the last one stops the worker pools and lets `waitUntilStopped` return.
     func loopStopped() {
-        lock.lock(); running -= 1; let last = running == 0; lock.unlock()
+        lock.lock(); running -= 1; let last = running == 0; if last { loops = [] }; lock.unlock()
         if last { pool.stop(); uploadPool.stop(); stopped.signal() }
     }
 }
@@ -190,7 +191,9 @@ public final class HTTPServer: @unchecked Sendable {
 /// One event loop: an epoll set, its listening socket and the connections it accepted, on one thread.
 /// A connection stays on the loop that accepted it; workers hand their results back to that loop.
 final class EventLoop: @unchecked Sendable {
-    unowned let server: HTTPServer
+    /// Strong: a server dropped without `shutdown` keeps running (as a loop thread holding it always did);
+    /// the server lets go of its loops once the last one stopped.
+    let server: HTTPServer
     let index: Int
     var config: HTTPServerConfig { server.config }
     var logger: Logger { server.logger }
@@ -202,6 +205,8 @@ final class EventLoop: @unchecked Sendable {
     private var conns: [Int32: Connection] = [:]
     private let lock = NSLock()
     private var completions: [Completion] = []
+    /// The loop ended and closed epfd and wakeFD (guarded by `lock`).
+    private var fdsClosed = false
     private let inline: HTTPInlineResponder?
     private let responder: HTTPResponder
 
@@ -264,7 +269,7 @@ final class EventLoop: @unchecked Sendable {
         }
         for c in Array(conns.values) { close(c) }
         if listenFD >= 0 { Glibc.close(listenFD); listenFD = -1 }
-        Glibc.close(epfd); Glibc.close(wakeFD)
+        lock.lock(); fdsClosed = true; Glibc.close(epfd); Glibc.close(wakeFD); lock.unlock()
         server.loopStopped()
     }
 
@@ -693,7 +698,12 @@ final class EventLoop: @unchecked Sendable {
         server.lock.lock(); server.connections -= 1; server.lock.unlock()
     }
 
-    func wake() { var one: UInt64 = 1; _ = write(wakeFD, &one, 8) }
+    /// Interrupts epoll_wait; never after the loop closed its descriptors (the number may be reused).
+    func wake() {
+        lock.lock(); defer { lock.unlock() }
+        if fdsClosed { return }
+        var one: UInt64 = 1; _ = write(wakeFD, &one, 8)
+    }
 
     private var dateCache: (Int, String) = (0, "")
     private func httpDate() -> String {

@@ -12,7 +12,9 @@ public final class WorkerPool: @unchecked Sendable {
     public init(threads n: Int, name: String) {
         for i in 0..<max(1, n) {
             let label = "\(name)-\(i)"
-            let t = Thread { [unowned self] in Thread.current.name = label; self.run() }   // named from inside (see EventLoop.start)
+            // named from inside (see EventLoop.start); the thread keeps the pool until `stop` ends it, so a
+            // pool released right after `stop` is never read by a thread that had not started yet
+            let t = Thread { [self] in Thread.current.name = label; self.run() }
             t.stackSize = 1 << 20
             threads.append(t)
             t.start()
