@@ -35,7 +35,7 @@ let package = Package(
         .systemLibrary(name: "CLibPQ", path: "Sources/CLibPQ"),
         .target(name: "Store", dependencies: ["CLibPQ", "CPosix", "Routes"], swiftSettings: cpu),
         .target(name: "Log", dependencies: [.product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
-        .target(name: "HTTP", dependencies: ["CPosix", .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
+        .target(name: "HTTP", dependencies: ["CPosix", "JSON", .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),
         .target(name: "RL", dependencies: ["JSON", "MoE", "Routes"], swiftSettings: cpu),
         .target(name: "Service", dependencies: ["HTTP", "Store", "Routes", "RL", "MoE", "JSON", "CPosix", "Log",
                                                 .product(name: "Logging", package: "swift-log")], swiftSettings: cpu),

@@ -1,5 +1,6 @@
 // HTTPTypes: requests, responses, limits and the HTTP module's one error type.
 import Foundation
+import JSON
 
 public struct HTTPLimits: Sendable {
     public var maxRequestLine = 8 * 1024          // longer → 414
@@ -126,9 +127,9 @@ public struct HTTPResponse: Sendable {
         // {"detail","status","title","type"}, keys sorted, written directly (JSONSerialization was most of a 401's cost)
         var b = [UInt8]()
         b.reserveCapacity(96 + detail.utf8.count)
-        b.append(contentsOf: #"{"detail":"#.utf8); jsonString(detail, &b)
+        b.append(contentsOf: #"{"detail":"#.utf8); JSONValue.writeString(detail, &b)
         b.append(contentsOf: #","status":"#.utf8); b.append(contentsOf: String(status).utf8)
-        b.append(contentsOf: #","title":"#.utf8); jsonString(title ?? HTTPResponse.reason(status), &b)
+        b.append(contentsOf: #","title":"#.utf8); JSONValue.writeString(title ?? HTTPResponse.reason(status), &b)
         b.append(contentsOf: #","type":"about:blank"}"#.utf8)
         let data = Data(b)
         return HTTPResponse(status: status, headers: HTTPHeaders([("Content-Type", "application/problem+json")]), body: data, close: close)
@@ -196,23 +197,4 @@ public struct HTTPParseError: Error, Equatable, CustomStringConvertible {
     public var status: Int
     public var message: String
     public var description: String { "\(status): \(message)" }
-}
-
-/// A JSON string literal: quotes, backslashes and control characters escaped (slashes are not).
-func jsonString(_ s: String, _ out: inout [UInt8]) {
-    out.append(0x22)
-    for c in s.utf8 {
-        switch c {
-        case 0x22: out += [0x5C, 0x22]
-        case 0x5C: out += [0x5C, 0x5C]
-        case 0x0A: out += [0x5C, 0x6E]
-        case 0x0D: out += [0x5C, 0x72]
-        case 0x09: out += [0x5C, 0x74]
-        case 0..<0x20:
-            let hex = Array("0123456789abcdef".utf8)
-            out += [0x5C, 0x75, 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 15)]]
-        default: out.append(c)
-        }
-    }
-    out.append(0x22)
 }

@@ -166,20 +166,21 @@ public final class App: @unchecked Sendable {
 
     /// The event loop's inline responder (HTTPServer `inline:`): nil hands the request to a worker.
     public func decideInline(_ req: HTTPRequest) -> HTTPHeadDecision? {
-        guard let (route, _) = try? match(req), App.inlineRoutes.contains(route.name), case .none = route.body else { return nil }
-        return decideOrDecline(req)
+        guard let matched = try? match(req), App.inlineRoutes.contains(matched.0.name), case .none = matched.0.body else { return nil }
+        return decideOrDecline(req, matched: matched)
     }
 
     public func decide(_ req: HTTPRequest) -> HTTPHeadDecision {
         decideOrDecline(req) ?? .respond(.problem(500, detail: "internal error"))   // declines only inline
     }
 
-    /// nil when, on the event loop, answering would block (`HTTPInline.WouldBlock`): nothing was logged or counted.
-    private func decideOrDecline(_ req: HTTPRequest) -> HTTPHeadDecision? {
+    /// nil when, on the event loop, answering would block (`HTTPInline.WouldBlock`): nothing was logged or
+    /// counted. `matched`: the route the caller already found for `req`.
+    private func decideOrDecline(_ req: HTTPRequest, matched: (Route, [String: String])? = nil) -> HTTPHeadDecision? {
         let start = ContinuousClock.now
         var ctx = RequestContext(id: App.requestID(req.headers["X-Request-Id"]))
         do {
-            let (route, vars) = try match(req)
+            let (route, vars) = try matched ?? match(req)
             ctx.route = route.name
             if route.auth {
                 let p = try authorize(req, scopes: route.scopes)

@@ -21,9 +21,7 @@ struct LogTests {
         ])
         logger.debug("below the level")
         close(fds[1])
-        var all = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true { let n = read(fds[0], &buf, buf.count); if n <= 0 { break }; all += buf[0..<n] }
+        let all = readToEnd(fds[0])
         let lines = all.split(separator: 0x0A)
         #expect(lines.count == 1)
         let o = try JSONReader.parse(Array(lines[0])).objectValue!
@@ -51,9 +49,7 @@ struct LogTests {
         line.field("status", 200)
         line.write(fd: fds[1])
         close(fds[1])
-        var all = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true { let n = read(fds[0], &buf, buf.count); if n <= 0 { break }; all += buf[0..<n] }
+        let all = readToEnd(fds[0])
         let lines = all.split(separator: 0x0A).map { String(decoding: $0, as: UTF8.self) }
         #expect(lines.count == 2)
         let noTime = lines.map { $0.replacingOccurrences(of: #""ts":"[^"]*""#, with: "", options: .regularExpression) }
@@ -78,4 +74,12 @@ struct LogTests {
         #expect((try? R3Log.level(["R3_LOG_LEVEL": "WARNING"])) == .warning)
         #expect((try? R3Log.level([:])) == .info)
     }
+}
+
+/// Every byte left in a pipe whose write end is closed.
+private func readToEnd(_ fd: Int32) -> [UInt8] {
+    var all = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true { let n = read(fd, &buf, buf.count); if n <= 0 { break }; all += buf[0..<n] }
+    return all
 }
