@@ -46,7 +46,7 @@ let package = Package(
             swiftSettings: cpu),
         .testTarget(name: "MoETests", dependencies: ["MoE", "Routes"], swiftSettings: engine),
         .testTarget(name: "JSONTests", dependencies: ["JSON", "CPosix"], swiftSettings: cpu),
-        .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON"], swiftSettings: cpu),
+        .testTarget(name: "RoutesTests", dependencies: ["Routes", "JSON", "CPosix"], swiftSettings: cpu),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP"], swiftSettings: cpu),
         .testTarget(name: "StoreTests", dependencies: ["Store", "CPosix"], swiftSettings: cpu),
         .testTarget(name: "RLTests", dependencies: ["RL", "MoE", "Routes", "JSON"], swiftSettings: cpu),

@@ -3,6 +3,7 @@
 // K experts). Computed once when routes are written and kept beside them (int32 little-endian [layers, E],
 // with the rows that had no route), so the load of a training step is a sum of small histograms rather
 // than a pass over gigabytes of routes. ReLibra (2025) balances expert-parallel load from exactly this.
+import CPosix
 import Foundation
 
 public struct ExpertLoad: Sendable, Equatable {
@@ -29,28 +30,17 @@ public struct ExpertLoad: Sendable, Equatable {
         let L = p.layers, K = p.topK, E = p.numExperts
         var c = [Int32](repeating: 0, count: L * E)
         let rows = min(p.rows, tokens.map { max(0, $0 - 1) } ?? p.rows)
-        var bad: Int?
-        p.bytes.withUnsafeBytes { raw in
+        var flags = [UInt8](repeating: 0, count: rows)
+        let bad = p.bytes.withUnsafeBytes { raw in
             c.withUnsafeMutableBufferPointer { counts in
-                let marker = p.width == 1 ? 0xFF : 0xFFFF
-                for t in 0..<rows {
-                    var rowMissing = false
-                    for l in 0..<L {
-                        let o = (t * L + l) * K
-                        let base = l * E
-                        let first = p.width == 1 ? Int(raw[o]) : Int(raw[2 * o]) | Int(raw[2 * o + 1]) << 8
-                        if first == marker && !(p.width == 1 && E == 256) { rowMissing = true; continue }
-                        for j in 0..<K {
-                            let e = p.width == 1 ? Int(raw[o + j]) : Int(raw[2 * (o + j)]) | Int(raw[2 * (o + j) + 1]) << 8
-                            guard e < E else { bad = e; return }   // validated on write; never a write past the histogram
-                            counts[base + e] &+= 1
-                        }
-                    }
-                    if rowMissing { missing.append(t) }
+                flags.withUnsafeMutableBufferPointer { f in
+                    r3_routes_histogram(raw.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(rows), UInt32(L), UInt32(K), UInt32(E),
+                                        UInt32(p.width), counts.baseAddress, f.baseAddress)   // ids are validated on write; never a write past the histogram
                 }
             }
         }
-        if let e = bad { throw RoutesError.malformed("stored routes hold expert \(e) of \(E)") }
+        for t in 0..<rows where flags[t] != 0 { missing.append(t) }
+        if bad >= 0 { let e = bad; throw RoutesError.malformed("stored routes hold expert \(e) of \(E)") }
         load.counts = c.map(Int.init)
         load.tokens = rows - missing.count
         return (load, missing)

@@ -3,6 +3,8 @@
 // holds an int32 copy of its routes. `finish` then fixes the shape from the layout and token count,
 // checks every row, drops the dense layers' rows, and returns the packed MoE-layer routes.
 
+import CPosix
+
 public struct RouteBuilder: Sendable {
     /// 1 while every value is in -1...254 (0xFF = -1), else 2 (0xFFFF = -1).
     public private(set) var width = 1
@@ -55,25 +57,14 @@ public struct RouteBuilder: Sendable {
         guard count + n <= maxValues else { throw RoutesError.invalid("routes have more than \(maxValues) values") }
         switch dtype {
         case .int32:
-            // the common case (SGLang): blocks converted through a small buffer while the ids fit a byte
+            // the common case (SGLang): narrowed in place at the end of the bytes while the ids fit a byte
             var i = 0
-            if width == 1 {
+            if width == 1 && n > 0 {
                 if bytes.capacity < bytes.count + n { bytes.reserveCapacity(max(bytes.count + n, bytes.capacity * 2)) }   // doubling, never exact
-                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { block in
-                    while i < n {
-                        let m = min(4096, n - i)
-                        var k = 0
-                        while k < m {
-                            let v = Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * (i + k), as: Int32.self))
-                            if v < -1 || v >= 255 { break }
-                            block[k] = UInt8(truncatingIfNeeded: v)
-                            k += 1
-                        }
-                        bytes.append(contentsOf: UnsafeBufferPointer(rebasing: block[0..<k]))
-                        i += k
-                        if k < m { break }
-                    }
-                }
+                let start = bytes.count
+                bytes.append(contentsOf: repeatElement(0, count: n))
+                i = bytes.withUnsafeMutableBufferPointer { Int(r3_narrow_i32_u8(raw.baseAddress!, UInt64(n), $0.baseAddress! + start)) }
+                if i < n { bytes.removeLast(n - i) }
                 count += i
             }
             while i < n { try append(Int64(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))); i += 1 }
@@ -114,69 +105,25 @@ public struct RouteBuilder: Sendable {
 
     /// The common case in one pass over bytes: ids stored one per byte, at most 255 experts (so 0xFF is
     /// "missing" whatever the input's signedness). Checks every row as the general path does and returns
-    /// the MoE layers' bytes, or nil at the first problem (the general path then reports it). Rows of 8
-    /// (top-8, the usual K) are checked as one 64-bit word: a duplicate is a zero byte in the word XOR its
-    /// byte rotations.
+    /// the MoE layers' bytes, or nil at the first problem (the general path then reports it). The pass is
+    /// `r3_routes_pack_u8` (routes.c): with every layer MoE and top-8, four rows per AVX2 step (a duplicate
+    /// is a byte equal to one of its row's byte rotations), and no copy: the stored form is the input.
     func fastPack(rows: Int, L: Int, K: Int, E: Int, moeIndex: [Int], dense: [Int]) -> [UInt8]? {
-        let moe = moeIndex.count
-        var out = [UInt8](repeating: 0, count: rows * moe * K)
-        let limit = UInt8(E)
-        @inline(__always) func hasZeroByte(_ v: UInt64) -> Bool { (v &- 0x0101_0101_0101_0101) & ~v & 0x8080_8080_8080_8080 != 0 }
-        let ok = bytes.withUnsafeBufferPointer { src -> Bool in
-            out.withUnsafeMutableBufferPointer { dst -> Bool in
-                moeIndex.withUnsafeBufferPointer { moeL in
-                    dense.withUnsafeBufferPointer { denseL in
-                        let s = UnsafeRawPointer(src.baseAddress!), d = UnsafeMutableRawPointer(dst.baseAddress!)
-                        var o = 0
-                        var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
-                        for t in 0..<rows {
-                            let rowBase = t * L * K
-                            for l in denseL {
-                                let b = rowBase + l * K, first = src[b]
-                                if first != 0 && first != 0xFF { return false }
-                                for j in 1..<K where src[b + j] != first { return false }
-                            }
-                            for l in moeL {
-                                let b = rowBase + l * K
-                                if K == 8 {
-                                    let v = s.loadUnaligned(fromByteOffset: b, as: UInt64.self)
-                                    if v != ~0 {
-                                        for j in 0..<8 where src[b + j] >= limit { return false }   // 0xFF >= limit too: partly missing
-                                        var r = v
-                                        for _ in 1..<8 {
-                                            r = (r >> 8) | (r << 56)
-                                            if hasZeroByte(v ^ r) { return false }
-                                        }
-                                    }
-                                    d.storeBytes(of: v, toByteOffset: o, as: UInt64.self)
-                                } else {
-                                    if src[b] == 0xFF {
-                                        for j in 1..<K where src[b + j] != 0xFF { return false }
-                                    } else {
-                                        seen = (0, 0, 0, 0)
-                                        for j in 0..<K {
-                                            let e = src[b + j]
-                                            if e >= limit { return false }
-                                            let bit = UInt64(1) << UInt64(e & 63)
-                                            switch e >> 6 {
-                                            case 0: if seen.0 & bit != 0 { return false }; seen.0 |= bit
-                                            case 1: if seen.1 & bit != 0 { return false }; seen.1 |= bit
-                                            case 2: if seen.2 & bit != 0 { return false }; seen.2 |= bit
-                                            default: if seen.3 & bit != 0 { return false }; seen.3 |= bit
-                                            }
-                                        }
-                                    }
-                                    for j in 0..<K { dst[o + j] = src[b + j] }
-                                }
-                                o += K
-                            }
-                        }
-                        return true
+        let identity = dense.isEmpty && moeIndex.count == L && moeIndex.elementsEqual(0..<L)
+        var out = identity ? [] : [UInt8](repeating: 0, count: rows * moeIndex.count * K)
+        let moe32 = moeIndex.map { Int32($0) }, dense32 = dense.map { Int32($0) }
+        let ok = bytes.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                moe32.withUnsafeBufferPointer { m in
+                    dense32.withUnsafeBufferPointer { d in
+                        r3_routes_pack_u8(src.baseAddress, UInt64(rows), UInt32(L), UInt32(K), UInt32(E), m.baseAddress, UInt32(m.count),
+                                          d.baseAddress, UInt32(d.count), identity ? nil : dst.baseAddress) == 1
                     }
                 }
             }
         }
-        return ok ? out : nil
+        guard ok else { return nil }
+        return identity ? bytes : out   // every layer MoE: the stored form is the input (count = rows × L × K)
     }
 
     /// What the caller knows of the shape: the three dimensions when the encoding carried them

@@ -186,10 +186,8 @@ struct StringRoutes {
     var dtype: IntDType?
     var encoding = "sglang_base64"
     var b64 = Base64Decoder()
-    // decoded bytes: sniffed for the .npy magic, then its header, then elements
-    var head: [UInt8] = []
-    var bytesStage = 0              // 0 sniffing the magic, 1 .npy header, 2 elements
-    var sink: ElementSink?
+    // decoded bytes: a .npy file (vLLM 0.33) or raw int32 (SGLang); the envelope's own dtype once it is read
+    var reader = RouteBytesReader(.npyOrInt32)
 
     mutating func feed(_ piece: UnsafeRawBufferPointer, into b: inout RouteBuilder) throws {
         switch stage {
@@ -225,8 +223,7 @@ struct StringRoutes {
         guard dims.count == 3, dims.allSatisfy({ ($0 ?? -1) >= 0 }) else { throw RoutesError.malformed("routes envelope shape '\(parts[2])' is not <S>x<L>x<K>") }
         shape = try RouteShape.check(dims.map { $0! }, what: "routes envelope")
         dtype = d
-        sink = ElementSink(dtype: d)
-        bytesStage = 2
+        reader = RouteBytesReader(.raw(d))
         stage = .base64
         let rest = Array(text[(end + 1)...]); text = []
         try rest.withUnsafeBytes { try decode($0, into: &b) }
@@ -240,16 +237,51 @@ struct StringRoutes {
     }
 
     mutating func bytes(_ bytes: UnsafeRawBufferPointer, into b: inout RouteBuilder) throws {
-        if bytesStage == 2 { try sink!.feed(bytes, into: &b); return }
+        try reader.feed(bytes, into: &b)
+        if reader.isNPY && encoding == "sglang_base64" { encoding = "npy_base64" }
+    }
+
+    mutating func finish(into b: inout RouteBuilder) throws -> ([Int]?, String) {
+        if stage == .sniffing { stage = .base64; let t = text; text = []; try t.withUnsafeBytes { try decode($0, into: &b) } }
+        if stage == .envelopeHeader { throw RoutesError.malformed("routes envelope must be nrlre1:<dtype>:<S>x<L>x<K>:<base64>") }
+        try b64.finish()
+        try reader.finish(into: &b, what: "routed_experts")
+        if reader.isNPY { shape = reader.shape }
+        if let s = shape, RouteShape.count(s) != b.count {
+            throw RoutesError.malformed("\(encoding == "nrlre1" ? "routes envelope" : ".npy") shape \(s) does not match the \(b.count) values of its data")
+        }
+        return (shape, encoding)
+    }
+}
+
+/// Route bytes arriving in pieces of any size: a .npy file (its header gives dtype and shape), raw
+/// little-endian elements of a known dtype, or either told apart by the .npy magic (raw int32 otherwise:
+/// SGLang). Elements go to a RouteBuilder as they complete; the input is never held whole.
+public struct RouteBytesReader {
+    public enum Form { case npy, raw(IntDType), npyOrInt32 }
+    let form: Form
+    var head: [UInt8] = []
+    var stage = 0                   // 0 sniffing the magic, 1 .npy header, 2 elements
+    var sink: ElementSink?
+    /// The .npy header's shape, once read.
+    public private(set) var shape: [Int]?
+    public private(set) var isNPY = false
+
+    public init(_ form: Form) {
+        self.form = form
+        if case let .raw(d) = form { stage = 2; sink = ElementSink(dtype: d) }
+    }
+
+    public var dtype: IntDType? { sink?.dtype }
+
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, into b: inout RouteBuilder) throws {
+        if stage == 2 { try sink!.feed(bytes, into: &b); return }
         head.append(contentsOf: bytes)
-        if bytesStage == 0 {
-            let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]
-            if head.count < 6 && head == Array(magic.prefix(head.count)) { return }
-            if head.starts(with: magic) { bytesStage = 1; encoding = "npy_base64" } else {
-                // SGLang: raw little-endian int32, shape from the model
-                bytesStage = 2; sink = ElementSink(dtype: .int32)
-                let h = head; head = []
-                try h.withUnsafeBytes { try sink!.feed($0, into: &b) }
+        if stage == 0 {
+            if head.count < 6 && head == Array(NPY.magic.prefix(head.count)) { return }
+            if head.starts(with: NPY.magic) { stage = 1; isNPY = true } else {
+                guard case .npyOrInt32 = form else { throw RoutesError.malformed(".npy: missing the \\x93NUMPY magic") }
+                try rawInt32(into: &b)
                 return
             }
         }
@@ -266,23 +298,26 @@ struct StringRoutes {
         guard h.shape.count == 3 else { throw RoutesError.invalid("routes must have rank 3 [rows, layers, top_k], got shape \(h.shape)") }
         guard let d = IntDType(npy: h.dtype) else { throw RoutesError.malformed(".npy: routes must be an integer array, got \(h.dtype.rawValue)") }
         shape = try RouteShape.check(h.shape, what: ".npy")
-        dtype = d
         sink = ElementSink(dtype: d)
-        bytesStage = 2
+        stage = 2
         let rest = Array(head[(prefix + hl)...]); head = []
         try rest.withUnsafeBytes { try sink!.feed($0, into: &b) }
     }
 
-    mutating func finish(into b: inout RouteBuilder) throws -> ([Int]?, String) {
-        if stage == .sniffing { stage = .base64; let t = text; text = []; try t.withUnsafeBytes { try decode($0, into: &b) } }
-        if stage == .envelopeHeader { throw RoutesError.malformed("routes envelope must be nrlre1:<dtype>:<S>x<L>x<K>:<base64>") }
-        try b64.finish()
-        if bytesStage == 0 && !head.isEmpty { bytesStage = 2; sink = ElementSink(dtype: .int32); let h = head; head = []; try h.withUnsafeBytes { try sink!.feed($0, into: &b) } }
-        if bytesStage == 1 { throw RoutesError.malformed(".npy: truncated header") }
-        try sink?.finish("routed_experts")
-        if let s = shape, RouteShape.count(s) != b.count {
-            throw RoutesError.malformed("\(encoding == "nrlre1" ? "routes envelope" : ".npy") shape \(s) does not match the \(b.count) values of its data")
+    private mutating func rawInt32(into b: inout RouteBuilder) throws {
+        stage = 2; sink = ElementSink(dtype: .int32)
+        let h = head; head = []
+        try h.withUnsafeBytes { try sink!.feed($0, into: &b) }
+    }
+
+    /// Ends the input (`what` names it in errors).
+    public mutating func finish(into b: inout RouteBuilder, what: String) throws {
+        if stage == 0 && !head.isEmpty {
+            guard case .npyOrInt32 = form else { throw RoutesError.malformed(".npy: missing the \\x93NUMPY magic") }
+            try rawInt32(into: &b)
         }
-        return (shape, encoding)
+        if stage == 0, case .npy = form { throw RoutesError.malformed(".npy: the body is empty") }
+        if stage == 1 { throw RoutesError.malformed(".npy: truncated header") }
+        try sink?.finish(what)
     }
 }

@@ -79,8 +79,8 @@ public final class App: @unchecked Sendable {
         func r(_ m: String, _ p: String, auth: Bool = true, _ scopes: [Scope] = [], body: BodyMode = .none, _ h: @escaping Handler) -> Route {
             Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: auth, body: body, scopes: scopes, handler: h, stream: nil)
         }
-        func s(_ m: String, _ p: String, _ scopes: [Scope], max: Int = config.maxImportBytes, _ h: @escaping StreamHandler) -> Route {
-            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(json, max: max), scopes: scopes, handler: nil, stream: h)
+        func s(_ m: String, _ p: String, _ scopes: [Scope], types: [String] = json, max: Int = config.maxImportBytes, _ h: @escaping StreamHandler) -> Route {
+            Route(method: m, pattern: p.split(separator: "/").map(String.init), name: p, auth: true, body: .streamed(types, max: max), scopes: scopes, handler: nil, stream: h)
         }
         routes = [
             r("GET", "/livez", auth: false) { _, _, _, _ in HTTPResponse.livez },
@@ -97,8 +97,8 @@ public final class App: @unchecked Sendable {
             r("DELETE", "/v1/rollouts/{id}", write) { app, _, v, p in try app.deleteRollout(v["id"]!, project: p) },
             s("POST", "/v1/rollouts/{id}/turns", write) { app, req, body, v, p in try app.appendTurn(req, body, id: v["id"]!, project: p) },
             r("GET", "/v1/rollouts/{id}/routes", read) { app, req, v, p in try app.getRoutes(req, id: v["id"]!, project: p) },
-            r("PUT", "/v1/rollouts/{id}/routes", write, body: .buffered(config.maxBodyBytes, ["application/x-npy", "application/octet-stream"])) { app, req, v, p in
-                try app.putRoutes(req, id: v["id"]!, project: p)
+            s("PUT", "/v1/rollouts/{id}/routes", write, types: ["application/x-npy", "application/octet-stream"], max: config.maxBodyBytes) { app, req, body, v, p in
+                try app.putRoutes(req, body, id: v["id"]!, project: p)
             },
             r("POST", "/v1/routes:batchGet", read, body: .buffered(small, json)) { app, req, _, p in try app.batchGet(req, project: p) },
             r("POST", "/v1/routes:stats", read, body: .buffered(small, json)) { app, req, _, p in try app.routeStats(req, project: p) },

@@ -211,7 +211,10 @@ extension App {
 
     // MARK: upload
 
-    func putRoutes(_ req: HTTPRequest, id: String, project: Int) throws -> HTTPResponse {
+    /// PUT /v1/rollouts/{id}/routes: a .npy file or raw little-endian elements (shape and dtype in the query
+    /// or headers), read as the body streams in: the ids go to the packed form as they arrive, and a raw
+    /// body whose length does not match its shape is refused before it is read.
+    func putRoutes(_ req: HTTPRequest, _ body: HTTPBodyStream, id: String, project: Int) throws -> HTTPResponse {
         let q = req.query
         guard let record = try rollouts.get(project: project, id: id) else { throw ServiceError.notFound("rollout \(id)") }
         var d = RolloutDraft()
@@ -232,37 +235,47 @@ extension App {
             d.moeLayers = l.map { $0! }
         }
         var b = RouteBuilder(maxValues: config.maxRouteValues)
-        let ct = MediaType(req.headers["Content-Type"] ?? "")?.type
-        var shape: [Int]
+        let isNPY = MediaType(req.headers["Content-Type"] ?? "")?.type == "application/x-npy"
+        var reader: RouteBytesReader
+        var declaredShape: [Int]?
+        if isNPY {
+            reader = RouteBytesReader(.npy)
+        } else {
+            guard let shapeText = q["shape"] ?? req.headers["X-R3-Shape"] else {
+                throw ServiceError.badRequest("octet-stream routes need shape=T,L,K (query or X-R3-Shape header)")
+            }
+            let dims = shapeText.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard dims.count == 3, dims.allSatisfy({ $0 >= 0 && $0 < 1 << 31 }) else { throw ServiceError.badRequest("shape must be three non-negative integers T,L,K") }
+            guard let dt = IntDType(rawValue: q["dtype"] ?? req.headers["X-R3-Dtype"] ?? "int32") else {
+                throw ServiceError.badRequest("dtype must be one of int64, int32, int16, int8, uint8, uint16")
+            }
+            let (n, over) = dims[0].multipliedReportingOverflow(by: dims[1] * dims[2])
+            guard !over, n <= config.maxRouteValues else { throw ServiceError(413, "routes have more than \(config.maxRouteValues) values") }
+            let length = body.declaredLength ?? -1
+            guard length == n * dt.size else {
+                throw ServiceError.badRequest("the body has \(length < 0 ? "no declared length" : "\(length) bytes"); shape \(dims) of \(dt.rawValue) needs \(n * dt.size)")
+            }
+            reader = RouteBytesReader(.raw(dt))
+            declaredShape = dims
+        }
         do {
-            if ct == "application/x-npy" {
-                let a = try NPY.decode(req.body)
-                guard a.shape.count == 3 else { throw RoutesError.invalid("routes must have rank 3 [rows, layers, top_k], got shape \(a.shape)") }
-                guard let dt = IntDType(npy: a.dtype) else { throw RoutesError.malformed(".npy: routes must be an integer array, got \(a.dtype.rawValue)") }
-                guard a.count <= config.maxRouteValues else { throw ServiceError(413, "routes have more than \(config.maxRouteValues) values") }
-                try a.bytes.withUnsafeBytes { try b.append($0, dtype: dt) }
-                shape = a.shape
-            } else {
-                guard let shapeText = q["shape"] ?? req.headers["X-R3-Shape"] else {
-                    throw ServiceError.badRequest("octet-stream routes need shape=T,L,K (query or X-R3-Shape header)")
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            while true {
+                let n = try buffer.withUnsafeMutableBytes { try body.read(into: $0) }
+                if n == 0 { break }
+                try buffer.withUnsafeBytes { try reader.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), into: &b) }
+                if let s = reader.shape, RouteShape.count(s) > config.maxRouteValues {   // the .npy header's claim, before its data
+                    throw ServiceError(413, "routes have more than \(config.maxRouteValues) values")
                 }
-                let dims = shapeText.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-                guard dims.count == 3, dims.allSatisfy({ $0 >= 0 && $0 < 1 << 31 }) else { throw ServiceError.badRequest("shape must be three non-negative integers T,L,K") }
-                guard let dt = IntDType(rawValue: q["dtype"] ?? req.headers["X-R3-Dtype"] ?? "int32") else {
-                    throw ServiceError.badRequest("dtype must be one of int64, int32, int16, int8, uint8, uint16")
-                }
-                let (n, over) = dims[0].multipliedReportingOverflow(by: dims[1] * dims[2])
-                guard !over, n <= config.maxRouteValues else { throw ServiceError(413, "routes have more than \(config.maxRouteValues) values") }
-                guard req.body.count == n * dt.size else {
-                    throw ServiceError.badRequest("the body has \(req.body.count) bytes; shape \(dims) of \(dt.rawValue) needs \(n * dt.size)")
-                }
-                try req.body.withUnsafeBytes { try b.append($0, dtype: dt) }
-                shape = dims
+            }
+            try reader.finish(into: &b, what: isNPY ? "the .npy data" : "the body")
+            if isNPY, let s = reader.shape, RouteShape.count(s) != b.count {
+                throw RoutesError.malformed(".npy: shape \(s) does not match the \(b.count) values of its data")
             }
         } catch let e as RoutesError {
             throw ServiceError(e.isMalformed ? 400 : 422, "routes: \(e)")
         }
-        d.routes = IncomingRoutes(builder: b, shape: shape, encoding: ct == "application/x-npy" ? "npy" : "raw")
+        d.routes = IncomingRoutes(builder: b, shape: isNPY ? reader.shape : declaredShape, encoding: isNPY ? "npy" : "raw")
         let l = try layout(d, registered: try registeredLayout(project: project, model: record.model))
         let packed = try pack(d, layout: l)!
         guard try rollouts.putRoutes(project: project, id: id, packed) else { throw ServiceError.notFound("rollout \(id)") }

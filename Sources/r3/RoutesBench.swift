@@ -44,9 +44,10 @@ struct RoutesBenchCommand: ParsableCommand {
             }
         }
         let raw = ids.withUnsafeBufferPointer { Data(buffer: $0) }
-        let body = try JSONSerialization.data(withJSONObject: [
+        let body = Data([UInt8](try JSONSerialization.data(withJSONObject: [
             "model": "bench", "token_ids": Array(repeating: 1, count: T), "prompt_length": 0, "num_experts": experts,
-            "routed_experts": ["dtype": "int32", "shape": [T, layers, topK], "data": raw.base64EncodedString()]])
+            "routed_experts": ["dtype": "int32", "shape": [T, layers, topK], "data": raw.base64EncodedString()]],
+            options: [.withoutEscapingSlashes])))   // as Python's json.dumps sends it (base64 has '/': escaped, each is a "\\/"); contiguous
         var ingest: [Double] = []
         var rid = ""
         for _ in 0..<(quick ? 2 : 5) {
@@ -186,7 +187,8 @@ final class LoopbackClient {
         for h in headers { head += h + "\r\n" }
         if let b = body { head += "Content-Length: \(b.count)\r\n" }
         head += "\r\n"
-        try sendAll(Data(head.utf8) + (body ?? Data()))
+        try sendAll(Data(head.utf8))
+        if let b = body { try sendAll(b) }
         return try request(readOnly: ())
     }
 
@@ -202,28 +204,35 @@ final class LoopbackClient {
         return try request(readOnly: ())
     }
 
+    /// Reads one response: the head through a small buffer, then the body received straight into a buffer
+    /// of its Content-Length (as a client that keeps the body in memory does, with no copies after recv).
     private func request(readOnly: Void) throws -> (status: Int, body: Data) {
-        var buf = Data()
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        var head = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
         while true {
-            if let end = buf.range(of: Data("\r\n\r\n".utf8)) {
-                let headText = String(decoding: buf[..<end.lowerBound], as: UTF8.self)
-                let status = Int(headText.split(separator: " ")[1]) ?? 0
-                var len = 0
-                for l in headText.split(separator: "\r\n") where l.lowercased().hasPrefix("content-length:") {
-                    len = Int(l.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
-                }
-                let start = end.upperBound
-                while buf.count - (start - buf.startIndex) < len {
-                    let n = recv(fd, &chunk, chunk.count, 0)
-                    guard n > 0 else { throw ValidationError("connection closed mid-response") }
-                    buf.append(contentsOf: chunk[0..<n])
-                }
-                return (status, Data(buf[start..<(start + len)]))
-            }
             let n = recv(fd, &chunk, chunk.count, 0)
             guard n > 0 else { throw ValidationError("connection closed") }
-            buf.append(contentsOf: chunk[0..<n])
+            let from = max(0, head.count - 3)
+            head.append(contentsOf: chunk[0..<n])
+            guard let end = head[from...].firstRange(of: [13, 10, 13, 10]) else { continue }
+            let headText = String(decoding: head[..<end.lowerBound], as: UTF8.self)
+            let status = Int(headText.split(separator: " ")[1]) ?? 0
+            var len = 0
+            for l in headText.split(separator: "\r\n") where l.lowercased().hasPrefix("content-length:") {
+                len = Int(l.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+            var body = Data(count: len)
+            let have = min(len, head.count - end.upperBound)
+            try body.withUnsafeMutableBytes { dst in
+                head.withUnsafeBytes { src in dst.baseAddress!.copyMemory(from: src.baseAddress! + end.upperBound, byteCount: have) }
+                var got = have
+                while got < len {
+                    let n = recv(fd, dst.baseAddress! + got, len - got, 0)
+                    guard n > 0 else { throw ValidationError("connection closed mid-response") }
+                    got += n
+                }
+            }
+            return (status, body)
         }
     }
 

@@ -3,6 +3,7 @@
 // and the stored routes serve every reader's layout (all layers, pad, NeMo's T-th row) and splice turns.
 import Foundation
 import JSON
+import CPosix
 import Testing
 @testable import Routes
 
@@ -184,6 +185,53 @@ struct RouteBuilderTests {
             #expect(throws: RoutesError.invalid("expert id 128 at [1, 1, \(i)] is outside [0, 128)")) { _ = try finish(far) }
             var part = good; part[base + i] = -1
             #expect(throws: RoutesError.invalid("row [1, 1] is partly missing: -1 must fill a whole row")) { _ = try finish(part) }
+        }
+    }
+
+    /// Every layer MoE and top-8: the AVX2 check (four rows a step, no copy) over enough rows that
+    /// problems land inside its steps and in the scalar tail, each named at its row by the general path.
+    @Test func vectorCheckFindsEveryProblemWhereverItIs() throws {
+        let l = try RouteLayout.allMoE(layers: 3, numExperts: 100, topK: 8)
+        let rows = 50   // 1,200 bytes: 37 vector steps, then 2 rows' worth of tail
+        let gone = [2, 31, 49]   // whole tokens missing: in the vector steps and in the tail
+        let good = allLayers(rows: rows, layout: l, seed: 4, missing: Set(gone.flatMap { t in (0..<3).map { t * 3 + $0 } }))
+        func finish(_ ids: [Int32]) throws -> PackedRoutes {
+            var b = RouteBuilder()
+            try int32Bytes(ids).withUnsafeBytes { try b.append($0, dtype: .int32) }
+            return try b.finish(shape: [rows, 3, 8], rows: [rows], layout: l)
+        }
+        #expect(try finish(good).ids(RouteOutput()) == good)
+        for t in [0, 1, 16, 17, 36, 48, 49] {
+            for layer in 0..<3 where !gone.contains(t) {
+                let b = (t * 3 + layer) * 8
+                for i in [0, 3, 7] {
+                    var dup = good; dup[b + (i + 1) % 8] = dup[b + i]
+                    #expect(throws: RoutesError.invalid("expert \(dup[b + i]) appears twice at [\(t), \(layer)]")) { _ = try finish(dup) }
+                    var far = good; far[b + i] = 100
+                    #expect(throws: RoutesError.invalid("expert id 100 at [\(t), \(layer), \(i)] is outside [0, 100)")) { _ = try finish(far) }
+                    var part = good; part[b + i] = -1
+                    #expect(throws: RoutesError.invalid("row [\(t), \(layer)] is partly missing: -1 must fill a whole row")) { _ = try finish(part) }
+                }
+            }
+        }
+    }
+
+    /// int32 → uint8 narrowing (AVX2, 32 ids a step) stops exactly at the first id outside [-1, 254].
+    @Test func narrowingStopsAtTheFirstWideID() throws {
+        var s: UInt64 = 3
+        for n in [0, 1, 31, 32, 33, 64, 100, 1000] {
+            let ids = (0..<n).map { _ in s = s &* 6364136223846793005 &+ 1442695040888963407; return Int32(Int((s >> 33) % 256) - 1) }
+            var cases: [(Int, Int32)] = [(-1, 0)]
+            if n > 0 { cases += [(0, 255), (n / 2, -2), (n - 1, 70_000), (n / 3, Int32.min)] }
+            for (pos, wide) in cases {
+                var v = ids
+                if pos >= 0 { v[pos] = wide }
+                var out = [UInt8](repeating: 0xAA, count: n)
+                let done = v.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { Int(r3_narrow_i32_u8(raw.baseAddress!, UInt64(n), $0.baseAddress!)) } }
+                let want = pos >= 0 ? pos : n
+                #expect(done == want, "n \(n), wide \(wide) at \(pos)")
+                #expect(Array(out[0..<done]) == v[0..<done].map { UInt8(truncatingIfNeeded: $0) })
+            }
         }
     }
 

@@ -82,6 +82,26 @@ def test_upload_routes_as_npy_and_octet_stream(api):
     np.testing.assert_array_equal(np.load(io.BytesIO(api.get(api.base + f"/v1/rollouts/{rid}/routes?format=npy").content)), full)
 
 
+def test_streamed_route_uploads_refuse_bad_bodies_and_keep_the_stored_routes(api):
+    """PUT routes reads its body as it streams in: a raw body whose length does not match its shape is
+    refused before it is read, a truncated or mislabelled .npy is a 400 naming the problem, a .npy whose
+    header claims more values than it carries is a 400, and none of them touch the routes already stored."""
+    rid = post_rollout(api, T=10, routes=sglang_routes(10, seed=5)).json()["id"]
+    url = api.base + f"/v1/rollouts/{rid}/routes"
+    stored = api.get(url, params={"format": "npy"}).content
+    raw = sglang_routes(10, seed=6).astype(np.int32).tobytes()
+    r = api.put(url, params={"num_experts": E, "shape": "9,4,8"}, data=raw[:-4], headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "needs 1152" in r.json()["detail"], r.text
+    buf = io.BytesIO()
+    np.save(buf, sglang_routes(10, seed=6).astype(np.int32))
+    npy = buf.getvalue()
+    for body, words in [(npy[:-3], "ends inside a int32 value"), (npy[:-4], "does not match the 287 values"),
+                        (b"PK" + npy[2:], "magic"), (npy[:20], "truncated header"), (b"", "empty")]:
+        r = api.put(url, params={"num_experts": E}, data=body, headers={"Content-Type": "application/x-npy"})
+        assert r.status_code == 400 and words in r.json()["detail"], (words, r.text)
+    assert api.get(url, params={"format": "npy"}).content == stored
+
+
 def test_etag_and_row_ranges(api):
     routes = sglang_routes(16, seed=4)
     rid = post_rollout(api, T=16, routes=routes).json()["id"]

@@ -40,6 +40,19 @@ uint64_t r3_json_plain_run(const uint8_t *p, uint64_t n);
 uint32_t r3_crc32(uint32_t crc, const void *data, uint64_t n);
 /// Standard padded base64 of n bytes into dst, which must hold 4 * ((n + 2) / 3) bytes; returns that count.
 uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst);
+/// Route kernels (routes.c). Little-endian int32 ids to one byte each while every id is in [-1, 254]
+/// (-1 → 0xFF): returns how many were converted, stopping before the first id outside that range.
+uint64_t r3_narrow_i32_u8(const void *src, uint64_t n, uint8_t *dst);
+/// Checks uint8 routes [rows, L, K] of E ≤ 255 experts: each MoE layer's row (hidden index moe[i]) is all
+/// 0xFF (missing) or K distinct ids below E, each dense layer's row all 0 or all 0xFF. Copies the MoE rows
+/// to dst in order, unless dst is NULL. Returns 1, or 0 at the first problem (the caller names it).
+int r3_routes_pack_u8(const uint8_t *src, uint64_t rows, uint32_t L, uint32_t K, uint32_t E,
+                      const int32_t *moe, uint32_t nmoe, const int32_t *dense, uint32_t ndense, uint8_t *dst);
+/// Adds packed routes [rows, L, K] (width 1 or 2 bytes per id) to counts[L * E] per (layer, expert),
+/// skipping missing rows (0xFF / 0xFFFF, except with width 1 and 256 experts), and sets missing[t] to 1
+/// for a row missing in some layer, else 0. Returns -1, or the first id ≥ E it met (counts are then partial).
+int64_t r3_routes_histogram(const uint8_t *src, uint64_t rows, uint32_t L, uint32_t K, uint32_t E, uint32_t width,
+                            int32_t *counts, uint8_t *missing);
 /// SHA-256, incremental (sha256.c): SHA extensions when the CPU has them, else portable C.
 typedef struct { uint32_t h[8]; uint64_t length; uint8_t buffer[64]; uint64_t buffered; } r3_sha256_ctx;
 void r3_sha256_init(r3_sha256_ctx *c);
