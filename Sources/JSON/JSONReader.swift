@@ -182,6 +182,16 @@ public final class JSONReader {
         }
     }
 
+    /// Between top-level values of a sequence (NDJSON, JSON Lines): true when only whitespace is left.
+    public func atEnd() throws -> Bool { try peekByte() == nil }
+
+    /// Reads the `i`-th top-level value of a sequence with `[i]` on the path, so errors name it.
+    public func element<T>(_ i: Int, _ body: () throws -> T) throws -> T {
+        path.append(.index(i))
+        defer { path.removeLast() }
+        return try body()
+    }
+
     /// After the top-level value: only whitespace may follow.
     public func finish() throws {
         if let c = try peekByte() { throw syntax("unexpected \(describe(c)) after the JSON value") }

@@ -68,6 +68,7 @@ public final class App: @unchecked Sendable {
         jobs = JobRepository(pool: pool)
         runs = RunRepository(pool: pool)
         authCache = AuthCache(ttl: config.authCacheSeconds)
+        RouteCache.shared.limitBytes = config.routeCacheBytes
         uploadGate = UploadGate(limit: config.maxUploadsPerProject)
         dataDirectory = URL(fileURLWithPath: config.dataDir.path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL
         checkpoints = try CheckpointCache(dataDirectory: dataDirectory, limit: config.checkpointCacheBytes)
@@ -90,6 +91,9 @@ public final class App: @unchecked Sendable {
             r("GET", "/jobs/{id}", auth: false) { app, req, v, _ in try app.jobPage(req, id: v["id"]!) },
             r("GET", "/runs/{id}", auth: false) { app, req, v, _ in try app.runPage(req, id: v["id"]!) },
             s("POST", "/v1/rollouts", write) { app, req, body, _, p in try app.createRollout(req, body, project: p) },
+            s("POST", "/v1/rollouts:batchCreate", write, types: ["application/x-ndjson", "application/jsonl", "application/json"]) { app, req, body, _, p in
+                try app.createRollouts(req, body, project: p)
+            },
             s("POST", "/v1/rollouts:sglang", write) { app, req, body, _, p in try app.importEngine(.sglang, req, body, project: p) },
             s("POST", "/v1/rollouts:vllm", write) { app, req, body, _, p in try app.importEngine(.vllm, req, body, project: p) },
             r("GET", "/v1/rollouts", read) { app, req, _, p in try app.listRollouts(req, project: p) },
@@ -226,7 +230,7 @@ public final class App: @unchecked Sendable {
     }
 
     /// Routes whose writes change rollouts or routes: a later read of the project must see them.
-    static let rolloutWrites: Set<String> = ["/v1/rollouts", "/v1/rollouts:sglang", "/v1/rollouts:vllm", "/v1/rollouts/{id}",
+    static let rolloutWrites: Set<String> = ["/v1/rollouts", "/v1/rollouts:batchCreate", "/v1/rollouts:sglang", "/v1/rollouts:vllm", "/v1/rollouts/{id}",
                                              "/v1/rollouts/{id}/turns", "/v1/rollouts/{id}/routes"]
 
     /// What the request log says about a request beyond its method and status.
@@ -381,6 +385,11 @@ public final class App: @unchecked Sendable {
         var extra: [(String, String, Double)] = [("r3_db_pool_open", "Open database connections.", Double(s.open)),
                                                  ("r3_db_pool_idle", "Idle database connections.", Double(s.idle)),
                                                  ("r3_db_pool_size", "Database pool size.", Double(s.size))]
+        let cache = RouteCache.shared
+        extra += [("r3_route_cache_bytes", "Bytes of packed routes held for fetches (R3_ROUTE_CACHE_MB).", Double(cache.bytes)),
+                  ("r3_route_cache_entries", "Rollouts whose routes are held for fetches.", Double(cache.count)),
+                  ("r3_route_cache_hits_total", "Route fetches served from memory (the row was still the cached version).", Double(cache.hits)),
+                  ("r3_route_cache_misses_total", "Route fetches of large routes read from the database.", Double(cache.misses))]
         if let stored = try? rollouts.storedRouteBytes() {
             extra.append(("r3_routes_stored_bytes", "Bytes of packed routes stored.", Double(stored.bytes)))
             extra.append(("r3_routes_stored_count", "Rollouts with stored routes.", Double(stored.count)))

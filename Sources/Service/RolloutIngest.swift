@@ -39,10 +39,42 @@ extension App {
 
     func createRollout(_ req: HTTPRequest, _ body: HTTPBodyStream, project: Int) throws -> HTTPResponse {
         let r = reader(body)
+        guard try r.peek() == .object else { throw ServiceError.unprocessable("the body must be a JSON object") }
+        let (row, received) = try readRollout(r, project: project)
+        try r.finish()
+        let id = try rollouts.insert(project: project, row)
+        var reply: [String: Any] = ["id": id]
+        if let p = row.routes { reply["routes"] = routesSummary(p, received: received) }
+        return .json(201, reply, headers: [("Location", "/v1/rollouts/\(id)")])
+    }
+
+    /// POST /v1/rollouts:batchCreate: NDJSON (JSON Lines), one POST /v1/rollouts object per line, stored in one
+    /// transaction through binary COPY while the next lines are read. All or nothing; an error names its
+    /// rollout by its 0-based line index, [i].
+    func createRollouts(_ req: HTTPRequest, _ body: HTTPBodyStream, project: Int) throws -> HTTPResponse {
+        let r = reader(body)
+        guard try !r.atEnd() else { throw ServiceError.unprocessable("the body holds no rollouts: send one JSON object per line") }
+        var i = 0, routeBytes = 0, routed = 0
+        let ids = try rollouts.insertBatch(project: project) {
+            guard try !r.atEnd() else { return nil }
+            let (row, _) = try r.element(i) { () throws -> (NewRollout, IncomingRoutes?) in
+                guard try r.peek() == .object else { throw ServiceError.unprocessable("[\(i)]: each line must be a JSON object (a rollout)") }
+                return try readRollout(r, project: project, path: "[\(i)]")
+            }
+            if let p = row.routes { routeBytes += p.bytes.count; routed += 1 }
+            i += 1
+            return row
+        }
+        return .json(201, ["ids": ids, "count": ids.count, "with_routes": routed, "stored_route_bytes": routeBytes])
+    }
+
+    /// One rollout object of POST /v1/rollouts (or a line of a batch, `path` "[i]"), checked and packed.
+    func readRollout(_ r: JSONReader, project: Int, path: String = "") throws -> (NewRollout, IncomingRoutes?) {
         var d = RolloutDraft()
+        d.path = path
         var have: Set<String> = []
         var mask: [UInt8]?
-        try readBody(r) { key in
+        try r.readObject { key in
             have.insert(key)
             switch key {
             case "model": d.model = try r.string(max: 200)
@@ -56,21 +88,17 @@ extension App {
             case "metadata": d.metadata = try r.readNullIfPresent() ? JSONObject() : try r.metadataObject()
             case "routed_experts": d.routes = try r.readNullIfPresent() ? nil : try r.routes(maxValues: config.maxRouteValues)
             default:
-                if try !readLayoutField(key, r, into: &d) { throw ServiceError.unprocessable("unknown field \(key)") }
+                if try !readLayoutField(key, r, into: &d) { throw ServiceError.unprocessable("unknown field \(d.name(key))") }
             }
         }
-        for f in ["model", "token_ids", "prompt_length"] where !have.contains(f) { throw ServiceError.unprocessable("\(f) is required") }
+        for f in ["model", "token_ids", "prompt_length"] where !have.contains(f) { throw ServiceError.unprocessable("\(d.name(f)) is required") }
         try checkMask(d, mask)
         var packed: PackedRoutes?
         if d.routes != nil {
             let l = try layout(d, registered: try registeredLayout(project: project, model: d.model))
             packed = try pack(d, layout: l)
         }
-        let row = try newRollout(d, routes: packed, lossMask: mask)
-        let id = try rollouts.insert(project: project, row)
-        var reply: [String: Any] = ["id": id]
-        if let p = packed { reply["routes"] = routesSummary(p, received: d.routes) }
-        return .json(201, reply, headers: [("Location", "/v1/rollouts/\(id)")])
+        return (try newRollout(d, routes: packed, lossMask: mask), d.routes)
     }
 
     /// A loss mask covers the response; a token without a log-prob (null) must have mask 0.

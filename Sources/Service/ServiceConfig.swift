@@ -63,6 +63,8 @@ public struct ServiceConfig: Sendable {
     public var port: UInt16 = 8080
     public var dataDir = URL(fileURLWithPath: ".r3")
     public var checkpointCacheBytes = 8 << 30
+    /// Packed routes kept in memory for fetches soon after ingest (RouteCache), R3_ROUTE_CACHE_MB.
+    public var routeCacheBytes = 512 << 20
     public var databaseReadURL: String?
     public var replicaWaitSeconds = 1.0
     public var retentionSeconds = 3600.0
@@ -125,6 +127,7 @@ public struct ServiceConfig: Sendable {
         }
         if let d = env["R3_DATA_DIR"] { c.dataDir = URL(fileURLWithPath: d) }
         c.checkpointCacheBytes = try int("R3_CHECKPOINT_CACHE_BYTES", 0...(1 << 50)) ?? c.checkpointCacheBytes
+        c.routeCacheBytes = (try int("R3_ROUTE_CACHE_MB", 0...(1 << 30))).map { $0 << 20 } ?? c.routeCacheBytes
         c.retentionSeconds = try seconds("R3_RETENTION_SECONDS") ?? c.retentionSeconds
         c.maxBodyBytes = try int("R3_MAX_BODY_BYTES", 1024...(1 << 34)) ?? c.maxBodyBytes
         c.maxImportBytes = try int("R3_MAX_IMPORT_BYTES", 1024...(1 << 40)) ?? c.maxImportBytes
@@ -172,7 +175,7 @@ extension ServiceConfig {
         return [
             "database": .string(databaseURL.map(ServiceConfig.redacted) ?? "embedded PostgreSQL in \(dataDir.path)/pg"),
             "database_read": .string(databaseReadURL.map(ServiceConfig.redacted) ?? "none"), "read_replica_wait_s": d(replicaWaitSeconds),
-            "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path), "checkpoint_cache_bytes": n(checkpointCacheBytes), "retention_s": d(retentionSeconds),
+            "listen": .string("\(host):\(port)"), "data_dir": .string(dataDir.path), "checkpoint_cache_bytes": n(checkpointCacheBytes), "route_cache_bytes": n(routeCacheBytes), "retention_s": d(retentionSeconds),
             "max_body_bytes": n(maxBodyBytes), "max_import_bytes": n(maxImportBytes), "max_import_rollouts": n(maxImportRollouts),
             "max_connections": n(maxConnections), "http_threads": n(httpThreads), "event_loops": n(eventLoops), "upload_threads": n(uploadThreads),
             "max_uploads": n(maxUploads), "max_uploads_per_project": n(maxUploadsPerProject), "db_pool": n(dbPool),

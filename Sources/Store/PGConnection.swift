@@ -110,6 +110,41 @@ public final class PGConnection {
         }
     }
 
+    /// COPY … FROM STDIN: `produce` sends the data through the function it is given (pieces of any size),
+    /// then the copy ends and its result is checked. An error thrown by `produce` aborts the COPY (the
+    /// caller's transaction then rolls back) and is rethrown. Returns the rows copied.
+    @discardableResult
+    public func copyIn(_ sql: String, _ produce: ((UnsafeRawBufferPointer) throws -> Void) throws -> Void) throws -> Int {
+        guard let c = conn else { throw StoreError.unavailable("not connected") }
+        guard let start = PQexec(c, sql) else { _ = try check(nil); return 0 }
+        guard PQresultStatus(start) == PGRES_COPY_IN else { _ = try check(start); throw StoreError.query(sqlState: "", message: "COPY did not start") }
+        PQclear(start)
+        func failure() -> StoreError { StoreError.unavailable(PGConnection.firstLine(String(cString: PQerrorMessage(c)))) }
+        do {
+            try produce { piece in
+                var off = 0
+                while off < piece.count {   // slices: libpq never grows its buffer to a whole blob
+                    let n = min(piece.count - off, 1 << 18)
+                    let p = piece.baseAddress!.assumingMemoryBound(to: CChar.self) + off
+                    guard PQputCopyData(c, p, Int32(n)) == 1 else { throw failure() }
+                    off += n
+                }
+            }
+        } catch {
+            _ = PQputCopyEnd(c, "aborted by the client")
+            while let r = PQgetResult(c) { PQclear(r) }
+            throw error
+        }
+        guard PQputCopyEnd(c, nil) == 1 else { throw failure() }
+        var copied = 0
+        var firstError: Error?
+        while let r = PQgetResult(c) {
+            do { copied = try check(r).affected } catch { if firstError == nil { firstError = error } }
+        }
+        if let e = firstError { throw e }
+        return copied
+    }
+
     private func check(_ res: OpaquePointer?) throws -> PGResult {
         guard let r = res else {
             throw StoreError.unavailable(PGConnection.firstLine(conn.map { String(cString: PQerrorMessage($0)) } ?? "no connection"))

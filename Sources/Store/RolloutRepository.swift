@@ -142,6 +142,14 @@ public struct RolloutRepository: Sendable {
                 WHERE rollout_id = \(id)::uuid AND project_id = \(project) AND created_at = \(key.at)::timestamptz
                 """)
         }
+        guard p.bytes.count >= RouteCache.minimumBytes else { return }
+        // (RETURNING cannot name system columns of a partitioned table: read back)
+        let res = try c.query("""
+            SELECT \(raw: SQL(stringLiteral: RouteCache.versionColumns)) FROM routes t
+            WHERE t.rollout_id = \(id)::uuid AND t.project_id = \(project) AND t.created_at = \(key.at)::timestamptz
+            """)
+        // before the commit: if the transaction rolls back, this version never becomes the row's, and the entry is never served
+        RouteCache.shared.put(project: project, id: id, version: try RouteCache.version(res, 0), p)
     }
 
     /// A rollout r's routes t: by the full key, so one partition is read.
@@ -248,17 +256,39 @@ public struct RolloutRepository: Sendable {
         convert_to(r.id::text, 'UTF8') AS rid
         """
 
-    /// A rollout's stored routes and its token count, or nil.
+    /// A rollout's stored routes and its token count, or nil. Large routes come from the RouteCache when
+    /// the row is still the version cached (checked by a query that leaves the blob alone).
     public func routesAndTokens(project: Int, id: String) throws -> (PackedRoutes, Int)? {
         guard UUID(uuidString: id) != nil else { return nil }
-        let res = try pool.withRetry { c in
-            try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns))
-                FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+        let from = "FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at"
+        return try pool.withRetry { c -> (PackedRoutes, Int)? in
+            let meta = try c.query("""
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns.replacingOccurrences(of: "t.data,", with: "NULL::bytea AS data, octet_length(t.data) AS data_bytes,"))),
+                       \(raw: SQL(stringLiteral: RouteCache.versionColumns))
+                \(raw: SQL(stringLiteral: from)) WHERE r.project_id = \(project) AND r.id = \(id)::uuid
                 """, binary: true)
+            guard meta.count == 1 else { return nil }
+            let tokens = try RolloutRepository.binaryInt(meta, 0, "tokens")
+            if try RolloutRepository.binaryInt(meta, 0, "data_bytes") >= RouteCache.minimumBytes,
+               let p = RouteCache.shared.get(project: project, id: id, version: try RouteCache.version(meta, 0)) {
+                let m = try RolloutRepository.packed(meta, 0)
+                guard m.rows == p.rows, m.layers == p.layers, m.topK == p.topK, m.numExperts == p.numExperts, m.width == p.width,
+                      m.checksum == p.checksum, m.hiddenLayers == p.hiddenLayers, m.moeLayers == p.moeLayers else { RouteCache.shared.remove(project: project, id: id); return try read(c, from, project, id) }   // the same version holds the same row
+                return (p, tokens)
+            }
+            return try read(c, from, project, id)
         }
+    }
+
+    private func read(_ c: PGConnection, _ from: String, _ project: Int, _ id: String) throws -> (PackedRoutes, Int)? {
+        let res = try c.query("""
+            SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns)), \(raw: SQL(stringLiteral: RouteCache.versionColumns))
+            \(raw: SQL(stringLiteral: from)) WHERE r.project_id = \(project) AND r.id = \(id)::uuid
+            """, binary: true)
         guard res.count == 1 else { return nil }
-        return (try RolloutRepository.packed(res, 0), try RolloutRepository.binaryInt(res, 0, "tokens"))
+        let p = try RolloutRepository.packed(res, 0)
+        RouteCache.shared.put(project: project, id: id, version: try RouteCache.version(res, 0), p)
+        return (p, try RolloutRepository.binaryInt(res, 0, "tokens"))
     }
 
     /// Routes and token counts of many rollouts in one query, keyed by lower-case id (missing ones absent).

@@ -9,6 +9,7 @@ import Glibc
 #endif
 import Log
 import HTTP
+import Routes
 import Service
 import Store
 
@@ -22,6 +23,7 @@ struct RoutesBenchCommand: ParsableCommand {
     @Option(help: "Fetches per format for the latency percentiles.") var fetches = 50
     @Option(help: "wrk duration in seconds (0 skips wrk).") var wrkSeconds = 5
     @Option(help: "Sequences in the SGLang batch ingested in one request (0 skips it).") var batch = 64
+    @Option(help: "Rollouts in the NDJSON batch (POST /v1/rollouts:batchCreate) sent with curl.") var batchRollouts = 4
     @Flag(help: "Small payload and few fetches (smoke test).") var quick = false
 
     func run() throws {
@@ -79,6 +81,8 @@ struct RoutesBenchCommand: ParsableCommand {
             try printJSON(["case": name, "config": base.merging(["fetches": n]) { $1 }, "bytes": bytes,
                            "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
         }
+
+        try externalClients(port: port, key: svc.key, rid: rid, body: body, ids: ids, T: T, n: n, base: base)
 
         let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").intOrNil(0, "b") } ?? 0   // once: every partition may be probed
         try printJSON(["case": "stored_bytes", "config": base, "bytes": stored, "bytes_per_index": Double(stored) / Double(ids.count)])
@@ -156,6 +160,113 @@ struct RoutesBenchCommand: ParsableCommand {
                        "payload_mb": Double(length) / 1e6, "route_int32_mb": Double(routeBytes * n) / 1e6,
                        "mb_per_s": Double(length) / t / 1e6, "route_input_mb_per_s": Double(routeBytes * n) / t / 1e6, "seconds_best": t,
                        "seconds_all": timings])
+    }
+
+    /// The same ingest and fetch from clients in processes of their own: curl (from files, as `curl
+    /// --data-binary @file` sends them) for the JSON body, the .npy body (PUT), an NDJSON batch of
+    /// `batchRollouts` rollouts, and uint8 .npy fetches; then Python requests (Tests/bench/fetch_requests.py).
+    func externalClients(port: UInt16, key: String, rid: String, body: Data, ids: [Int32], T: Int, n: Int, base: [String: Any]) throws {
+        guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            try printJSON(["case": "ingest_curl", "config": ["curl": "not installed"]]); return
+        }
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-bodies-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let url = "http://127.0.0.1:\(port)"
+        func run(_ args: [String]) throws -> (seconds: Double, output: String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: curl)
+            p.arguments = ["-sS", "-o", dir.appendingPathComponent("reply").path, "-w", "%{http_code} %{time_total}", "-H", "Authorization: Bearer \(key)"] + args
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            let parts = text.split(separator: " ")
+            let reply = (try? String(contentsOf: dir.appendingPathComponent("reply"), encoding: .utf8)) ?? ""
+            guard parts.count == 2, parts[0].hasPrefix("20"), let t = Double(parts[1]) else {
+                throw ValidationError("curl \(args.last ?? ""): \(text) \(reply.prefix(300))")
+            }
+            return (t, reply)
+        }
+        let int32MB = Double(ids.count * 4) / 1e6
+        // the JSON body of the in-process case
+        let jsonFile = dir.appendingPathComponent("rollout.json")
+        try body.write(to: jsonFile)
+        var times: [Double] = []
+        for _ in 0..<(quick ? 2 : 5) {
+            times.append(try run(["-H", "Content-Type: application/json", "--data-binary", "@\(jsonFile.path)", "\(url)/v1/rollouts"]).seconds)
+        }
+        try printJSON(["case": "ingest_curl", "config": base.merging(["encoding": "base64 int32 JSON", "client": "curl, body from a file"]) { $1 },
+                       "payload_mb": Double(body.count) / 1e6, "int32_mb": int32MB, "seconds_all": times,
+                       "mb_per_s": Double(body.count) / median(times) / 1e6, "route_input_mb_per_s": int32MB / median(times)])
+        // binary: the rollout without routes, then PUT its routes as an int32 .npy
+        let npyFile = dir.appendingPathComponent("routes.npy")
+        try NPY.encode(NPYArray(dtype: .int32, shape: [T, layers, topK], bytes: ids.withUnsafeBufferPointer { Data(buffer: $0) })).write(to: npyFile)
+        let tokensFile = dir.appendingPathComponent("tokens.json")
+        try Data(#"{"model": "bench", "prompt_length": 0, "token_ids": ["#.utf8 + Data(Array(repeating: "1", count: T).joined(separator: ",").utf8) + Data("]}".utf8)).write(to: tokensFile)
+        times = []
+        for _ in 0..<(quick ? 2 : 5) {
+            let created = try run(["-H", "Content-Type: application/json", "--data-binary", "@\(tokensFile.path)", "\(url)/v1/rollouts"])
+            guard let o = try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any], let id = o["id"] as? String else {
+                throw ValidationError("rollout creation failed: \(created.output.prefix(200))")
+            }
+            let put = try run(["-X", "PUT", "-H", "Content-Type: application/x-npy", "--data-binary", "@\(npyFile.path)",
+                               "\(url)/v1/rollouts/\(id)/routes?num_experts=\(experts)"])
+            times.append(created.seconds + put.seconds)
+        }
+        let npyBytes = (try FileManager.default.attributesOfItem(atPath: npyFile.path)[.size] as? Int) ?? 0
+        try printJSON(["case": "ingest_npy_curl", "config": base.merging(["encoding": "int32 .npy body (PUT /v1/rollouts/{id}/routes) after a JSON rollout without routes",
+                                                                          "client": "curl, bodies from files"]) { $1 },
+                       "payload_mb": Double(npyBytes) / 1e6, "int32_mb": int32MB, "seconds_all": times, "route_input_mb_per_s": int32MB / median(times)])
+        // a batch: the same rollout `batchRollouts` times as NDJSON lines, in one transaction through binary COPY
+        let k = quick ? 2 : batchRollouts
+        let ndjson = dir.appendingPathComponent("batch.ndjson")
+        FileManager.default.createFile(atPath: ndjson.path, contents: nil)
+        let h = try FileHandle(forWritingTo: ndjson)
+        for _ in 0..<k { h.write(body); h.write(Data("\n".utf8)) }
+        try h.close()
+        times = []
+        for _ in 0..<(quick ? 1 : 3) {
+            times.append(try run(["-H", "Content-Type: application/x-ndjson", "--data-binary", "@\(ndjson.path)", "\(url)/v1/rollouts:batchCreate"]).seconds)
+        }
+        try printJSON(["case": "ingest_batch_curl", "config": base.merging(["encoding": "NDJSON of base64 int32 JSON rollouts (POST /v1/rollouts:batchCreate)",
+                                                                            "rollouts": k, "client": "curl, body from a file"]) { $1 },
+                       "payload_mb": Double(body.count * k) / 1e6, "int32_mb": int32MB * Double(k), "seconds_all": times,
+                       "route_input_mb_per_s": int32MB * Double(k) / median(times)])
+        // fetch: uint8 .npy with curl (to /dev/null), then with Python requests + np.load
+        var lat: [Double] = []
+        for _ in 0..<n { lat.append(try run(["-o", "/dev/null", "\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds) }
+        lat.sort()
+        try printJSON(["case": "fetch_npy_uint8_curl", "config": base.merging(["fetches": n, "client": "curl -o /dev/null, one process per fetch (time_total)"]) { $1 },
+                       "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
+        // the same from the database: as the first read after a restart, or of a rollout another process ingested
+        lat = []
+        for _ in 0..<n {
+            RouteCache.shared.removeAll()
+            lat.append(try run(["-o", "/dev/null", "\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds)
+        }
+        lat.sort()
+        try printJSON(["case": "fetch_npy_uint8_curl_uncached", "config": base.merging(["fetches": n, "client": "curl -o /dev/null, route cache emptied before each fetch"]) { $1 },
+                       "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
+        let script = URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("Tests/bench/fetch_requests.py")
+        guard FileManager.default.fileExists(atPath: script.path) else {
+            try printJSON(["case": "fetch_npy_uint8_requests", "config": ["script": "Tests/bench/fetch_requests.py not found: run from the repository"]]); return
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script.path, "--url", url, "--key", key, "--id", rid, "-n", String(n)]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, var o = try? JSONSerialization.jsonObject(with: text) as? [String: Any] else {
+            try printJSON(["case": "fetch_npy_uint8_requests", "config": ["script": "failed (needs python3 with requests and numpy: make pydeps)"]]); return
+        }
+        o["case"] = "fetch_npy_uint8_requests"
+        o["config"] = base.merging(["fetches": n, "client": o.removeValue(forKey: "client") ?? ""]) { $1 }
+        try printJSON(o)
     }
 
     func runWrk(port: UInt16, path: String, headers: [String], seconds: Int) -> Double? {
