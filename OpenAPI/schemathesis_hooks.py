@@ -88,6 +88,28 @@ def new_rollout(body):
     fix_layout(body, T)
 
 
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx, value):
+    """POST /v1/rollouts:batchCreate's body: bytes as they are (the repair writes the lines), anything else as text."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return (value if isinstance(value, str) else str(value)).encode()
+
+
+def batch_create(case):
+    """NDJSON has no schema to generate from: a positive case is two rollouts repaired as POST /v1/rollouts's.
+    A body that is not a string at all is a negative case whatever its mode says: left alone (then a 4xx)."""
+    import json
+    if not isinstance(case.body, (str, bytes, bytearray)):
+        return
+    lines = []
+    for i in range(2):
+        body = {"model": "st-batch", "token_ids": [1, 2, 3, 4][:3 + i], "prompt_length": 1, "reward": float(i)}
+        new_rollout(body)
+        lines.append(json.dumps(body))
+    case.body = "\n".join(lines) + "\n"
+
+
 def sglang_import(body):
     body["model"] = ("st-" + str(body.get("model", "m")))[:200]
     body.pop("append_to", None)
@@ -357,6 +379,7 @@ REPAIRS = {
     ("POST", "/v1/runs/{id}/steps"): run_step,
     ("POST", "/v1/routes:stats"): lambda c: route_stats(c.body),
     ("POST", "/v1/rollouts"): lambda c: new_rollout(c.body),
+    ("POST", "/v1/rollouts:batchCreate"): batch_create,
     ("POST", "/v1/rollouts:sglang"): lambda c: sglang_import(c.body),
     ("POST", "/v1/rollouts:vllm"): lambda c: vllm_import(c.body),
     ("POST", "/v1/rollouts/{id}/turns"): turn,

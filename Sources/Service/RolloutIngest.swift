@@ -57,6 +57,9 @@ extension App {
         var i = 0, routeBytes = 0, routed = 0
         let ids = try rollouts.insertBatch(project: project) {
             guard try !r.atEnd() else { return nil }
+            guard i < config.maxImportRollouts else {
+                throw ServiceError.unprocessable("the body holds more than \(config.maxImportRollouts) rollouts; this server stores at most that many per request (R3_MAX_IMPORT_ROLLOUTS)")
+            }
             let (row, _) = try r.element(i) { () throws -> (NewRollout, IncomingRoutes?) in
                 guard try r.peek() == .object else { throw ServiceError.unprocessable("[\(i)]: each line must be a JSON object (a rollout)") }
                 return try readRollout(r, project: project, path: "[\(i)]")

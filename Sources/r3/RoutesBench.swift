@@ -82,6 +82,7 @@ struct RoutesBenchCommand: ParsableCommand {
                            "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
         }
 
+        try externalFetches(port: port, key: svc.key, rid: rid, n: n, base: base)
         try externalClients(port: port, key: svc.key, rid: rid, body: body, ids: ids, T: T, n: n, base: base)
 
         let stored = try pool.with { try $0.query("SELECT octet_length(data) AS b FROM routes WHERE rollout_id = \(rid)::uuid").intOrNil(0, "b") } ?? 0   // once: every partition may be probed
@@ -162,9 +163,8 @@ struct RoutesBenchCommand: ParsableCommand {
                        "seconds_all": timings])
     }
 
-    /// The same ingest and fetch from clients in processes of their own: curl (from files, as `curl
-    /// --data-binary @file` sends them) for the JSON body, the .npy body (PUT), an NDJSON batch of
-    /// `batchRollouts` rollouts, and uint8 .npy fetches; then Python requests (Tests/bench/fetch_requests.py).
+    /// The same ingest from curl in a process of its own (bodies from files, as `curl --data-binary @file`
+    /// sends them): the JSON body, the .npy body (PUT), and an NDJSON batch of `batchRollouts` rollouts.
     func externalClients(port: UInt16, key: String, rid: String, body: Data, ids: [Int32], T: Int, n: Int, base: [String: Any]) throws {
         guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             try printJSON(["case": "ingest_curl", "config": ["curl": "not installed"]]); return
@@ -234,9 +234,32 @@ struct RoutesBenchCommand: ParsableCommand {
                                                                             "rollouts": k, "client": "curl, body from a file"]) { $1 },
                        "payload_mb": Double(body.count * k) / 1e6, "int32_mb": int32MB * Double(k), "seconds_all": times,
                        "route_input_mb_per_s": int32MB * Double(k) / median(times)])
+    }
+
+    /// uint8 .npy fetches from clients in processes of their own: curl (to /dev/null), from the route cache and
+    /// from the database, then Python requests + np.load (Tests/bench/fetch_requests.py). Run right after the
+    /// in-process fetches, before the external ingests leave PostgreSQL writing behind them.
+    func externalFetches(port: UInt16, key: String, rid: String, n: Int, base: [String: Any]) throws {
+        guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            try printJSON(["case": "fetch_npy_uint8_curl", "config": ["curl": "not installed"]]); return
+        }
+        let url = "http://127.0.0.1:\(port)"
+        func run(_ args: [String]) throws -> (seconds: Double, output: String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: curl)
+            p.arguments = ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", "Authorization: Bearer \(key)"] + args
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            let parts = text.split(separator: " ")
+            guard parts.count == 2, parts[0].hasPrefix("20"), let t = Double(parts[1]) else { throw ValidationError("curl \(args.last ?? ""): \(text)") }
+            return (t, "")
+        }
         // fetch: uint8 .npy with curl (to /dev/null), then with Python requests + np.load
         var lat: [Double] = []
-        for _ in 0..<n { lat.append(try run(["-o", "/dev/null", "\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds) }
+        for _ in 0..<n { lat.append(try run(["\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds) }
         lat.sort()
         try printJSON(["case": "fetch_npy_uint8_curl", "config": base.merging(["fetches": n, "client": "curl -o /dev/null, one process per fetch (time_total)"]) { $1 },
                        "p50_ms": lat[lat.count / 2] * 1000, "p99_ms": lat[min(lat.count - 1, Int(Double(lat.count) * 0.99))] * 1000])
@@ -244,7 +267,7 @@ struct RoutesBenchCommand: ParsableCommand {
         lat = []
         for _ in 0..<n {
             RouteCache.shared.removeAll()
-            lat.append(try run(["-o", "/dev/null", "\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds)
+            lat.append(try run(["\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds)
         }
         lat.sort()
         try printJSON(["case": "fetch_npy_uint8_curl_uncached", "config": base.merging(["fetches": n, "client": "curl -o /dev/null, route cache emptied before each fetch"]) { $1 },

@@ -130,3 +130,32 @@ def test_cookbook_keys_and_quotas(private_server, tmp_path):
     env = dict(s.env, U=s.url, ADMIN=admin, PATH=f"{bindir}:{os.environ['PATH']}")
     out = subprocess.run(["bash", str(Path(__file__).parent / "cookbook_keys.sh")], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+def test_cookbook_batch_of_rollouts(world):
+    URL, KEY = world["URL"], world["KEY"]
+    api = requests.Session()
+    api.headers["Authorization"] = "Bearer " + KEY
+    r = api.post(URL + "/v1/models", json={"name": "qwen3-moe-rl", "hf_config": CONFIG})
+    assert r.status_code in (201, 409), r.text
+    rng = np.random.default_rng(0)
+    samples = []   # (tokens, log-probs, routes over the 5 MoE layers, reward), as a rollout engine hands them over
+    for i in range(3):
+        tokens = [101, 7, 42] + [int(x) for x in rng.integers(0, 1000, 13)]
+        routes = np.argsort(rng.random((len(tokens) - 1, 5, 64)), axis=2)[:, :, :8]
+        samples.append((tokens, -rng.random(13), routes, float(i)))
+    # [cookbook:batch]
+    import base64, json
+    lines = [json.dumps({"model": "qwen3-moe-rl", "token_ids": tokens, "prompt_length": 3,
+                         "logprobs": logprobs.tolist(), "reward": reward,
+                         "routed_experts": {"dtype": "int32", "shape": list(routes.shape),
+                                            "data": base64.b64encode(routes.astype(np.int32).tobytes()).decode()}})
+             for tokens, logprobs, routes, reward in samples]
+    r = api.post(URL + "/v1/rollouts:batchCreate", data="\n".join(lines),
+                 headers={"Content-Type": "application/x-ndjson"})   # all stored, or none (the error names the line)
+    ids = r.json()["ids"]
+    # [/cookbook]
+    assert r.status_code == 201, r.text
+    for rid, (tokens, _, routes, _) in zip(ids, samples):
+        got = np.load(io.BytesIO(api.get(f"{URL}/v1/rollouts/{rid}/routes", params={"format": "npy"}).content))
+        assert np.array_equal(got, routes)
