@@ -1,6 +1,8 @@
 #define _GNU_SOURCE 1
 // CPosix: see include/cposix.h.
 #include "cposix.h"
+#include <pthread.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -199,6 +201,12 @@ uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst) {
 
 /* Set while the HTTP event loop runs an inline responder: code that would block (a database call)
    checks it and declines, so the request goes to a worker instead. */
+void r3_name_this_thread(const char *name) {
+    char n[16];
+    strncpy(n, name, 15); n[15] = 0;   // the kernel keeps 15 bytes
+    pthread_setname_np(pthread_self(), n);
+}
+
 static __thread int r3_inline_context;
 void r3_set_inline_context(int on) { r3_inline_context = on; }
 int r3_in_inline_context(void) { return r3_inline_context; }

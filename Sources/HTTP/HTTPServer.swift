@@ -232,7 +232,7 @@ final class EventLoop: @unchecked Sendable {
     func start() {
         let name = "r3-http-loop-\(index)"
         // named from inside: corelibs Foundation sets the kernel's thread name only for the current thread
-        let t = Thread { [self] in Thread.current.name = name; self.loop() }
+        let t = Thread { [self] in Thread.current.name = name; r3_name_this_thread(name); self.loop() }
         t.start()
     }
 

@@ -1,5 +1,6 @@
 // WorkerPool: a fixed set of threads running submitted jobs in order; handlers may block (database
 // calls) without starving the event loop or spawning unbounded threads.
+import CPosix
 import Foundation
 
 public final class WorkerPool: @unchecked Sendable {
@@ -14,7 +15,7 @@ public final class WorkerPool: @unchecked Sendable {
             let label = "\(name)-\(i)"
             // named from inside (see EventLoop.start); the thread keeps the pool until `stop` ends it, so a
             // pool released right after `stop` is never read by a thread that had not started yet
-            let t = Thread { [self] in Thread.current.name = label; self.run() }
+            let t = Thread { [self] in Thread.current.name = label; r3_name_this_thread(label); self.run() }
             t.stackSize = 1 << 20
             threads.append(t)
             t.start()

@@ -3,6 +3,7 @@
 // them into `COPY routes … FROM STDIN (FORMAT binary)` (the blob itself is sent as it is, never copied
 // into a row), so PostgreSQL stores rollout i on one core while the request's thread parses rollout i + 1
 // on the other. The rollout rows follow in a second COPY, then the commit: all or nothing.
+import CPosix
 import Foundation
 import Routes
 
@@ -102,7 +103,7 @@ final class RouteCopyWriter: @unchecked Sendable {
         let lent = Lent(c: connection)
         let t = Thread { [self] in
             let c = lent.c
-            Thread.current.name = "r3-copy-routes"
+            Thread.current.name = "r3-copy-routes"; r3_name_this_thread("r3-copy-routes")
             do {
                 try c.copyIn("""
                     COPY routes (project_id, created_at, rollout_id, rows, layers, top_k, num_experts, width, checksum, hidden_layers,

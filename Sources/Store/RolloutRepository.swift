@@ -1,5 +1,6 @@
 // RolloutRepository: rollouts and their packed routes, always scoped to a project (another project's
 // rows are indistinguishable from missing ones).
+import CPosix
 import Foundation
 import Routes
 
@@ -552,7 +553,7 @@ final class BackgroundResult<T: Sendable>: @unchecked Sendable {
 
     init(name: String, _ work: @escaping @Sendable () throws -> T) {
         let t = Thread { [self] in
-            Thread.current.name = name   // from inside: a name set from outside never reaches the kernel
+            Thread.current.name = name; r3_name_this_thread(name)
             result = Result { try work() }
             done.signal()
         }

@@ -17,6 +17,10 @@ int r3_epoll_ctl(int epfd, int op, int fd, uint32_t events);
 /// Waits; fills fds[i] and events[i]; returns the count or -1 (errno set).
 int r3_epoll_wait(int epfd, int32_t *fds, uint32_t *events, int max, int timeout_ms);
 int r3_eventfd(void);
+/// Names the calling thread for the kernel (ps, top, perf, /proc/…/comm), at most 15 bytes. Foundation's
+/// Thread.name reaches the kernel only when the thread's handle is already stored, which races with
+/// the thread's start: a thread could keep its creator's name.
+void r3_name_this_thread(const char *name);
 /* the HTTP loop thread running an inline responder (see cposix.c) */
 void r3_set_inline_context(int on);
 int r3_in_inline_context(void);
