@@ -624,6 +624,7 @@ final class EventLoop: @unchecked Sendable {
             let writer = HTTPStreamWriter(fd: fd, server: server)
             let head = r.head(keepAlive: false, date: httpDate())
             let t = Thread { [self] in
+                r3_name_this_thread("r3-http-stream")
                 if pending.allSatisfy({ writer.write($0) }) && writer.write(head) { body(writer) }
                 Glibc.close(fd)
                 server.lock.lock(); server.streams -= 1; server.lock.unlock()

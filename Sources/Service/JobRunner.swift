@@ -2,6 +2,7 @@
 // polling as a fallback), heartbeats its lease from a side thread while it runs, and ends the attempt:
 // succeeded, cancelled, queued again with backoff, or failed. Several processes on one database share
 // the queue; compute threads are split between workers so BLAS never oversubscribes the cores.
+import CPosix
 import Foundation
 import Log
 import Logging
@@ -137,6 +138,7 @@ final class Heartbeat: @unchecked Sendable {
 
     init(every: Double, beat: @escaping @Sendable () -> Void) {
         let t = Thread { [self] in
+            r3_name_this_thread("r3-job-beat")   // "r3-job-heartbeat" is over the kernel's 15 bytes
             cond.lock()
             while !stopped {
                 _ = cond.wait(until: Date().addingTimeInterval(every))

@@ -1,6 +1,7 @@
 // Maintenance: a thread of `r3 serve` and `r3 worker` that, at start and every R3_RETENTION_SECONDS,
 // makes this and next week's route partitions of every project and applies every project's route
 // retention (one process at a time: an advisory lock; the others skip the round).
+import CPosix
 import Foundation
 import Log
 import Logging
@@ -40,6 +41,7 @@ public final class Maintenance: @unchecked Sendable {
     public func start() {
         done.enter()
         let t = Thread { [self] in
+            r3_name_this_thread("r3-maintenance")
             defer { done.leave() }
             while true {
                 round()

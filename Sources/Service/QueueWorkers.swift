@@ -2,6 +2,7 @@
 // one item of a PostgreSQL queue at a time and handle it; when the queue is empty they sleep until a
 // NOTIFY on the queue's channel (one LISTEN connection per process) or the poll interval, whichever comes
 // first. `stop` lets each worker finish its item and claim no more.
+import CPosix
 import Foundation
 import Store
 
@@ -28,17 +29,20 @@ final class QueueWorkers<Item>: @unchecked Sendable {
 
     func start() {
         guard workers > 0 else { return }
+        let listenerName = "r3-\(name)-listen"
         let listener = Thread { [self] in
+            r3_name_this_thread(listenerName)
             PGConnection.listenLoop(conninfo: conninfo, channel: channel, stopping: { self.isStopping }) {
                 self.cond.lock(); self.wakeups += 1; self.cond.broadcast(); self.cond.unlock()
             }
         }
-        listener.name = "r3-\(name)-listen"
+        listener.name = listenerName
         listener.start()
         for i in 0..<workers {
             done.enter()
-            let t = Thread { [self] in work(i); done.leave() }
-            t.name = "r3-\(name)-\(i)"
+            let threadName = "r3-\(name)-\(i)"
+            let t = Thread { [self] in r3_name_this_thread(threadName); work(i); done.leave() }
+            t.name = threadName
             if let stackSize { t.stackSize = stackSize }
             t.start()
         }

@@ -3,6 +3,7 @@
 // A checkpoint's files go in and out one chunk (≤ 8 MiB) at a time: never two copies of a file in
 // memory. Every file has its SHA-256, checked when it is read back; the checkpoint's content hash (the
 // SHA-256 of its manifest) keys the machines' local caches (CheckpointCache).
+import CPosix
 import Foundation
 
 public struct CheckpointFile: Sendable, Equatable {
@@ -72,6 +73,7 @@ public enum CheckpointStore {
         for _ in 0..<max(1, connections) {
             group.enter()
             let t = Thread {
+                r3_name_this_thread("r3-ckpt-upload")   // the kernel keeps 15 bytes: "r3-checkpoint-upload" was refused
                 defer { group.leave() }
                 do {
                     try pool.transaction { c in
