@@ -75,7 +75,7 @@ uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n) {
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-static int has_avx2(void) {
+int r3_has_avx2(void) {
     static int cached = -1;
     if (cached < 0) { __builtin_cpu_init(); cached = __builtin_cpu_supports("avx2") ? 1 : 0; }
     return cached;
@@ -136,7 +136,7 @@ static uint64_t plain_avx2(const uint8_t *p, uint64_t n) {
 
 uint64_t r3_base64_decode_bulk(const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t room, uint64_t *written) {
 #if defined(__x86_64__)
-    if (has_avx2()) return base64_avx2(src, n, dst, room, written);
+    if (r3_has_avx2()) return base64_avx2(src, n, dst, room, written);
 #endif
     *written = 0;
     return 0;
@@ -144,7 +144,7 @@ uint64_t r3_base64_decode_bulk(const uint8_t *src, uint64_t n, uint8_t *dst, uin
 
 uint64_t r3_json_plain_run(const uint8_t *p, uint64_t n) {
 #if defined(__x86_64__)
-    if (has_avx2()) return plain_avx2(p, n);
+    if (r3_has_avx2()) return plain_avx2(p, n);
 #endif
     uint64_t i = 0;
     while (i < n) { const uint8_t c = p[i]; if (c == '"' || c == '\\' || c < 0x20) return i; i++; }

@@ -18,12 +18,6 @@ static uint64_t narrow_portable(const uint8_t *src, uint64_t n, uint8_t *dst) {
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-static int routes_has_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) { __builtin_cpu_init(); cached = __builtin_cpu_supports("avx2") ? 1 : 0; }
-    return cached;
-}
-
 __attribute__((target("avx2")))
 static uint64_t narrow_avx2(const uint8_t *src, uint64_t n, uint8_t *dst) {
     const __m256i one = _mm256_set1_epi32(1), high = _mm256_set1_epi32((int)0xFFFFFF00u), low = _mm256_set1_epi32(0xFF);
@@ -74,7 +68,7 @@ static int check8_avx2(const uint8_t *src, uint64_t bytes, uint32_t E, uint64_t 
 
 uint64_t r3_narrow_i32_u8(const void *src, uint64_t n, uint8_t *dst) {
 #if defined(__x86_64__)
-    if (routes_has_avx2()) return narrow_avx2((const uint8_t *)src, n, dst);
+    if (r3_has_avx2()) return narrow_avx2((const uint8_t *)src, n, dst);
 #endif
     return narrow_portable((const uint8_t *)src, n, dst);
 }
@@ -102,7 +96,7 @@ int r3_routes_pack_u8(const uint8_t *src, uint64_t rows, uint32_t L, uint32_t K,
     if (E == 0 || E > 255 || K == 0 || K > E) return 0;
     uint64_t t0 = 0;
 #if defined(__x86_64__)
-    if (dst == 0 && ndense == 0 && nmoe == L && K == 8 && routes_has_avx2()) {
+    if (dst == 0 && ndense == 0 && nmoe == L && K == 8 && r3_has_avx2()) {
         uint64_t done = 0;
         if (!check8_avx2(src, rows * L * 8, E, &done)) return 0;
         t0 = done / (8ull * L);                      // whole token rows checked; the loop below does the rest

@@ -40,7 +40,7 @@ public struct ExpertLoad: Sendable, Equatable {
             }
         }
         for t in 0..<rows where flags[t] != 0 { missing.append(t) }
-        if bad >= 0 { let e = bad; throw RoutesError.malformed("stored routes hold expert \(e) of \(E)") }
+        if bad >= 0 { throw RoutesError.malformed("stored routes hold expert \(bad) of \(E)") }
         load.counts = c.map(Int.init)
         load.tokens = rows - missing.count
         return (load, missing)

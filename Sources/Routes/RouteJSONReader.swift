@@ -183,7 +183,6 @@ struct StringRoutes {
     var stage = Stage.sniffing
     var text: [UInt8] = []          // text held while sniffing or reading the envelope header
     var shape: [Int]?
-    var dtype: IntDType?
     var encoding = "sglang_base64"
     var b64 = Base64Decoder()
     // decoded bytes: a .npy file (vLLM 0.33) or raw int32 (SGLang); the envelope's own dtype once it is read
@@ -222,7 +221,6 @@ struct StringRoutes {
         let dims = parts[2].split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
         guard dims.count == 3, dims.allSatisfy({ ($0 ?? -1) >= 0 }) else { throw RoutesError.malformed("routes envelope shape '\(parts[2])' is not <S>x<L>x<K>") }
         shape = try RouteShape.check(dims.map { $0! }, what: "routes envelope")
-        dtype = d
         reader = RouteBytesReader(.raw(d))
         stage = .base64
         let rest = Array(text[(end + 1)...]); text = []
@@ -245,10 +243,10 @@ struct StringRoutes {
         if stage == .sniffing { stage = .base64; let t = text; text = []; try t.withUnsafeBytes { try decode($0, into: &b) } }
         if stage == .envelopeHeader { throw RoutesError.malformed("routes envelope must be nrlre1:<dtype>:<S>x<L>x<K>:<base64>") }
         try b64.finish()
-        try reader.finish(into: &b, what: "routed_experts")
-        if reader.isNPY { shape = reader.shape }
+        try reader.finish(into: &b, what: "routed_experts")   // a .npy's shape is checked there
+        if reader.isNPY { return (reader.shape, encoding) }
         if let s = shape, RouteShape.count(s) != b.count {
-            throw RoutesError.malformed("\(encoding == "nrlre1" ? "routes envelope" : ".npy") shape \(s) does not match the \(b.count) values of its data")
+            throw RoutesError.malformed("routes envelope shape \(s) does not match the \(b.count) values of its data")
         }
         return (shape, encoding)
     }
@@ -271,8 +269,6 @@ public struct RouteBytesReader {
         self.form = form
         if case let .raw(d) = form { stage = 2; sink = ElementSink(dtype: d) }
     }
-
-    public var dtype: IntDType? { sink?.dtype }
 
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, into b: inout RouteBuilder) throws {
         if stage == 2 { try sink!.feed(bytes, into: &b); return }
@@ -310,7 +306,7 @@ public struct RouteBytesReader {
         try h.withUnsafeBytes { try sink!.feed($0, into: &b) }
     }
 
-    /// Ends the input (`what` names it in errors).
+    /// Ends the input (`what` names it in errors); a .npy's data must fill its shape.
     public mutating func finish(into b: inout RouteBuilder, what: String) throws {
         if stage == 0 && !head.isEmpty {
             guard case .npyOrInt32 = form else { throw RoutesError.malformed(".npy: missing the \\x93NUMPY magic") }
@@ -319,5 +315,8 @@ public struct RouteBytesReader {
         if stage == 0, case .npy = form { throw RoutesError.malformed(".npy: the body is empty") }
         if stage == 1 { throw RoutesError.malformed(".npy: truncated header") }
         try sink?.finish(what)
+        if isNPY, let s = shape, RouteShape.count(s) != b.count {
+            throw RoutesError.malformed(".npy shape \(s) does not match the \(b.count) values of its data")
+        }
     }
 }

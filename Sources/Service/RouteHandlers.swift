@@ -269,9 +269,6 @@ extension App {
                 }
             }
             try reader.finish(into: &b, what: isNPY ? "the .npy data" : "the body")
-            if isNPY, let s = reader.shape, RouteShape.count(s) != b.count {
-                throw RoutesError.malformed(".npy: shape \(s) does not match the \(b.count) values of its data")
-            }
         } catch let e as RoutesError {
             throw ServiceError(e.isMalformed ? 400 : 422, "routes: \(e)")
         }

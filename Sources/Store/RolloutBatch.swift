@@ -76,14 +76,6 @@ extension RolloutRepository {
 
     /// The partition key of now(): what a rollout inserted in this transaction gets as created_at.
     static let nowKey = "now()::text AS key_at, (date_trunc('week', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')::text AS key_week"
-
-    /// Log-probs as stored: float32 big-endian bytes (NaN: a token without one).
-    static func floatData(_ xs: [Float]?) -> Data? {
-        guard let xs else { return nil }
-        var d = Data(count: xs.count * 4)
-        d.withUnsafeMutableBytes { raw in for (i, v) in xs.enumerated() { raw.storeBytes(of: v.bitPattern.bigEndian, toByteOffset: 4 * i, as: UInt32.self) } }
-        return d
-    }
 }
 
 /// The writer thread of a batch: takes packed routes from a queue of at most two and streams them into

@@ -95,11 +95,14 @@ public struct RolloutRepository: Sendable {
     }
 
     /// Log-probs as stored: float32 big-endian bytes; NaN marks a token without a log-prob (a later turn's context).
-    static func floatBytes(_ xs: [Float]?) -> SQLValue {
-        guard let xs else { return .null }
+    static func floatBytes(_ xs: [Float]?) -> SQLValue { floatData(xs).map(SQLValue.bytes) ?? .null }
+
+    /// The same as bytes (a COPY row).
+    static func floatData(_ xs: [Float]?) -> Data? {
+        guard let xs else { return nil }
         var d = Data(count: xs.count * 4)
         d.withUnsafeMutableBytes { raw in for (i, v) in xs.enumerated() { raw.storeBytes(of: v.bitPattern.bigEndian, toByteOffset: 4 * i, as: UInt32.self) } }
-        return .bytes(d)
+        return d
     }
 
     /// The stored bytes back as floats.
@@ -263,15 +266,17 @@ public struct RolloutRepository: Sendable {
         guard UUID(uuidString: id) != nil else { return nil }
         let from = "FROM routes t JOIN rollouts r ON t.rollout_id = r.id AND t.project_id = r.project_id AND t.created_at = r.created_at"
         return try pool.withRetry { c -> (PackedRoutes, Int)? in
+            // small routes come whole with the row's small columns; large ones only if the cache lacks this version
             let meta = try c.query("""
-                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns.replacingOccurrences(of: "t.data,", with: "NULL::bytea AS data, octet_length(t.data) AS data_bytes,"))),
+                SELECT \(raw: SQL(stringLiteral: RolloutRepository.packedColumns.replacingOccurrences(
+                    of: "t.data,", with: "CASE WHEN octet_length(t.data) < \(RouteCache.minimumBytes) THEN t.data END AS data, octet_length(t.data) AS data_bytes,"))),
                        \(raw: SQL(stringLiteral: RouteCache.versionColumns))
                 \(raw: SQL(stringLiteral: from)) WHERE r.project_id = \(project) AND r.id = \(id)::uuid
                 """, binary: true)
             guard meta.count == 1 else { return nil }
             let tokens = try RolloutRepository.binaryInt(meta, 0, "tokens")
-            if try RolloutRepository.binaryInt(meta, 0, "data_bytes") >= RouteCache.minimumBytes,
-               let p = RouteCache.shared.get(project: project, id: id, version: try RouteCache.version(meta, 0)) {
+            if try RolloutRepository.binaryInt(meta, 0, "data_bytes") < RouteCache.minimumBytes { return (try RolloutRepository.packed(meta, 0), tokens) }
+            if let p = RouteCache.shared.get(project: project, id: id, version: try RouteCache.version(meta, 0)) {
                 let m = try RolloutRepository.packed(meta, 0)
                 guard m.rows == p.rows, m.layers == p.layers, m.topK == p.topK, m.numExperts == p.numExperts, m.width == p.width,
                       m.checksum == p.checksum, m.hiddenLayers == p.hiddenLayers, m.moeLayers == p.moeLayers else { RouteCache.shared.remove(project: project, id: id); return try read(c, from, project, id) }   // the same version holds the same row

@@ -166,29 +166,12 @@ struct RoutesBenchCommand: ParsableCommand {
     /// The same ingest from curl in a process of its own (bodies from files, as `curl --data-binary @file`
     /// sends them): the JSON body, the .npy body (PUT), and an NDJSON batch of `batchRollouts` rollouts.
     func externalClients(port: UInt16, key: String, rid: String, body: Data, ids: [Int32], T: Int, n: Int, base: [String: Any]) throws {
-        guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            try printJSON(["case": "ingest_curl", "config": ["curl": "not installed"]]); return
-        }
+        guard let curl = CurlClient(port: port, key: key) else { try printJSON(["case": "ingest_curl", "config": ["curl": "not installed"]]); return }
         let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("r3-bench-bodies-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let url = "http://127.0.0.1:\(port)"
-        func run(_ args: [String]) throws -> (seconds: Double, output: String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: curl)
-            p.arguments = ["-sS", "-o", dir.appendingPathComponent("reply").path, "-w", "%{http_code} %{time_total}", "-H", "Authorization: Bearer \(key)"] + args
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            let parts = text.split(separator: " ")
-            let reply = (try? String(contentsOf: dir.appendingPathComponent("reply"), encoding: .utf8)) ?? ""
-            guard parts.count == 2, parts[0].hasPrefix("20"), let t = Double(parts[1]) else {
-                throw ValidationError("curl \(args.last ?? ""): \(text) \(reply.prefix(300))")
-            }
-            return (t, reply)
-        }
+        let url = curl.url
+        func run(_ args: [String]) throws -> (seconds: Double, output: String) { try curl.run(args, reply: dir.appendingPathComponent("reply")) }
         let int32MB = Double(ids.count * 4) / 1e6
         // the JSON body of the in-process case
         let jsonFile = dir.appendingPathComponent("rollout.json")
@@ -240,23 +223,9 @@ struct RoutesBenchCommand: ParsableCommand {
     /// from the database, then Python requests + np.load (Tests/bench/fetch_requests.py). Run right after the
     /// in-process fetches, before the external ingests leave PostgreSQL writing behind them.
     func externalFetches(port: UInt16, key: String, rid: String, n: Int, base: [String: Any]) throws {
-        guard let curl = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            try printJSON(["case": "fetch_npy_uint8_curl", "config": ["curl": "not installed"]]); return
-        }
-        let url = "http://127.0.0.1:\(port)"
-        func run(_ args: [String]) throws -> (seconds: Double, output: String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: curl)
-            p.arguments = ["-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "-H", "Authorization: Bearer \(key)"] + args
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            let parts = text.split(separator: " ")
-            guard parts.count == 2, parts[0].hasPrefix("20"), let t = Double(parts[1]) else { throw ValidationError("curl \(args.last ?? ""): \(text)") }
-            return (t, "")
-        }
+        guard let curl = CurlClient(port: port, key: key) else { try printJSON(["case": "fetch_npy_uint8_curl", "config": ["curl": "not installed"]]); return }
+        let url = curl.url
+        func run(_ args: [String]) throws -> (seconds: Double, output: String) { try curl.run(args, reply: nil) }
         // fetch: uint8 .npy with curl (to /dev/null), then with Python requests + np.load
         var lat: [Double] = []
         for _ in 0..<n { lat.append(try run(["\(url)/v1/rollouts/\(rid)/routes?format=npy&dtype=uint8"]).seconds) }
@@ -307,6 +276,35 @@ struct RoutesBenchCommand: ParsableCommand {
             return Double(line.split(separator: " ").last ?? "")
         }
         return nil
+    }
+}
+
+/// curl in a process of its own, with the bench's key: each run reports the status and curl's time_total.
+struct CurlClient {
+    let path: String, key: String, url: String
+
+    init?(port: UInt16, key: String) {
+        guard let p = ["/usr/bin/curl", "/usr/local/bin/curl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return nil }
+        path = p; self.key = key; url = "http://127.0.0.1:\(port)"
+    }
+
+    /// Runs curl with `args`; the body goes to `reply` (read back and returned) or to /dev/null. A status
+    /// other than 2xx is an error.
+    func run(_ args: [String], reply: URL?) throws -> (seconds: Double, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = ["-sS", "-o", reply?.path ?? "/dev/null", "-w", "%{http_code} %{time_total}", "-H", "Authorization: Bearer \(key)"] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        let parts = text.split(separator: " ")
+        let body = reply.flatMap { try? String(contentsOf: $0, encoding: .utf8) } ?? ""
+        guard parts.count == 2, parts[0].hasPrefix("20"), let t = Double(parts[1]) else {
+            throw ValidationError("curl \(args.last ?? ""): \(text) \(body.prefix(300))")
+        }
+        return (t, body)
     }
 }
 

@@ -1,6 +1,7 @@
 // The C kernels on a CPU without the x86 instructions: test_portability.py cross-compiles this with
 // CPosix for aarch64 and runs it under qemu. SHA-256 and CRC-32C take their portable paths, base64
-// bulk decoding leaves everything to the scalar decoder, JSON scanning runs its scalar loop.
+// bulk decoding leaves everything to the scalar decoder, JSON scanning runs its scalar loop, and the route
+// kernels (routes.c) their portable loops.
 #include "cposix.h"
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +36,18 @@ int main(void) {
     ok &= check(r3_json_plain_run((const uint8_t *)json, strlen(json)) == 23, "json plain run");
     uint8_t enc[8];
     ok &= check(r3_base64_encode((const uint8_t *)"abc", 3, enc) == 4 && memcmp(enc, "YWJj", 4) == 0, "base64 encode");
+    const int32_t ids[6] = {3, -1, 254, 0, 255, 7};
+    uint8_t narrow[6];
+    ok &= check(r3_narrow_i32_u8(ids, 6, narrow) == 4 && memcmp(narrow, "\x03\xff\xfe\x00", 4) == 0, "narrowing stops before 255");
+    const uint8_t rows[16] = {1, 2, 3, 4, 5, 6, 7, 8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+    const int32_t moe[1] = {0};
+    uint8_t dup[16];
+    memcpy(dup, rows, 16); dup[3] = 1;
+    ok &= check(r3_routes_pack_u8(rows, 2, 1, 8, 16, moe, 1, 0, 0, 0) == 1 && r3_routes_pack_u8(dup, 2, 1, 8, 16, moe, 1, 0, 0, 0) == 0,
+                "route rows checked, a repeat refused");
+    int32_t counts[16] = {0}; uint8_t missing[2];
+    ok &= check(r3_routes_histogram(rows, 2, 1, 8, 16, 1, counts, missing) == -1 && counts[1] == 1 && counts[0] == 0 && missing[0] == 0 && missing[1] == 1,
+                "expert histogram");
     printf(ok ? "aarch64 kernels: ok\n" : "aarch64 kernels: FAILED\n");
     return ok ? 0 : 1;
 }

@@ -26,7 +26,7 @@ def test_c_kernels_build_and_run_on_aarch64(tmp_path):
     build = subprocess.run([clang(), "--target=aarch64-linux-gnu", "--sysroot=/usr/aarch64-linux-gnu", "-isystem", "/usr/aarch64-linux-gnu/include",
                             "-fuse-ld=lld", "-static", "-O2", "-Werror", "-Wno-unused-command-line-argument",
                             "-I", str(ROOT / "Sources/CPosix/include"),
-                            str(ROOT / "Tests/cli/portability_main.c"), str(ROOT / "Sources/CPosix/sha256.c"), str(ROOT / "Sources/CPosix/cposix.c"),
+                            str(ROOT / "Tests/cli/portability_main.c"), str(ROOT / "Sources/CPosix/sha256.c"), str(ROOT / "Sources/CPosix/cposix.c"), str(ROOT / "Sources/CPosix/routes.c"),
                             "-L/usr/aarch64-linux-gnu/lib", "-B/usr/aarch64-linux-gnu/lib", f"-B{gccdir}", f"-L{gccdir}", "-o", str(exe)],
                            capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr

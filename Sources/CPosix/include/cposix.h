@@ -44,6 +44,8 @@ uint64_t r3_json_plain_run(const uint8_t *p, uint64_t n);
 uint32_t r3_crc32(uint32_t crc, const void *data, uint64_t n);
 /// Standard padded base64 of n bytes into dst, which must hold 4 * ((n + 2) / 3) bytes; returns that count.
 uint64_t r3_base64_encode(const uint8_t *src, uint64_t n, uint8_t *dst);
+/// 1 when the CPU has AVX2 (asked once), for the kernels that have an AVX2 path.
+int r3_has_avx2(void);
 /// Route kernels (routes.c). Little-endian int32 ids to one byte each while every id is in [-1, 254]
 /// (-1 → 0xFF): returns how many were converted, stopping before the first id outside that range.
 uint64_t r3_narrow_i32_u8(const void *src, uint64_t n, uint8_t *dst);
