@@ -93,6 +93,18 @@ public final class Engine {
     /// backward computes each layer's again (about a third more expert work; 670 MB less per layer at
     /// 32K tokens of bench-m). Tests set 0.
     var recomputeMLPAbove = 8192
+    /// fp32 training inputs whose longest sequence has more tokens than this run attention in tiles
+    /// (`attentionForwardTiled` / `attentionBackwardTiled`); shorter ones keep the one-pass kernels and
+    /// their bits. Tests set 0.
+    var tiledAttentionAbove = 2048
+    /// The tiled attention's tile sizes (tests make them small, so that sequences cross many tiles).
+    var attnTiles = AttnTiles()
+
+    /// Whether this pass's attention runs tiled: fp32 training without a KV cache, on long sequences.
+    func tiledAttention(ws: Workspace, cache: KVCache?) -> Bool {
+        cache == nil && ws.hasBackward && !bf16 && !numerics.batchInvariant && attnTiles.scratchFloats <= ws.attnStride
+            && spans.contains { $0.count > tiledAttentionAbove }
+    }
 
     /// `workers` threads share the work (default: every core); OpenBLAS is set single-threaded.
     public init(model: Model, numerics: Numerics = .fp32, workers: Int = ProcessInfo.processInfo.activeProcessorCount) {
@@ -327,9 +339,14 @@ public final class Engine {
                 }
             }
             cache?.store(layer: l, spans: spans, k: a.qk + s.HD, ldk: s.QK, v: vBase, ldv: ldv)
-            attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
-                             scratchStride: 2 * Workspace.blockRows * ws.maxKeys, workers: workers, bf16: bf16,
-                             gemvDecode: !numerics.batchInvariant)
+            if tiledAttention(ws: ws, cache: cache) {
+                attentionForwardTiled(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, tiles: attnTiles,
+                                      scratch: ws.attnScratch, scratchStride: ws.attnStride, workers: workers)
+            } else {
+                attentionForward(s, spans: spans, q: a.qk, ldq: s.QK, out: a.attn, lse: a.lse, scratch: ws.attnScratch,
+                                 scratchStride: ws.attnStride, workers: workers, bf16: bf16,
+                                 gemvDecode: !numerics.batchInvariant)
+            }
             linearInput(a.attn, rows: T, cols: s.HDv)
             a.xMid.update(from: xIn, count: T * C)
             ctx.linear(T, C, s.HDv, a.attn, s.HDv, W + p.o, 1, a.xMid, C, scratch: scratch0)

@@ -5,7 +5,10 @@
 /// Below -87.3 it returns 0 (so a masked -inf gives 0); NaN stays NaN.
 @inline(__always) func expApprox(_ x: SIMD8<Float>) -> SIMD8<Float> {
     let lo = SIMD8<Float>(repeating: -87.3), hi = SIMD8<Float>(repeating: 88.3)
-    let xc = x.clamped(lowerBound: lo, upperBound: hi)
+    // clamped with two selects: SIMD's generic clamped(lowerBound:upperBound:) is not inlined (a call to
+    // pointwiseMin and pointwiseMax per vector); NaN passes both and is restored below
+    let xl = x.replacing(with: lo, where: x .< lo)
+    let xc = xl.replacing(with: hi, where: xl .> hi)
     let n = (xc * 1.442_695_04).rounded(.toNearestOrEven)
     let r = xc - n * 0.693_359_375 + n * 2.121_944_4e-4
     var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
@@ -48,8 +51,16 @@ func expInPlace(_ p: UnsafeMutablePointer<Float>, _ n: Int, shift: Float = 0, sc
 }
 
 @inline(__always) func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
-    var m = -Float.infinity
-    for i in 0..<n where p[i] > m { m = p[i] }
+    var m8 = SIMD8<Float>(repeating: -.infinity)
+    var i = 0
+    let raw = UnsafeRawPointer(p)
+    while i + 8 <= n {
+        let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        m8 = m8.replacing(with: v, where: v .> m8)
+        i += 8
+    }
+    var m = m8.max()
+    while i < n { if p[i] > m { m = p[i] }; i += 1 }
     return m
 }
 
@@ -97,8 +108,8 @@ func swigluForward(_ gu: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float
     }
 }
 
-/// SwiGLU backward: from dOut [rows, I] and the saved gu, writes dGu [rows, 2I].
-/// d silu(g)/dg = s·(1 + g·(1 − s)) with s = sigmoid(g).
+/// SwiGLU backward: from dOut [rows, I] and the saved gu, writes dGu [rows, 2I]. dGu may be gu itself
+/// (each element pair is read before it is written). d silu(g)/dg = s·(1 + g·(1 − s)) with s = sigmoid(g).
 func swigluBackward(_ gu: UnsafePointer<Float>, _ dOut: UnsafePointer<Float>, _ dGu: UnsafeMutablePointer<Float>, rows: Int, I: Int) {
     for r in 0..<rows {
         let g = UnsafeRawPointer(gu + r * 2 * I), u = g + 4 * I, d = UnsafeRawPointer(dOut + r * I)
@@ -115,9 +126,10 @@ func swigluBackward(_ gu: UnsafePointer<Float>, _ dOut: UnsafePointer<Float>, _ 
         }
         let gs = gu + r * 2 * I, ds = dOut + r * I, dgs = dGu + r * 2 * I
         while i < I {
-            let s = 1 / (1 + expScalar(-gs[i]))
-            dgs[I + i] = ds[i] * gs[i] * s
-            dgs[i] = ds[i] * gs[I + i] * s * (1 + gs[i] * (1 - s))
+            let gv = gs[i], uv = gs[I + i], dv = ds[i]
+            let s = 1 / (1 + expScalar(-gv))
+            dgs[I + i] = dv * gv * s
+            dgs[i] = dv * uv * s * (1 + gv * (1 - s))
             i += 1
         }
     }

@@ -165,34 +165,38 @@ func combineExperts(_ m: MoEShape, gates: UnsafePointer<Float>, slot: UnsafePoin
 func moeBackward(_ m: MoEShape, ctx: GemmContext, h: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                  probs: UnsafePointer<Float>, idx: UnsafePointer<Int32>, gates: UnsafePointer<Float>,
                  perm: UnsafePointer<Int32>, slot: UnsafePointer<Int32>, offsets: UnsafePointer<Int32>, order: UnsafePointer<Int32>,
-                 xg: UnsafePointer<Float>, gu: UnsafePointer<Float>, act: UnsafePointer<Float>, eo: UnsafePointer<Float>,
+                 xg: UnsafeMutablePointer<Float>, gu: UnsafeMutablePointer<Float>, act: UnsafeMutablePointer<Float>, eo: UnsafeMutablePointer<Float>,
                  router: UnsafePointer<Float>, gateUp: UnsafePointer<Float>, down: UnsafePointer<Float>,
                  dRouter: UnsafeMutablePointer<Float>, dGateUp: UnsafeMutablePointer<Float>, dDown: UnsafeMutablePointer<Float>,
-                 dEo: UnsafeMutablePointer<Float>, dAct: UnsafeMutablePointer<Float>, dGu: UnsafeMutablePointer<Float>,
-                 dXg: UnsafeMutablePointer<Float>, dProbs: UnsafeMutablePointer<Float>, dGates: UnsafeMutablePointer<Float>,
+                 dProbs: UnsafeMutablePointer<Float>, dGates: UnsafeMutablePointer<Float>,
                  dh: UnsafeMutablePointer<Float>, auxGrad: [Float]? = nil) {
     let C = m.C, I = m.I, K = m.K, E = m.E
-    // gate gradients and the experts' output gradients
+    // The forward's expert activations are consumed in place: each buffer takes its own gradient once the
+    // last product that reads it is done (eo → dEo, act → dAct, gu → dGu, xg → dXg), so backward holds no
+    // second [A, ·] buffer of its own (940 MB at 32K tokens of bench-m).
+    // gate gradients, then the experts' output gradients over their outputs
     for t in 0..<m.T {
         for j in 0..<K {
             let r = Int(slot[t * K + j])
             dGates[t * K + j] = dot(dy + t * C, eo + r * C, C)
-            let g = gates[t * K + j], src = dy + t * C, dst = dEo + r * C
+            let g = gates[t * K + j], src = dy + t * C, dst = eo + r * C
             for c in 0..<C { dst[c] = g * src[c] }
         }
     }
+    let dEo = eo
     let active = (0..<E).reduce(0) { $0 + (offsets[Int(order[$1]) + 1] > offsets[Int(order[$1])] ? 1 : 0) }
     parallelFor(active, workers: ctx.workers) { task in
         let e = Int(order[task])
         let r0 = Int(offsets[e]), n = Int(offsets[e + 1]) - r0
         let wgu = gateUp + e * 2 * I * C, wd = down + e * C * I
-        sgemm(false, false, n, I, C, 1, dEo + r0 * C, C, wd, I, 0, dAct + r0 * I, I)                 // dAct = dEo·Wd
         sgemm(true, false, C, I, n, 1, dEo + r0 * C, C, act + r0 * I, I, 1, dDown + e * C * I, I)     // dWd += dEoᵀ·act
-        swigluBackward(gu + r0 * 2 * I, dAct + r0 * I, dGu + r0 * 2 * I, rows: n, I: I)
-        sgemm(true, false, 2 * I, C, n, 1, dGu + r0 * 2 * I, 2 * I, xg + r0 * C, C, 1, dGateUp + e * 2 * I * C, C) // dWgu += dGuᵀ·xg
-        sgemm(false, false, n, C, 2 * I, 1, dGu + r0 * 2 * I, 2 * I, wgu, C, 0, dXg + r0 * C, C)      // dXg = dGu·Wgu
+        sgemm(false, false, n, I, C, 1, dEo + r0 * C, C, wd, I, 0, act + r0 * I, I)                   // dAct = dEo·Wd
+        swigluBackward(gu + r0 * 2 * I, act + r0 * I, gu + r0 * 2 * I, rows: n, I: I)                  // dGu
+        sgemm(true, false, 2 * I, C, n, 1, gu + r0 * 2 * I, 2 * I, xg + r0 * C, C, 1, dGateUp + e * 2 * I * C, C) // dWgu += dGuᵀ·xg
+        sgemm(false, false, n, C, 2 * I, 1, gu + r0 * 2 * I, 2 * I, wgu, C, 0, xg + r0 * C, C)        // dXg = dGu·Wgu
     }
     // scatter the expert input gradients back to tokens
+    let dXg = xg
     for t in 0..<m.T {
         let d = dh + t * C
         d.update(from: dXg + Int(slot[t * K]) * C, count: C)

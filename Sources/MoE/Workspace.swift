@@ -23,6 +23,9 @@ final class Workspace {
     /// Every layer's MLP activations (gate/up, SwiGLU output, expert outputs) share one buffer instead of
     /// one per layer; backward computes a layer's again before using them (long inputs).
     let mlpShared: Bool
+    /// Every layer's normed + rotated q/k share one buffer (long inputs, GQA): backward computes a layer's
+    /// again from its raw projection before its attention backward.
+    let recomputesQK: Bool
     let floats: Buffer<Float>
     let ints: Buffer<Int32>
 
@@ -33,7 +36,9 @@ final class Workspace {
     /// in chunks of that many rows, and backward recomputes each chunk's logits instead of keeping [T, V].
     let headRows: Int
     var xg: UnsafeMutablePointer<Float>          // gathered expert inputs [A, C]
-    var attnScratch: UnsafeMutablePointer<Float> // per worker [2, Bq, maxKeys]
+    var attnScratch: UnsafeMutablePointer<Float> // per worker [2, Bq, maxKeys], or the tiled attention's tiles
+    /// Floats of `attnScratch` per worker.
+    let attnStride: Int
     var linScratch: UnsafeMutablePointer<Float>  // per worker [tile, maxIn + maxOut]
     var rowScratch: UnsafeMutablePointer<Float>  // per worker [V]
     var routeScratch: UnsafeMutablePointer<Float> // [E + n_group] router selection scores
@@ -41,7 +46,7 @@ final class Workspace {
     var liveIdx: UnsafeMutablePointer<Int32>     // [T, K]
     // backward
     var dx, dh, dqkv, dqk, dattn, di: UnsafeMutablePointer<Float>
-    var dEo, dAct, dGu, dXg, dProbs, dGates: UnsafeMutablePointer<Float>
+    var dProbs, dGates: UnsafeMutablePointer<Float>   // the MLP's gradients take its activations' place
     var dlogits, hFc, dhFc: UnsafeMutablePointer<Float>
     var dv: UnsafeMutablePointer<Float>          // MLA [T, H·Dv]
     var mla: MLAGrads                            // MLA projection gradients
@@ -81,11 +86,35 @@ final class Workspace {
             var qa, qan, qaRstd, kva, kvn, kvRstd, kvb, v, sgu, sact: Int
         }
         var offs: [Off] = []
-        let sharedMLP = mlpShared ? (gu: fp.take(guRows), act: fp.take(actRows), eo: fp.take(A * C)) : nil
+        // Long inputs (mlpShared): the MLP's buffers of one layer (gate/up, SwiGLU output, expert outputs,
+        // gathered inputs) form one region, and what is live only while they are dead shares it: the
+        // normed + rotated q/k and attention's gradients (live from a layer's attention forward to its MLP,
+        // and in backward from its attention part to the next layer's MLP), and the LM head's buffers
+        // (after the last layer's forward, before the last layer's backward). The norms' outputs h1 and h2
+        // are one buffer, computed again in backward where used; q/k (GQA) too.
+        func al(_ n: Int) -> Int { (n + 15) & ~15 }
+        let regionSize = al(guRows) + al(actRows) + 2 * al(A * C)
+        let region = mlpShared ? fp.take(regionSize) : nil
+        var cursor = 0
+        func place(_ n: Int) -> Int {
+            let n16 = (n + 15) & ~15
+            guard let region, cursor + n16 <= regionSize else { return fp.take(n) }
+            defer { cursor += n16 }
+            return region + cursor
+        }
+        let sharedMLP = region.map { (gu: $0, act: $0 + al(guRows), eo: $0 + al(guRows) + al(actRows)) }
+        let oXg = region.map { $0 + al(guRows) + al(actRows) + al(A * C) } ?? fp.take(A * C)
+        let sharedH = mlpShared ? fp.take(T * C) : nil
+        let sharedQK = mlpShared && m == nil ? place(T * QK) : nil
+        recomputesQK = sharedQK != nil
+        let b = backward ? 1 : 0
+        let oDqkv = place(b * T * QKV), oDqk = place(b * T * QK), oDattn = place(b * T * HDv)
+        cursor = 0
+        let oLogits = place(headRows * V), oDlogits = place(b * headRows * V), oHFc = place(b * T * C), oDhFc = place(b * T * C)
         for _ in 0..<savedLayers {
-            offs.append(Off(rstd1: fp.take(T), h1: fp.take(T * C), qkv: fp.take(T * QKV), qk: fp.take(T * QK),
+            offs.append(Off(rstd1: fp.take(T), h1: sharedH ?? fp.take(T * C), qkv: fp.take(T * QKV), qk: sharedQK ?? fp.take(T * QK),
                             qkRstd: fp.take(c.qkNorm ? T * (H + Hkv) : 0), attn: fp.take(T * HDv), lse: fp.take(T * H),
-                            xMid: fp.take(T * C), rstd2: fp.take(T), h2: fp.take(T * C),
+                            xMid: fp.take(T * C), rstd2: fp.take(T), h2: sharedH ?? fp.take(T * C),
                             probs: fp.take(hasMoE ? T * E : 0), gates: fp.take(hasMoE ? T * K : 0),
                             gu: sharedMLP?.gu ?? fp.take(guRows), act: sharedMLP?.act ?? fp.take(actRows), eo: sharedMLP?.eo ?? fp.take(A * C),
                             idx: ip.take(A), perm: ip.take(A), slot: ip.take(A), offsets: ip.take(E + 1),
@@ -93,21 +122,17 @@ final class Workspace {
                             kvn: fp.take(T * R), kvRstd: fp.take(m == nil ? 0 : T), kvb: fp.take(T * KVBW), v: fp.take(T * mlaV),
                             sgu: fp.take(sharedLayers ? T * 2 * Is : 0), sact: fp.take(sharedLayers ? T * Is : 0)))
         }
-        let oRstdF = fp.take(T), oHF = fp.take(T * C), oLogits = fp.take(headRows * V), oLse = fp.take(T)
-        let oXg = fp.take(A * C)
-        let oAttn = fp.take(workers * 2 * Workspace.blockRows * maxKeys)
+        let oRstdF = fp.take(T), oHF = fp.take(T * C), oLse = fp.take(T)
+        attnStride = max(2 * Workspace.blockRows * maxKeys, backward ? AttnTiles().scratchFloats : 0)
+        let oAttn = fp.take(workers * attnStride)
         let oLin = fp.take(workers * GemmContext.tile * (maxIn + maxOut))
         let oRow = fp.take(workers * V)
         let oRoute = fp.take(E + max(c.nGroup, 1))
         let oOrder = ip.take(E), oLive = ip.take(hasMoE ? T * K : 0), oHeadRows = ip.take(T)
-        let b = backward ? 1 : 0
-        let oDx = fp.take(b * T * C), oDh = fp.take(b * T * C), oDqkv = fp.take(b * T * QKV), oDqk = fp.take(b * T * QK)
-        let oDattn = fp.take(b * T * HDv), oDi = fp.take(b * T * H)
+        let oDx = fp.take(b * T * C), oDh = fp.take(b * T * C), oDi = fp.take(b * T * H)
         let oDv = fp.take(b * T * mlaV), oDqan = fp.take(b * T * Rq), oDqa = fp.take(b * T * Rq), oDkvb = fp.take(b * T * KVBW)
         let oDkvn = fp.take(b * T * R), oDkva = fp.take(b * T * KVA)
-        let oDEo = fp.take(b * A * C), oDAct = fp.take(b * actRows), oDGu = fp.take(b * guRows), oDXg = fp.take(b * A * C)
         let oDProbs = fp.take(b * (hasMoE ? T * E : 0)), oDGates = fp.take(b * (hasMoE ? T * K : 0))
-        let oDlogits = fp.take(b * headRows * V), oHFc = fp.take(b * T * C), oDhFc = fp.take(b * T * C)
 
         floats = Buffer(count: fp.total)
         ints = Buffer(count: ip.total)
@@ -128,7 +153,7 @@ final class Workspace {
         attnScratch = f + oAttn; linScratch = f + oLin; rowScratch = f + oRow
         order = i + oOrder; liveIdx = i + oLive; gradRows = i + oHeadRows
         dx = f + oDx; dh = f + oDh; dqkv = f + oDqkv; dqk = f + oDqk; dattn = f + oDattn; di = f + oDi
-        dEo = f + oDEo; dAct = f + oDAct; dGu = f + oDGu; dXg = f + oDXg; dProbs = f + oDProbs; dGates = f + oDGates
+        dProbs = f + oDProbs; dGates = f + oDGates
         dlogits = f + oDlogits; hFc = f + oHFc; dhFc = f + oDhFc
     }
 

@@ -189,12 +189,14 @@ struct EngineTests {
         }
     }
 
-    /// Long inputs keep one layer's MLP activations and recompute each layer's in backward: the same
-    /// gradients, bit for bit (the same products on the same inputs), with dense and MoE layers.
-    @Test(arguments: [false, true])
-    func recomputedMLPActivationsGiveTheSameGradients(odd: Bool) throws {
-        let cfg = odd ? Factory.oddConfig() : config
-        let m = odd ? try Model(config: cfg, seed: 5) : model
+    /// Long inputs keep one layer's MLP activations and recompute each layer's in backward, share one
+    /// buffer for h1 and h2 (and for GQA's normed q/k) computed again where used, and lay attention's
+    /// gradients and the LM head's buffers over the MLP's: the same gradients, bit for bit (the same
+    /// products on the same inputs), with dense and MoE layers, GQA and MLA.
+    @Test(arguments: ["tiny", "odd", "deepseek"])
+    func recomputedMLPActivationsGiveTheSameGradients(which: String) throws {
+        let cfg = which == "odd" ? Factory.oddConfig() : which == "deepseek" ? try ModelConfig(json: FamilyConfigs.deepseek) : config
+        let m = which == "tiny" ? model : try Model(config: cfg, seed: 5)
         let seqs = Factory.randomSequences(count: 3, lengths: 10...30, vocab: cfg.vocabSize, seed: 23)
         let T = seqs.reduce(0) { $0 + $1.count }
         var rng = SeededRandom(seed: 24)
@@ -204,10 +206,44 @@ struct EngineTests {
             e.recomputeMLPAbove = recomputeAbove
             _ = try e.forward(seqs, options: ForwardOptions(training: true))
             #expect(e.ws!.mlpShared == (recomputeAbove == 0))
+            #expect(e.ws!.recomputesQK == (recomputeAbove == 0 && cfg.mla == nil))
             try e.backward(dLogp: dLogp)
             return e.grads!.array()
         }
         #expect(try grads(recomputeAbove: 0).map(\.bitPattern) == grads(recomputeAbove: 1 << 20).map(\.bitPattern))
+    }
+
+    /// Long training inputs run attention in FlashAttention-2's tiles (online softmax over key blocks in
+    /// forward; key blocks outside, query blocks inside in backward). Tiles of 5 query × 7 key rows here, so
+    /// that every sequence crosses many tiles, partial ones and the causal diagonal inside a tile: the same
+    /// log-probs and gradients as the one-pass kernels, to rounding, for GQA (q/k norm) and for MLA
+    /// (query and value widths of their own).
+    @Test(arguments: ["odd", "deepseek"])
+    func tiledAttentionGivesTheSameLossAndGradients(which: String) throws {
+        let cfg = which == "odd" ? Factory.oddConfig() : try ModelConfig(json: FamilyConfigs.deepseek)
+        let m = try Model(config: cfg, seed: 7, std: 0.2)
+        let seqs = Factory.randomSequences(count: 3, lengths: 9...40, vocab: cfg.vocabSize, seed: 29)
+        let T = seqs.reduce(0) { $0 + $1.count }
+        var rng = SeededRandom(seed: 30)
+        let dLogp = (0..<T).map { _ in Float(rng.normal()) }
+        func run(tiled: Bool) throws -> (ForwardResult, [Float]) {
+            let e = Engine(model: m.clone(), numerics: .fp32)
+            e.tiledAttentionAbove = tiled ? 0 : 1 << 30
+            e.attnTiles = AttnTiles(queryRows: 5, keyRows: 7)
+            let r = try e.forward(seqs, options: ForwardOptions(training: true, entropy: true))
+            #expect(e.tiledAttention(ws: e.ws!, cache: nil) == tiled)
+            try e.backward(dLogp: dLogp)
+            return (r, e.grads!.array())
+        }
+        let (one, gOne) = try run(tiled: false)
+        let (tiles, gTiles) = try run(tiled: true)
+        let lp = zip(one.logprobs, tiles.logprobs).map { abs($0 - $1) }.max()!
+        let en = zip(one.entropy, tiles.entropy).map { abs($0 - $1) }.max()!
+        #expect(lp < 1e-5 && en < 1e-5, "log-probs \(lp), entropy \(en)")
+        let scale = gOne.map { abs($0) }.max()!
+        let g = zip(gOne, gTiles).map { abs($0 - $1) }.max()!
+        #expect(g < 1e-5 * scale, "gradients differ by \(g) (largest \(scale))")
+        #expect(gOne != gTiles, "the tiled path did not run")
     }
 
     @Test func deterministicModeIsBatchInvariant() throws {
@@ -240,6 +276,24 @@ struct EngineMisuseTests {
         let out = try engine.forward([[1, 2, 3]], options: ForwardOptions(training: true))
         _ = try engine.generate([[4, 5]], sampling: SamplingParams(maxTokens: 2, temperature: 0))
         #expect(throws: MoEError.self) { try engine.backward(dLogp: out.logprobs.map { _ in 1 }) }
+    }
+
+    /// Backward consumes the forward's MLP activations (they take their gradients' place), so a second
+    /// backward without a new forward is refused rather than computed from overwritten buffers; after a new
+    /// forward it gives the same gradients as the first.
+    @Test func secondBackwardNeedsANewForward() throws {
+        let model = try Model(config: Factory.oddConfig(), seed: 1, std: 0.1)
+        let engine = Engine(model: model)
+        let seqs: [[Int32]] = [[1, 2, 3, 4, 5], [6, 7, 8]]
+        let out = try engine.forward(seqs, options: ForwardOptions(training: true))
+        let dLogp = out.logprobs.map { $0.isNaN ? Float(0) : -1 }
+        try engine.backward(dLogp: dLogp)
+        let first = engine.grads!.array()
+        #expect(throws: MoEError.self) { try engine.backward(dLogp: dLogp) }
+        engine.zeroGrad()
+        _ = try engine.forward(seqs, options: ForwardOptions(training: true))
+        try engine.backward(dLogp: dLogp)
+        #expect(engine.grads!.array().map(\.bitPattern) == first.map(\.bitPattern))
     }
 
     @Test func badTokensAndTargetsAreRejected() throws {
