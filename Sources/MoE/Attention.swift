@@ -202,21 +202,8 @@ func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float
             while i0 < span.count {
                 let nb = min(Bq, span.count - i0), nk = i0 + nb
                 let r0 = span.row + i0
-                let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
-                sgemm(false, true, nb, nk, s.D, s.scale, qb, ldq, kg, span.ldk, 0, P, nk)
-                for r in 0..<nb {
-                    let row = P + r * nk, valid = i0 + r + 1
-                    expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
-                    if valid < nk { (row + valid).update(repeating: 0, count: nk - valid) }
-                }
-                sgemm(false, true, nb, nk, s.Dv, 1, dob, s.HDv, vg, span.ldv, 0, dP, nk)
-                sgemm(true, false, nk, s.Dv, nb, 1, P, nk, dob, s.HDv, 1, dvg, span.ldv)
-                for r in 0..<nb {
-                    let p = P + r * nk, d = dP + r * nk, dr = di[(r0 + r) * s.H + h]
-                    for j in 0..<nk { d[j] = p[j] * (d[j] - dr) }
-                }
-                sgemm(false, false, nb, s.D, nk, s.scale, dP, nk, kg, span.ldk, 0, dq + r0 * ldq + h * s.D, ldq)
-                sgemm(true, false, nk, s.D, nb, s.scale, dP, nk, qb, ldq, 1, dkg, span.ldk)
+                attentionBackwardTile(s, h: h, rows: nb, firstRow: r0, diagonal: i0, keys: nk, q: q, ldq: ldq, dout: dout, lse: lse, di: di,
+                                      dq: dq, dqBeta: 0, k: kg, v: vg, dk: dkg, dv: dvg, span: span, P: P, dP: dP)
                 i0 += nb
             }
         }
@@ -334,26 +321,40 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
             for h in (g * s.group)..<((g + 1) * s.group) {
                 var i0 = j0
                 while i0 < span.count {
-                    let nb = min(Bq, span.count - i0), r0 = span.row + i0
-                    let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
-                    sgemm(false, true, nb, bk, s.D, s.scale, qb, ldq, kb, span.ldk, 0, P, bk)
-                    for r in 0..<nb {
-                        let row = P + r * bk, valid = min(bk, i0 + r + 1 - j0)
-                        expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
-                        if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
-                    }
-                    sgemm(true, false, bk, s.Dv, nb, 1, P, bk, dob, s.HDv, 1, dvb, span.ldv)
-                    sgemm(false, true, nb, bk, s.Dv, 1, dob, s.HDv, vb, span.ldv, 0, dP, bk)
-                    for r in 0..<nb {
-                        let p = P + r * bk, d = dP + r * bk, dr = di[(r0 + r) * s.H + h]
-                        for j in 0..<bk { d[j] = p[j] * (d[j] - dr) }
-                    }
-                    sgemm(false, false, nb, s.D, bk, s.scale, dP, bk, kb, span.ldk, 1, dq + r0 * ldq + h * s.D, ldq)
-                    sgemm(true, false, bk, s.D, nb, s.scale, dP, bk, qb, ldq, 1, dkb, span.ldk)
+                    let nb = min(Bq, span.count - i0)
+                    attentionBackwardTile(s, h: h, rows: nb, firstRow: span.row + i0, diagonal: i0 - j0, keys: bk, q: q, ldq: ldq, dout: dout,
+                                          lse: lse, di: di, dq: dq, dqBeta: 1, k: kb, v: vb, dk: dkb, dv: dvb, span: span, P: P, dP: dP)
                     i0 += nb
                 }
             }
             j0 += bk
         }
     }
+}
+
+/// One (query block, key block) pair of attention's backward for head h: P = exp(scale·q·kᵀ − lse) with
+/// query row r seeing keys 0...diagonal + r of the block, dV += Pᵀ·dO, dS = P ∘ (dO·Vᵀ − D),
+/// dQ = dqBeta·dQ + scale·dS·K, dK += scale·dSᵀ·q. `k`, `v`, `dk`, `dv` point at the block's first key row
+/// (kv head applied, strides the span's); P and dP are [rows, keys] scratch.
+@inline(__always)
+func attentionBackwardTile(_ s: AttnShape, h: Int, rows nb: Int, firstRow r0: Int, diagonal: Int, keys bk: Int,
+                           q: UnsafePointer<Float>, ldq: Int, dout: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                           di: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dqBeta: Float,
+                           k: UnsafePointer<Float>, v: UnsafePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                           span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>) {
+    let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
+    sgemm(false, true, nb, bk, s.D, s.scale, qb, ldq, k, span.ldk, 0, P, bk)
+    for r in 0..<nb {
+        let row = P + r * bk, valid = min(bk, diagonal + r + 1)
+        expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
+        if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
+    }
+    sgemm(true, false, bk, s.Dv, nb, 1, P, bk, dob, s.HDv, 1, dv, span.ldv)
+    sgemm(false, true, nb, bk, s.Dv, 1, dob, s.HDv, v, span.ldv, 0, dP, bk)
+    for r in 0..<nb {
+        let p = P + r * bk, d = dP + r * bk, dr = di[(r0 + r) * s.H + h]
+        for j in 0..<bk { d[j] = p[j] * (d[j] - dr) }
+    }
+    sgemm(false, false, nb, s.D, bk, s.scale, dP, bk, k, span.ldk, dqBeta, dq + r0 * ldq + h * s.D, ldq)
+    sgemm(true, false, bk, s.D, nb, s.scale, dP, bk, qb, ldq, 1, dk, span.ldk)
 }
