@@ -29,7 +29,10 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Rollout numerics of the RL runs: bf16 (default) or fp8 (training is fp32).") var precision: String?
     @Option(name: .customLong("aux-loss-coef"), help: "Load-balancing aux loss coefficient in SFT and RL (HF's router_aux_loss_coef).") var auxLossCoef: Double?
     @Flag(name: .customLong("native-blas"), help: "Let OpenBLAS pick its kernels for this CPU (faster on AVX-512) instead of pinning the Haswell kernels, which give the same bits on every x86-64 machine with AVX2 and FMA.") var nativeBLAS = false
-    @Flag(help: "Towards the paper's regime (see README): 16 layers, 128 fine-grained experts, top-8, aux loss 0.1, FP8 rollouts. Explicit options override it.") var realistic = false
+    @Flag(help: "The paper's regime (see README): 16 layers, 128 fine-grained experts, top-8, aux loss 0.1, FP8 rollouts, init std 0.08. Explicit options override it.") var realistic = false
+    @Option(name: .customLong("init-std"), help: "Std of the random weight matrices (HF's initializer_range; default 0.02).") var initStd: Double?
+    @Option(name: .customLong("router-std"), help: "Std of the routers' initial weights (default: --init-std).") var routerStd: Double?
+    @Option(name: .customLong("sft-steps"), help: "SFT steps per round (default 150, --quick 60); up to 4 rounds until the greedy reward is non-zero.") var sftSteps: Int?
     @Option(help: "Also write the table into this Markdown file, between <!-- demo:begin --> and <!-- demo:end -->.") var readme: String?
 
     struct Run { let name: String; let replay: String; let algorithm: String; let tis: Bool }
@@ -39,12 +42,23 @@ struct DemoCommand: ParsableCommand {
                        Run(name: "TIS", replay: "none", algorithm: "grpo", tis: true),
                        Run(name: "GSPO+R3", replay: "R3", algorithm: "gspo", tis: false)]
 
-    /// The shape, aux loss and rollout numerics in effect (the realistic preset's, unless given).
-    var shape: (layers: Int, experts: Int, topK: Int, hidden: Int, precision: String, aux: Double) {
-        let given = { (name: String) in CommandLine.arguments.contains("--\(name)") }
-        if !realistic { return (layers, experts, topK, hidden, precision ?? "bf16", auxLossCoef ?? 0) }
-        return (given("layers") ? layers : 16, given("experts") ? experts : 128, given("top-k") ? topK : 8, hidden,
-                precision ?? "fp8", auxLossCoef ?? 0.1)
+    /// The realistic preset (chosen by measurement, README "Towards the paper's regime"): 16 layers × 128 experts,
+    /// top-8, aux loss 0.1, FP8 rollouts, and matrices initialised with std 0.08. HF's 0.02 is meant for
+    /// hidden sizes in the thousands: 0.02 × √2048 (Qwen3-30B-A3B) = 0.08 × √128 (ours), so 0.08 gives our
+    /// hidden 128 the pre-activation scale a Qwen3-30B layer starts with.
+    static let realisticPreset = (layers: 16, experts: 128, topK: 8, precision: "fp8", aux: 0.1, initStd: 0.08)
+
+    /// Whether an option was given on the command line (a preset yields to explicit options).
+    static func given(_ name: String) -> Bool {
+        CommandLine.arguments.contains { $0 == "--\(name)" || $0.hasPrefix("--\(name)=") }
+    }
+
+    /// The shape, aux loss, rollout numerics and init std in effect (the realistic preset's, unless given).
+    var shape: (layers: Int, experts: Int, topK: Int, hidden: Int, precision: String, aux: Double, initStd: Double?) {
+        if !realistic { return (layers, experts, topK, hidden, precision ?? "bf16", auxLossCoef ?? 0, initStd) }
+        let p = DemoCommand.realisticPreset, given = DemoCommand.given
+        return (given("layers") ? layers : p.layers, given("experts") ? experts : p.experts, given("top-k") ? topK : p.topK, hidden,
+                precision ?? p.precision, auxLossCoef ?? p.aux, initStd ?? p.initStd)
     }
 
     /// OpenBLAS reads OPENBLAS_CORETYPE when it loads, before any Swift code runs: to pin its kernels the
@@ -62,12 +76,15 @@ struct DemoCommand: ParsableCommand {
     }
 
     func run() throws {
-        let (layers, experts, topK, hidden, precision, auxLossCoef) = shape
+        let (layers, experts, topK, hidden, precision, auxLossCoef, initStd) = shape
         guard ["bf16", "fp8", "fp32", "deterministic"].contains(precision) else { throw ValidationError("--precision must be bf16, fp8, fp32 or deterministic") }
         guard auxLossCoef >= 0 && auxLossCoef <= 10 else { throw ValidationError("--aux-loss-coef must be in 0...10") }
         guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
+        guard (initStd ?? 0.02) > 0 && (initStd ?? 0.02) <= 1 else { throw ValidationError("--init-std must be in (0, 1]") }
+        guard (routerStd ?? 0.02) > 0 && (routerStd ?? 0.02) <= 10 else { throw ValidationError("--router-std must be in (0, 10]") }
+        guard (1...100_000).contains(sftSteps ?? 1) else { throw ValidationError("--sft-steps must be in 1...100000") }
         let rlSteps = steps ?? (quick ? 6 : 60)
         guard rlSteps >= 2 else { throw ValidationError("--steps must be at least 2") }
         try pinBLASKernels()
@@ -90,25 +107,27 @@ struct DemoCommand: ParsableCommand {
         // HF's initializer (std 0.02 everywhere, the router included). A larger router std makes the router
         // degenerate: after SFT its top-1 gate is ~0.9995, so flipped experts carry ~1e-4 of the output and
         // replaying them changes nothing measurable (see README, "What the demo shows").
-        let model = try api.call("POST", "/v1/models", ["name": "demo-moe-\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig,
-                                                         "seed": seed])
+        var modelBody: [String: Any] = ["name": "demo-moe-\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed]
+        if let v = initStd { modelBody["init_std"] = v }
+        if let v = routerStd ?? initStd { modelBody["router_std"] = v }
+        let model = try api.call("POST", "/v1/models", modelBody)
         let modelID = model["id"] as! String
 
         // 2. SFT until the greedy reward is non-zero
         let task = ["task": "reverse", "difficulty": quick ? 4 : 6] as [String: Any]
-        var sftReward = 0.0, sftVersion = 0, sftSteps = 0
+        var sftReward = 0.0, sftVersion = 0, sftDone = 0
         for round in 0..<4 {
-            let n = quick ? 60 : 150
+            let n = sftSteps ?? (quick ? 60 : 150)
             let job = try api.submitAndWait(["type": "sft", "model": modelID, "steps": n, "learning_rate": 3e-3, "seed": seed + round, "checkpoint_every": n,
                                              "eval_every": n, "aux_loss_coef": auxLossCoef] .merging(task) { $1 }, label: "sft", log: log)
-            sftSteps += n
+            sftDone += n
             let result = job["result"] as? [String: Any] ?? [:]
             sftReward = result["eval_reward_mean"] as? Double ?? 0
             sftVersion = result["policy_version"] as? Int ?? 0
             if sftReward > 0 { break }
         }
-        guard sftReward > 0 else { throw ValidationError("SFT did not reach a non-zero reward in \(sftSteps) steps") }
-        log.line("sft: \(sftSteps) steps, greedy reward \(String(format: "%.3f", sftReward)) (policy version \(sftVersion))")
+        guard sftReward > 0 else { throw ValidationError("SFT did not reach a non-zero reward in \(sftDone) steps") }
+        log.line("sft: \(sftDone) steps, greedy reward \(String(format: "%.3f", sftReward)) (policy version \(sftVersion))")
 
         // 3. RL from that checkpoint, same seeds, one run per replay mode / algorithm
         let lr = stress ? 5e-3 : 5e-4
@@ -134,10 +153,11 @@ struct DemoCommand: ParsableCommand {
         let plots = try DemoCommand.plots(series, outDir: outDir)
         var report: [String: Any] = [
             "version": 1, "seed": seed, "quick": quick, "stress": stress, "realistic": realistic,
-            "model": ["layers": layers, "hidden": hidden, "experts": experts, "top_k": topK, "id": modelID],
+            "model": ["layers": layers, "hidden": hidden, "experts": experts, "top_k": topK, "id": modelID,
+                      "init_std": initStd ?? 0.02, "router_std": routerStd ?? initStd ?? 0.02],
             "rollout_precision": precision, "aux_loss_coef": auxLossCoef, "blas_core": BLASThreads.coreName,
             "engine_threads": nativeBLAS ? ProcessInfo.processInfo.activeProcessorCount : 2,
-            "task": task, "sft": ["steps": sftSteps, "eval_reward": sftReward, "policy_version": sftVersion],
+            "task": task, "sft": ["steps": sftDone, "eval_reward": sftReward, "policy_version": sftVersion],
             "rl": ["steps": rlSteps, "learning_rate": lr, "mini_steps": miniSteps, "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8],
             "runs": results, "plots": plots.map(\.path)]
         let byName = Dictionary(uniqueKeysWithValues: results.map { ($0["name"] as! String, $0) })

@@ -26,6 +26,23 @@ struct StudyCommand: ParsableCommand {
     @Option(help: "Output directory (cells, report, plots, the service's data).") var out = "r3-study"
     @Flag(help: "Small: 60 SFT steps, 4 prompts × 4 samples, 4 RL steps (tests).") var quick = false
     @Flag(name: .customLong("native-blas"), help: "Let OpenBLAS pick its kernels (see r3 demo).") var nativeBLAS = false
+    @Option(name: .customLong("init-std"), help: "Std of the random weight matrices (HF's initializer_range; default 0.02).") var initStd: Double?
+    @Option(name: .customLong("router-std"), help: "Std of the routers' initial weights (default: --init-std).") var routerStd: Double?
+    @Option(name: .customLong("sft-steps"), help: "SFT steps per seed (default 150, --quick 60).") var sftSteps: Int?
+
+    @Flag(help: "The demo's realistic preset (16 layers × 128 experts, top-8, aux loss 0.1, FP8 rollouts, init std 0.08). Explicit options override it.") var realistic = false
+
+    /// The realistic preset fills in what was not given, before anything runs.
+    mutating func validate() throws {
+        guard realistic else { return }
+        let p = DemoCommand.realisticPreset, given = DemoCommand.given
+        if !given("layers") { layers = p.layers }
+        if !given("experts") { experts = p.experts }
+        if !given("top-k") { topK = p.topK }
+        if !given("precision") { precision = p.precision }
+        if !given("aux-loss-coef") { auxLossCoef = p.aux }
+        if initStd == nil { initStd = p.initStd }
+    }
 
     struct Cell { let name, replay, algorithm: String; let tis: Bool }
     static let grid = [Cell(name: "none", replay: "none", algorithm: "grpo", tis: false), Cell(name: "R3", replay: "R3", algorithm: "grpo", tis: false),
@@ -43,14 +60,22 @@ struct StudyCommand: ParsableCommand {
         guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
+        guard (initStd ?? 0.02) > 0 && (initStd ?? 0.02) <= 1, (routerStd ?? 0.02) > 0 && (routerStd ?? 0.02) <= 10,
+              (1...100_000).contains(sftSteps ?? 1) else {
+            throw ValidationError("need --init-std in (0, 1], --router-std in (0, 10] and --sft-steps in 1...100000")
+        }
         try DemoCommand.pinBLASKernels(native: nativeBLAS)
         let outDir = URL(fileURLWithPath: out).standardizedFileURL, cells = outDir.appendingPathComponent("cells")
         try FileManager.default.createDirectory(at: cells, withIntermediateDirectories: true)
         let log = DemoLog(tty: isatty(STDERR_FILENO) == 1)
         // the settings a cell was made with: a study resumes only into the same settings
-        let settings: [String: Any] = ["steps": rlSteps, "learning_rate": learningRate, "mini_steps": miniSteps, "layers": layers, "experts": experts,
+        var settings: [String: Any] = ["steps": rlSteps, "learning_rate": learningRate, "mini_steps": miniSteps, "layers": layers, "experts": experts,
                                        "top_k": topK, "hidden": hidden, "precision": precision, "aux_loss_coef": auxLossCoef, "quick": quick,
                                        "blas_core": BLASThreads.coreName]
+        // set only when given, so that studies made before these options resume into the same settings
+        if let v = initStd { settings["init_std"] = v }
+        if let v = routerStd { settings["router_std"] = v }
+        if let v = sftSteps { settings["sft_steps"] = v }
         let settingsURL = outDir.appendingPathComponent("settings.json")
         let settingsText = try JSONSerialization.data(withJSONObject: settings, options: [.sortedKeys])
         if let old = try? Data(contentsOf: settingsURL) {
@@ -83,8 +108,11 @@ struct StudyCommand: ParsableCommand {
                 let modelConfig: [String: Any] = ["vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden / 2,
                                                   "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden / 4,
                                                   "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": true]
-                let m = try api.call("POST", "/v1/models", ["name": "study-seed\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed])
-                let n = quick ? 60 : 150
+                var modelBody: [String: Any] = ["name": "study-seed\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed]
+                if let v = initStd { modelBody["init_std"] = v }
+                if let v = routerStd ?? initStd { modelBody["router_std"] = v }
+                let m = try api.call("POST", "/v1/models", modelBody)
+                let n = sftSteps ?? (quick ? 60 : 150)
                 let job = try api.submitAndWait(["type": "sft", "model": m["id"]!, "steps": n, "learning_rate": 3e-3, "seed": seed, "checkpoint_every": n,
                                                  "eval_every": n, "aux_loss_coef": auxLossCoef].merging(task) { $1 }, label: "sft \(seed)", log: log)
                 let r = job["result"] as? [String: Any] ?? [:]
@@ -135,7 +163,11 @@ struct StudyCommand: ParsableCommand {
         let seedCols = (1...seeds).map { "seed \($0)" }
         var md = "`r3 study`: \(settings["steps"]!) RL steps per cell, lr \(settings["learning_rate"]!), mini_steps \(settings["mini_steps"]!), "
         md += "\(settings["layers"]!) layers × \(settings["experts"]!) experts top-\(settings["top_k"]!), rollouts \(settings["precision"]!), "
-        md += "aux \(settings["aux_loss_coef"]!), OpenBLAS \(settings["blas_core"]!).\n\n"
+        md += "aux \(settings["aux_loss_coef"]!), "
+        if let v = settings["init_std"] { md += "init std \(v), " }
+        if let v = settings["router_std"] { md += "router std \(v), " }
+        if let v = settings["sft_steps"] { md += "\(v) SFT steps, " }
+        md += "OpenBLAS \(settings["blas_core"]!).\n\n"
         md += "**Collapse matrix** (the step at which the detector first fired; — = never)\n\n| run | " + seedCols.joined(separator: " | ") + " | collapsed |\n|---|"
         md += String(repeating: "---|", count: seeds + 1) + "\n"
         var summary: [[String: Any]] = []

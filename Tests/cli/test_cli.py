@@ -122,6 +122,7 @@ def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
     assert [r["name"] for r in report["runs"]] == ["none", "R2", "R3", "TIS", "GSPO+R3"]
     assert report["sft"]["eval_reward"] > 0
     assert report["rollout_precision"] == "bf16" and report["aux_loss_coef"] == 0 and report["realistic"] is False
+    assert report["model"]["init_std"] == 0.02 and report["model"]["router_std"] == 0.02   # HF's initializer_range
     # the demo pins OpenBLAS's Haswell kernels (unless told otherwise), so its bits do not depend on the CPU's kernel choice
     assert report["blas_core"] == ("Haswell" if "OPENBLAS_CORETYPE" not in os.environ else report["blas_core"])
     for r in report["runs"]:
@@ -140,9 +141,35 @@ def test_demo_quick_reports_every_run_and_writes_plots(tmp_path):
 
 
 def test_demo_options_are_checked_before_any_work(tmp_path):
-    for args, field in [(["--realistic", "--precision", "fp4"], "--precision"), (["--aux-loss-coef=-1"], "--aux-loss-coef")]:
+    for args, field in [(["--realistic", "--precision", "fp4"], "--precision"), (["--aux-loss-coef=-1"], "--aux-loss-coef"),
+                        (["--init-std", "0"], "--init-std"), (["--router-std", "11"], "--router-std"), (["--sft-steps", "0"], "--sft-steps")]:
         p = subprocess.run([R3, "demo", *args, "--out", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
         assert p.returncode != 0 and field in p.stderr and not (tmp_path / "d").exists(), p.stderr
+
+
+def test_realistic_quick_demo_is_in_the_papers_regime(tmp_path):
+    """`r3 demo --quick --realistic`: the preset the README chose by measurement. At RL step 0 (the SFT policy,
+    the same samples for every run) the FP8 rollouts' routers must disagree with the fp32 trainer's on >= 5% of
+    (token, layer) decisions and on >= 50% of tokens (the paper: ~10% and 94%), and replay must cut k3 >= 2x.
+    The demo pins OpenBLAS's Haswell kernels and 2 engine threads, so these figures are the README's on any
+    x86-64 machine with AVX2."""
+    import shutil
+    out = tmp_path / "demo"
+    p = subprocess.run([R3, "demo", "--quick", "--realistic", "--steps", "2", "--json", "--seed", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    try:
+        assert p.returncode == 0, p.stderr[-3000:]
+        report = json.loads(p.stdout)
+        m = report["model"]
+        assert (m["layers"], m["experts"], m["top_k"], m["init_std"], m["router_std"]) == (16, 128, 8, 0.08, 0.08)
+        assert report["rollout_precision"] == "fp8" and report["aux_loss_coef"] == 0.1 and report["realistic"] is True
+        runs = {r["name"]: r for r in report["runs"]}
+        none, r3run = runs["none"], runs["R3"]
+        assert none["router_disagreement_step0"] >= 0.05 and none["token_disagreement_step0"] >= 0.5, none
+        assert none["k3_kl_step0"] / r3run["k3_kl_step0"] >= 2, (none["k3_kl_step0"], r3run["k3_kl_step0"])
+        assert report["none_over_r3"]["k3_kl_step0"] == pytest.approx(none["k3_kl_step0"] / r3run["k3_kl_step0"])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)   # the 16 x 128 model's checkpoints and WAL: several GB
 
 
 FAMILIES = ["glm4moe-tiny-a", "deepseekv3-tiny-a", "mixtral-tiny-a"]
