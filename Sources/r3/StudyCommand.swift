@@ -159,7 +159,11 @@ struct StudyCommand: ParsableCommand {
         }
         func cell(_ name: String, _ seed: Int) -> [String: Any]? { cells.first { $0["name"] as? String == name && $0["seed"] as? Int == seed } }
         func mean(_ v: [Double]) -> Double? { v.isEmpty ? nil : v.reduce(0, +) / Double(v.count) }
-        func fmt(_ d: Double?) -> String { DemoCommand.fmt(d) }
+        // three significant digits: k3 and F(2) live between 1e-5 and 1e-1, where 0.001 would hide them
+        func fmt(_ d: Double?) -> String {
+            guard let d else { return "n/a" }
+            return d == 0 ? "0" : abs(d) < 1e-2 ? String(format: "%.2e", d) : String(format: "%.3g", d)
+        }
         let seedCols = (1...seeds).map { "seed \($0)" }
         var md = "`r3 study`: \(settings["steps"]!) RL steps per cell, lr \(settings["learning_rate"]!), mini_steps \(settings["mini_steps"]!), "
         md += "\(settings["layers"]!) layers × \(settings["experts"]!) experts top-\(settings["top_k"]!), rollouts \(settings["precision"]!), "
@@ -188,6 +192,29 @@ struct StudyCommand: ParsableCommand {
                             "extreme_frac_tau2_mean": fm ?? NSNull(), "reward_first": r0 ?? NSNull(), "reward_last": r1 ?? NSNull(),
                             "collapsed": (1...seeds).filter { cell(g.name, $0)?["collapse_step"] is Int }.count])
         }
+        // replay per seed: the paired step-0 measurement (the same SFT policy and samples under none and R3)
+        // and the run means, none against R3 on the same seed
+        md += "\n**Replay per seed** (none against R3; step 0 is the same SFT policy and samples in both)\n\n"
+        md += "| seed | router dis. step 0 | tokens with ≥ 1 | k3 step 0 none / R3 | cut | k3 mean none / R3 | cut | F(2) mean none / R3 | cut |\n"
+        md += "|---|---|---|---|---|---|---|---|---|\n"
+        var perSeed: [[String: Any]] = []
+        for seed in 1...seeds {
+            guard let n = cell("none", seed), let r = cell("R3", seed) else { continue }
+            func ratio(_ a: Double?, _ b: Double?) -> Double? { guard let a, let b, b > 0 else { return nil }; return a / b }
+            let rd = values(n, "router_disagreement").first, td = values(n, "token_disagreement").first
+            let k0 = (values(n, "k3_kl").first, values(r, "k3_kl").first)
+            let km = (mean(values(n, "k3_kl")), mean(values(r, "k3_kl")))
+            let fm = (mean(values(n, "extreme_frac_tau2")), mean(values(r, "extreme_frac_tau2")))
+            let pct = { (v: Double?) in v.map { String(format: "%.1f%%", 100 * $0) } ?? "—" }
+            let x = { (v: Double?) in v.map { String(format: "%.2f×", $0) } ?? "—" }
+            md += "| \(seed) | \(pct(rd)) | \(pct(td)) | \(fmt(k0.0)) / \(fmt(k0.1)) | \(x(ratio(k0.0, k0.1))) | \(fmt(km.0)) / \(fmt(km.1)) | "
+            md += "\(x(ratio(km.0, km.1))) | \(fmt(fm.0)) / \(fmt(fm.1)) | \(x(ratio(fm.0, fm.1))) |\n"
+            func pair(_ p: (Double?, Double?)) -> [Any] { [p.0 ?? NSNull(), p.1 ?? NSNull()] }
+            var row: [String: Any] = ["seed": seed, "k3_kl_step0": pair(k0), "k3_kl_mean": pair(km), "extreme_frac_tau2_mean": pair(fm)]
+            row["router_disagreement_step0"] = rd ?? NSNull()
+            row["token_disagreement_step0"] = td ?? NSNull()
+            perSeed.append(row)
+        }
         // plots: one line per run, the mean over seeds at each step
         var plots: [String] = []
         for (key, title, logY) in [("k3_kl", "k3 KL (mean over seeds)", true), ("extreme_frac_tau2", "F(2) (mean over seeds)", false),
@@ -205,7 +232,8 @@ struct StudyCommand: ParsableCommand {
             try Data(chart.render().utf8).write(to: url)
             plots.append(url.path)
         }
-        let json: [String: Any] = ["version": 1, "settings": settings, "seeds": seeds, "cells_reused": reused, "runs": summary, "cells": cells, "plots": plots]
+        let json: [String: Any] = ["version": 1, "settings": settings, "seeds": seeds, "cells_reused": reused, "runs": summary, "replay_per_seed": perSeed,
+                                   "cells": cells, "plots": plots]
         try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             .write(to: outDir.appendingPathComponent("study.json"))
         try Data(md.utf8).write(to: outDir.appendingPathComponent("study.md"))

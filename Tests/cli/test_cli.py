@@ -283,6 +283,10 @@ def test_study_writes_the_matrix_and_resumes_only_missing_cells(tmp_path):
         assert len(c["series"]) == 2 and all(isinstance(s["k3_kl"], float) for s in c["series"]), c["name"]
     md = (out / "study.md").read_text()
     assert "Collapse matrix" in md and "| R3+TIS |" in md and all(Path(x).exists() for x in report["plots"])
+    # the paired per-seed view: none against R3 at step 0 and over the run
+    assert "Replay per seed" in md and [p["seed"] for p in report["replay_per_seed"]] == [1]
+    none1, r31 = (next(c for c in report["cells"] if c["name"] == n) for n in ("none", "R3"))
+    assert report["replay_per_seed"][0]["k3_kl_step0"] == [none1["series"][0]["k3_kl"], r31["series"][0]["k3_kl"]]
     jobs = {c["name"]: c["job_id"] for c in report["cells"]}
     (out / "cells" / "TIS-seed1.json").unlink()          # as if the study had stopped during that cell
     p = subprocess.run(args, capture_output=True, text=True, timeout=900)
