@@ -61,6 +61,19 @@ struct DemoCommand: ParsableCommand {
                 precision ?? p.precision, auxLossCoef ?? p.aux, initStd ?? p.initStd)
     }
 
+    /// The POST /v1/models body of the demo's and the study's models: a small Qwen3-MoE on the 128-token
+    /// character vocabulary, random weights with the given stds (the router's defaults to the matrices').
+    static func modelBody(name: String, seed: Int, layers: Int, experts: Int, topK: Int, hidden: Int, initStd: Double?, routerStd: Double?) -> [String: Any] {
+        let config: [String: Any] = [
+            "vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden / 2,
+            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden / 4,
+            "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": true]
+        var body: [String: Any] = ["name": "\(name)-\(UUID().uuidString.prefix(6))", "config": config, "seed": seed]
+        if let v = initStd { body["init_std"] = v }
+        if let v = routerStd ?? initStd { body["router_std"] = v }
+        return body
+    }
+
     /// OpenBLAS reads OPENBLAS_CORETYPE when it loads, before any Swift code runs: to pin its kernels the
     /// process starts itself again with the variable set (once; a value already set is respected).
     func pinBLASKernels() throws { try DemoCommand.pinBLASKernels(native: nativeBLAS) }
@@ -99,18 +112,12 @@ struct DemoCommand: ParsableCommand {
         let api = service.api
         log.line("r3 demo: service on http://127.0.0.1:\(service.port), data in \(service.dataDir.path), OpenBLAS kernels \(BLASThreads.coreName)")
 
-        // 1. a small Qwen3-MoE
-        let modelConfig: [String: Any] = [
-            "vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden / 2,
-            "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden / 4,
-            "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": true]
-        // HF's initializer (std 0.02 everywhere, the router included). A larger router std makes the router
-        // degenerate: after SFT its top-1 gate is ~0.9995, so flipped experts carry ~1e-4 of the output and
-        // replaying them changes nothing measurable (see README, "What the demo shows").
-        var modelBody: [String: Any] = ["name": "demo-moe-\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed]
-        if let v = initStd { modelBody["init_std"] = v }
-        if let v = routerStd ?? initStd { modelBody["router_std"] = v }
-        let model = try api.call("POST", "/v1/models", modelBody)
+        // 1. a small Qwen3-MoE. HF's initializer (std 0.02 everywhere, the router included) unless told
+        // otherwise. A larger router std alone makes the router degenerate: after SFT its top-1 gate is
+        // ~0.9995, so flipped experts carry ~1e-4 of the output and replaying them changes nothing measurable
+        // (see README, "What the demo shows").
+        let model = try api.call("POST", "/v1/models", DemoCommand.modelBody(name: "demo-moe-\(seed)", seed: seed, layers: layers, experts: experts,
+                                                                              topK: topK, hidden: hidden, initStd: initStd, routerStd: routerStd))
         let modelID = model["id"] as! String
 
         // 2. SFT until the greedy reward is non-zero

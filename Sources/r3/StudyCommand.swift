@@ -105,13 +105,8 @@ struct StudyCommand: ParsableCommand {
             let sftURL = cells.appendingPathComponent("sft-seed\(seed).json")
             var sft = (try? JSONSerialization.jsonObject(with: Data(contentsOf: sftURL))) as? [String: Any]
             if sft == nil {
-                let modelConfig: [String: Any] = ["vocab_size": 128, "hidden_size": hidden, "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden / 2,
-                                                  "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": hidden / 4,
-                                                  "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": true]
-                var modelBody: [String: Any] = ["name": "study-seed\(seed)-\(UUID().uuidString.prefix(6))", "config": modelConfig, "seed": seed]
-                if let v = initStd { modelBody["init_std"] = v }
-                if let v = routerStd ?? initStd { modelBody["router_std"] = v }
-                let m = try api.call("POST", "/v1/models", modelBody)
+                let m = try api.call("POST", "/v1/models", DemoCommand.modelBody(name: "study-seed\(seed)", seed: seed, layers: layers, experts: experts,
+                                                                                  topK: topK, hidden: hidden, initStd: initStd, routerStd: routerStd))
                 let n = sftSteps ?? (quick ? 60 : 150)
                 let job = try api.submitAndWait(["type": "sft", "model": m["id"]!, "steps": n, "learning_rate": 3e-3, "seed": seed, "checkpoint_every": n,
                                                  "eval_every": n, "aux_loss_coef": auxLossCoef].merging(task) { $1 }, label: "sft \(seed)", log: log)
