@@ -203,7 +203,7 @@ func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float
                 let nb = min(Bq, span.count - i0), nk = i0 + nb
                 let r0 = span.row + i0
                 attentionBackwardTile(s, h: h, rows: nb, firstRow: r0, diagonal: i0, keys: nk, q: q, ldq: ldq, dout: dout, lse: lse, di: di,
-                                      dq: dq, dqBeta: 0, k: kg, v: vg, dk: dkg, dv: dvg, span: span, P: P, dP: dP)
+                                      dq: dq, dqBeta: 0, k: kg, v: vg, dk: dkg, dv: dvg, span: span, P: P, dP: dP, fma: false)
                 i0 += nb
             }
         }
@@ -212,17 +212,28 @@ func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float
 
 // MARK: tiled attention for training (FlashAttention-2's blocking on the CPU)
 
-/// Tile sizes of the tiled training attention: query rows × key rows per score tile. A tile pair's
-/// products are sgemms of [Bq, Bk, D] and [Bq, Dv, Bk]; the tiles stay in L2 instead of streaming a
-/// [Bq, keys] score block through memory, and each key/value block is reused by every query block of a
-/// span without the whole key range being repacked per query block.
-/// 128 × 256 measured best of 64–256 × 256–1024 on bench-m at 8K tokens (2026-12-03; the differences were
-/// within a few percent, near the run-to-run noise).
+/// Tile sizes of the tiled training attention: query rows × key rows per score tile, forward and backward
+/// each their own. A tile pair's products are sgemms of [Bq, Bk, D] and [Bq, Dv, Bk]; the tiles stay in L2
+/// instead of streaming a [Bq, keys] score block through memory, and each key/value block is reused by every
+/// query block of a span without the whole key range being repacked per query block.
+/// Chosen with `r3 bench engine --cases sgemm_peak,attention_tiles --long-seq 16384 --rounds 3` (bench-m's
+/// 8 × 64 heads, 2026-12-03, 2 cores): forward 110 GFLOP/s at 128 × 256, 122 at 256 × 256, 127–128 at
+/// 512 × 256 and 512 × 512, 121 at 1,024 × 256 (larger query blocks repack each key block less often and
+/// pay the sgemm's setup fewer times); backward 147–148 at 128 × 256 and 512 × 256, 137–142 at the others,
+/// so it keeps the smaller tiles (two [Bq, Bk] buffers, 256 KB, in L2 on any x86 core).
 struct AttnTiles: Sendable {
-    var queryRows = 128
+    var queryRows = 512
     var keyRows = 256
+    var backwardQueryRows = 128
+    var backwardKeyRows = 256
+    init() {}
+    /// The same sizes forward and backward.
+    init(queryRows: Int, keyRows: Int) {
+        self.queryRows = queryRows; self.keyRows = keyRows
+        backwardQueryRows = queryRows; backwardKeyRows = keyRows
+    }
     /// Floats of per-worker scratch the tiled forward and backward need.
-    var scratchFloats: Int { 2 * queryRows * keyRows + 2 * queryRows }
+    var scratchFloats: Int { max(queryRows * keyRows + 2 * queryRows, 2 * backwardQueryRows * backwardKeyRows) }
 }
 
 /// fp32 training forward, the same function as `attentionForward` with bf16 off, over key blocks with an
@@ -258,7 +269,7 @@ func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<F
                 let row = S + r * bk, valid = min(bk, i0 + r + 1 - j0)
                 if valid <= 0 { row.update(repeating: 0, count: bk); continue }
                 let mNew = max(m[r], rowMax(row, valid))
-                let sum = expInPlace(row, valid, shift: mNew)
+                let sum = expInPlaceFMA(row, valid, shift: mNew)
                 if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
                 if m[r] != -.infinity && m[r] != mNew {
                     let alpha = expScalar(m[r] - mNew)
@@ -290,7 +301,7 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
                             di: UnsafeMutablePointer<Float>, dq: UnsafeMutablePointer<Float>,
                             dk: (AttnSpan) -> UnsafeMutablePointer<Float>, dv: (AttnSpan) -> UnsafeMutablePointer<Float>,
                             tiles: AttnTiles, scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int) {
-    let Bq = tiles.queryRows, Bk = tiles.keyRows
+    let Bq = tiles.backwardQueryRows, Bk = tiles.backwardKeyRows
     precondition(scratchStride >= tiles.scratchFloats)
     // D_i = rowsum(dO ∘ O) per row and head, and dq zeroed: every key block adds to it
     for span in spans {
@@ -323,7 +334,7 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
                 while i0 < span.count {
                     let nb = min(Bq, span.count - i0)
                     attentionBackwardTile(s, h: h, rows: nb, firstRow: span.row + i0, diagonal: i0 - j0, keys: bk, q: q, ldq: ldq, dout: dout,
-                                          lse: lse, di: di, dq: dq, dqBeta: 1, k: kb, v: vb, dk: dkb, dv: dvb, span: span, P: P, dP: dP)
+                                          lse: lse, di: di, dq: dq, dqBeta: 1, k: kb, v: vb, dk: dkb, dv: dvb, span: span, P: P, dP: dP, fma: true)
                     i0 += nb
                 }
             }
@@ -335,18 +346,19 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
 /// One (query block, key block) pair of attention's backward for head h: P = exp(scale·q·kᵀ − lse) with
 /// query row r seeing keys 0...diagonal + r of the block, dV += Pᵀ·dO, dS = P ∘ (dO·Vᵀ − D),
 /// dQ = dqBeta·dQ + scale·dS·K, dK += scale·dSᵀ·q. `k`, `v`, `dk`, `dv` point at the block's first key row
-/// (kv head applied, strides the span's); P and dP are [rows, keys] scratch.
+/// (kv head applied, strides the span's); P and dP are [rows, keys] scratch. `fma`: the exp of the tiled
+/// path (`expFMA`); the one-pass path keeps `expApprox`'s bits.
 @inline(__always)
 func attentionBackwardTile(_ s: AttnShape, h: Int, rows nb: Int, firstRow r0: Int, diagonal: Int, keys bk: Int,
                            q: UnsafePointer<Float>, ldq: Int, dout: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                            di: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dqBeta: Float,
                            k: UnsafePointer<Float>, v: UnsafePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                           span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>) {
+                           span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>, fma: Bool) {
     let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
     sgemm(false, true, nb, bk, s.D, s.scale, qb, ldq, k, span.ldk, 0, P, bk)
     for r in 0..<nb {
         let row = P + r * bk, valid = min(bk, diagonal + r + 1)
-        expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h])
+        if fma { expInPlaceFMA(row, valid, shift: lse[(r0 + r) * s.H + h]) } else { expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h]) }
         if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
     }
     sgemm(true, false, bk, s.Dv, nb, 1, P, bk, dob, s.HDv, 1, dv, span.ldv)

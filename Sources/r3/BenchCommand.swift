@@ -22,6 +22,8 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(name: .customLong("seq-len")) var seqLen: Int = 512
     @Option(help: "Comma-separated cases to run (default all but train_step_32k, which runs only when named).") var cases: String?
     @Option(name: .customLong("long-seq"), help: "Tokens of the one sequence of train_step_32k.") var longSeq: Int = 32768
+    @Option(help: "Tile sizes (query rows x key rows) that attention_tiles times, comma-separated.") var tiles = "64x256,128x256,128x512,256x256,256x512,512x256"
+    @Option(help: "Rounds of attention_tiles (the tile sizes alternate within a round; the median is reported).") var rounds = 2
     @Flag(help: "A small, fast run (smoke test): 1 step, 2 × 128 tokens, 16 decode tokens.") var quick = false
     @Flag(help: "Training steps (replay off and R3) of every family's bench-m config in one run, with each family's GFLOP/s relative to Qwen3-MoE's.") var families = false
 
@@ -91,6 +93,11 @@ struct EngineBenchCommand: ParsableCommand {
             try EngineBenchCommand.emit("memory_bandwidth", ["read_gb_s": read, "copy_gb_s": copy, "threads": workers], base,
                                         ["bytes": (quick ? 64 : 512) << 20, "read": "sum of fp32 over the array", "copy": "bytes read + bytes written"])
         }
+        // only when asked for by name, and before the model is built: attention alone needs none
+        if want?.contains("attention_tiles") == true {
+            try attentionTiles(cfg, base: base, peak: peak)
+            if want!.isSubset(of: ["sgemm_peak", "memory_bandwidth", "attention_tiles"]) { return }
+        }
         var bench = try Bench(cfg: cfg, workers: workers, steps: quick ? 1 : max(1, steps), B: quick ? 2 : batch, S: quick ? 128 : seqLen,
                               newTokens: quick ? 16 : 128, promptLen: quick ? 32 : 128, peak: peak, base: base)
         bench.readGBs = readGBs
@@ -104,6 +111,44 @@ struct EngineBenchCommand: ParsableCommand {
             let long = try Bench(cfg: cfg, workers: workers, steps: 1, B: 1, S: quick ? 2048 : longSeq, newTokens: 16, promptLen: 32,
                                  peak: peak, base: base)
             try long.trainSteps([("train_step_32k", false)])
+        }
+    }
+
+    /// `--tiles` as (query rows, key rows) pairs.
+    func tileSizes() throws -> [(Int, Int)] {
+        var sizes: [(Int, Int)] = []
+        for part in tiles.split(separator: ",", omittingEmptySubsequences: false) {
+            let xy = part.split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+            guard xy.count == 2, let q = xy[0], let k = xy[1], (1...4096).contains(q), (1...4096).contains(k) else {
+                throw ValidationError("--tiles: '\(part)' is not ROWSxKEYS with both in 1...4096")
+            }
+            sizes.append((q, k))
+        }
+        return sizes
+    }
+
+    func validate() throws {
+        _ = try tileSizes()
+        guard rounds >= 1 && rounds <= 100 else { throw ValidationError("--rounds must be in 1...100") }
+    }
+
+    /// The tiled training attention alone, one layer's forward and backward over one sequence of `--long-seq`
+    /// tokens, for each of `--tiles`: the measurement `AttnTiles`' sizes come from.
+    func attentionTiles(_ cfg: ModelConfig, base: [String: Any], peak: Double) throws {
+        let sizes = try tileSizes()
+        let T = quick ? 2048 : longSeq
+        BLASThreads.useSingleThreadedBLAS()   // as the engine runs it: one BLAS thread per worker
+        let results = AttentionBench.run(T: T, heads: cfg.numHeads, kvHeads: cfg.numKVHeads, headDim: cfg.headDim, tiles: sizes,
+                                         rounds: rounds, workers: workers)
+        let f = AttentionBench.flops(T: T, heads: cfg.numHeads, D: cfg.headDim, Dv: cfg.headDim)
+        for r in results {
+            let g = (f.forward + f.backward) / (r.forwardSeconds + r.backwardSeconds) / 1e9
+            try EngineBenchCommand.emit("attention_tiles", [
+                "query_rows": r.queryRows, "key_rows": r.keyRows, "forward_s": r.forwardSeconds, "backward_s": r.backwardSeconds,
+                "forward_gflops": r.forwardGflops, "backward_gflops": r.backwardGflops, "gflops": g,
+                "fraction_of_sgemm_peak": peak > 0 ? g / peak : NSNull()],
+                base, ["seq_len": T, "rounds": rounds, "heads": cfg.numHeads, "kv_heads": cfg.numKVHeads, "head_dim": cfg.headDim,
+                       "layers": 1])
         }
     }
 

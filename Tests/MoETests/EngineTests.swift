@@ -214,7 +214,8 @@ struct EngineTests {
     }
 
     /// Long training inputs run attention in FlashAttention-2's tiles (online softmax over key blocks in
-    /// forward; key blocks outside, query blocks inside in backward). Tiles of 5 query × 7 key rows here, so
+    /// forward; key blocks outside, query blocks inside in backward). Tiles of 5 query × 7 key rows forward
+    /// and 3 × 11 backward here, so
     /// that every sequence crosses many tiles, partial ones and the causal diagonal inside a tile: the same
     /// log-probs and gradients as the one-pass kernels, to rounding, for GQA (q/k norm) and for MLA
     /// (query and value widths of their own).
@@ -230,6 +231,7 @@ struct EngineTests {
             let e = Engine(model: m.clone(), numerics: .fp32)
             e.tiledAttentionAbove = tiled ? 0 : 1 << 30
             e.attnTiles = AttnTiles(queryRows: 5, keyRows: 7)
+            e.attnTiles.backwardQueryRows = 3; e.attnTiles.backwardKeyRows = 11   // backward's own sizes
             let r = try e.forward(seqs, options: ForwardOptions(training: true, entropy: true))
             #expect(e.tiledAttention(ws: e.ws!, cache: nil) == tiled)
             try e.backward(dLogp: dLogp)

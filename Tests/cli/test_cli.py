@@ -315,3 +315,18 @@ def test_a_failed_start_stops_the_embedded_cluster_it_started(tmp_path):
     pg = out / "data" / "pg" / "data"
     assert (pg / "PG_VERSION").exists(), "the cluster was initialised (the failure came after its start)"
     assert not (pg / "postmaster.pid").exists(), "the embedded PostgreSQL is still running"
+
+
+def test_bench_attention_tiles_times_each_tile_size_and_checks_the_option():
+    """`r3 bench engine --cases attention_tiles` (the measurement AttnTiles' sizes come from): one JSON
+    line per size with forward and backward time and GFLOP/s; a malformed size is one line, before any work."""
+    p = r3("bench", "engine", "--quick", "--cases", "attention_tiles", "--tiles", "64x128,128x64", "--rounds", "1")
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert [(o["query_rows"], o["key_rows"]) for o in lines] == [(64, 128), (128, 64)]
+    for o in lines:
+        assert o["case"] == "attention_tiles" and o["config"]["seq_len"] == 2048 and o["config"]["heads"] == 8
+        assert o["forward_s"] > 0 and o["backward_s"] > 0 and o["forward_gflops"] > 0 and o["backward_gflops"] > 0
+        # backward does 2.5x forward's work (scores again, then dV, dP, dQ, dK) for D = Dv
+        assert 1 < o["backward_s"] / o["forward_s"] < 10
+    bad = r3("bench", "engine", "--cases", "attention_tiles", "--tiles", "128x0", ok=False)
+    assert bad.returncode != 0 and "--tiles" in bad.stderr and "128x0" in bad.stderr and not bad.stdout
