@@ -89,6 +89,13 @@ def test_cookbook_sglang_to_every_trainer(world, monkeypatch):
     for j, i in enumerate(indices):
         assert np.array_equal(i[:-1], want[0][:, 1 + j].astype(np.int64)) and np.array_equal(i[-1], np.arange(8))
 
+    # [cookbook:numpy]
+    r = api.get(f"{URL}/v1/rollouts/{rid}/routes", params={"format": "npy", "dtype": "uint8"}, stream=True)
+    r.raise_for_status()
+    routes = np.load(io.BytesIO(r.raw.read()))   # [T-1, MoE layers, top_k] uint8, the body read in one call
+    # [/cookbook]
+    assert routes.dtype == np.uint8 and np.array_equal(routes, want[0][:, 1:].astype(np.uint8))   # layer 0 is dense
+
 
 def test_cookbook_multi_turn_with_start_len(world):
     URL, KEY, SGLANG = world["URL"], world["KEY"], world["SGLANG"]
