@@ -20,10 +20,10 @@ struct EngineBenchCommand: ParsableCommand {
     @Option(help: "Worker threads (default: all cores).") var workers: Int = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Sequences × tokens per training step / prefill.") var batch: Int = 8
     @Option(name: .customLong("seq-len")) var seqLen: Int = 512
-    @Option(help: "Comma-separated cases to run (default all but train_step_32k, which runs only when named).") var cases: String?
-    @Option(name: .customLong("long-seq"), help: "Tokens of the one sequence of train_step_32k.") var longSeq: Int = 32768
+    @Option(help: "Comma-separated cases to run (default all but train_step_32k and attention_tiles, which run only when named).") var cases: String?
+    @Option(name: .customLong("long-seq"), help: "Tokens of the one sequence of train_step_32k and attention_tiles (--quick: 2,048).") var longSeq: Int = 32768
     @Option(help: "Tile sizes (query rows x key rows) that attention_tiles times, comma-separated.") var tiles = "64x256,128x256,128x512,256x256,256x512,512x256"
-    @Option(help: "Rounds of attention_tiles (the tile sizes alternate within a round; the median is reported).") var rounds = 2
+    @Option(help: "Rounds of attention_tiles (the tile sizes alternate within a round, after one untimed pass; the median is reported).") var rounds = 2
     @Flag(help: "A small, fast run (smoke test): 1 step, 2 × 128 tokens, 16 decode tokens.") var quick = false
     @Flag(help: "Training steps (replay off and R3) of every family's bench-m config in one run, with each family's GFLOP/s relative to Qwen3-MoE's.") var families = false
 
@@ -138,16 +138,16 @@ struct EngineBenchCommand: ParsableCommand {
         let sizes = try tileSizes()
         let T = quick ? 2048 : longSeq
         BLASThreads.useSingleThreadedBLAS()   // as the engine runs it: one BLAS thread per worker
-        let results = AttentionBench.run(T: T, heads: cfg.numHeads, kvHeads: cfg.numKVHeads, headDim: cfg.headDim, tiles: sizes,
-                                         rounds: rounds, workers: workers)
-        let f = AttentionBench.flops(T: T, heads: cfg.numHeads, D: cfg.headDim, Dv: cfg.headDim)
+        let results = AttentionBench.run(T: T, heads: cfg.numHeads, kvHeads: cfg.kvHeads, headDim: cfg.headDim, valueDim: cfg.valueDim,
+                                         tiles: sizes, rounds: rounds, workers: workers)
+        let f = AttentionBench.flops(T: T, heads: cfg.numHeads, D: cfg.headDim, Dv: cfg.valueDim)
         for r in results {
             let g = (f.forward + f.backward) / (r.forwardSeconds + r.backwardSeconds) / 1e9
             try EngineBenchCommand.emit("attention_tiles", [
                 "query_rows": r.queryRows, "key_rows": r.keyRows, "forward_s": r.forwardSeconds, "backward_s": r.backwardSeconds,
                 "forward_gflops": r.forwardGflops, "backward_gflops": r.backwardGflops, "gflops": g,
                 "fraction_of_sgemm_peak": peak > 0 ? g / peak : NSNull()],
-                base, ["seq_len": T, "rounds": rounds, "heads": cfg.numHeads, "kv_heads": cfg.numKVHeads, "head_dim": cfg.headDim,
+                base, ["seq_len": T, "rounds": rounds, "heads": cfg.numHeads, "kv_heads": cfg.kvHeads, "head_dim": cfg.headDim, "value_dim": cfg.valueDim,
                        "layers": 1])
         }
     }

@@ -248,6 +248,19 @@ struct EngineTests {
         #expect(gOne != gTiles, "the tiled path did not run")
     }
 
+    /// The per-worker scratch covers the forward's score tile and its row max and sum, and the backward's
+    /// P and dP tiles, whichever sizes are larger; the workspace allocates at least that.
+    @Test func attentionTileScratchCoversForwardAndBackward() {
+        var t = AttnTiles()
+        #expect(t.scratchFloats >= t.queryRows * t.keyRows + 2 * t.queryRows)
+        #expect(t.scratchFloats >= 2 * t.backwardQueryRows * t.backwardKeyRows)
+        t.backwardQueryRows = 4 * t.queryRows   // a backward larger than the forward sets the size
+        #expect(t.scratchFloats == 2 * t.backwardQueryRows * t.backwardKeyRows)
+        let ws = Workspace(config: config, rows: 64, saveLayers: true, maxKeys: 64, workers: 1, backward: true,
+                           headChunk: 64, shareMLP: false)
+        #expect(ws.attnStride >= AttnTiles().scratchFloats)
+    }
+
     @Test func deterministicModeIsBatchInvariant() throws {
         let engine = Engine(model: model, numerics: .deterministic)
         let seqs = Factory.randomSequences(count: 5, lengths: 3...50, vocab: config.vocabSize, seed: 11)
