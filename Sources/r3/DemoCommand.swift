@@ -61,6 +61,13 @@ struct DemoCommand: ParsableCommand {
                 precision ?? p.precision, auxLossCoef ?? p.aux, initStd ?? p.initStd)
     }
 
+    /// The demo's and the study's init and SFT options, each checked with an error naming it.
+    static func checkInit(initStd: Double?, routerStd: Double?, sftSteps: Int?) throws {
+        guard (initStd ?? 0.02) > 0 && (initStd ?? 0.02) <= 1 else { throw ValidationError("--init-std must be in (0, 1]") }
+        guard (routerStd ?? 0.02) > 0 && (routerStd ?? 0.02) <= 10 else { throw ValidationError("--router-std must be in (0, 10]") }
+        guard (1...100_000).contains(sftSteps ?? 1) else { throw ValidationError("--sft-steps must be in 1...100000") }
+    }
+
     /// The POST /v1/models body of the demo's and the study's models: a small Qwen3-MoE on the 128-token
     /// character vocabulary, random weights with the given stds (the router's defaults to the matrices').
     static func modelBody(name: String, seed: Int, layers: Int, experts: Int, topK: Int, hidden: Int, initStd: Double?, routerStd: Double?) -> [String: Any] {
@@ -95,9 +102,7 @@ struct DemoCommand: ParsableCommand {
         guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
-        guard (initStd ?? 0.02) > 0 && (initStd ?? 0.02) <= 1 else { throw ValidationError("--init-std must be in (0, 1]") }
-        guard (routerStd ?? 0.02) > 0 && (routerStd ?? 0.02) <= 10 else { throw ValidationError("--router-std must be in (0, 10]") }
-        guard (1...100_000).contains(sftSteps ?? 1) else { throw ValidationError("--sft-steps must be in 1...100000") }
+        try DemoCommand.checkInit(initStd: initStd, routerStd: routerStd, sftSteps: sftSteps)
         let rlSteps = steps ?? (quick ? 6 : 60)
         guard rlSteps >= 2 else { throw ValidationError("--steps must be at least 2") }
         try pinBLASKernels()

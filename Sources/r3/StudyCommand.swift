@@ -60,10 +60,7 @@ struct StudyCommand: ParsableCommand {
         guard experts >= topK, topK >= 1, layers >= 1, hidden >= 16, hidden % 4 == 0 else {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
-        guard (initStd ?? 0.02) > 0 && (initStd ?? 0.02) <= 1, (routerStd ?? 0.02) > 0 && (routerStd ?? 0.02) <= 10,
-              (1...100_000).contains(sftSteps ?? 1) else {
-            throw ValidationError("need --init-std in (0, 1], --router-std in (0, 10] and --sft-steps in 1...100000")
-        }
+        try DemoCommand.checkInit(initStd: initStd, routerStd: routerStd, sftSteps: sftSteps)
         try DemoCommand.pinBLASKernels(native: nativeBLAS)
         let outDir = URL(fileURLWithPath: out).standardizedFileURL, cells = outDir.appendingPathComponent("cells")
         try FileManager.default.createDirectory(at: cells, withIntermediateDirectories: true)
