@@ -34,6 +34,17 @@ enum TestDatabase {
         #expect(try storage.stringOrNil(0, "attstorage") == "e", "routes.data is STORAGE EXTERNAL")
     }
 
+    /// The embedded cluster runs with the WAL settings the README's sizing section gives (bulk writes are
+    /// WAL-bound; a short wal_writer_delay lets a large insert's COMMIT wait for the tail of its WAL only).
+    @Test func embeddedClusterRunsWithTheDocumentedWALSettings() throws {
+        let want = ["wal_buffers": "32MB", "max_wal_size": "4GB", "shared_buffers": "256MB", "wal_writer_delay": "10ms",
+                    "fsync": "on", "synchronous_commit": "on"]
+        for (name, value) in want {
+            let r = try pool.with { try $0.query("SELECT current_setting(\(name)) AS v") }
+            #expect(try r.stringOrNil(0, "v") == value, "\(name)")
+        }
+    }
+
     @Test func interpolatedValuesAreBindsNotText() throws {
         let evil = "x'); DROP TABLE projects; --"
         let q: SQL = "INSERT INTO projects (name) VALUES (\(evil)) RETURNING id, name"
