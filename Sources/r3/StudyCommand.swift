@@ -25,6 +25,9 @@ struct StudyCommand: ParsableCommand {
     @Option(name: .customLong("aux-loss-coef")) var auxLossCoef = 0.0
     @Option(help: "Output directory (cells, report, plots, the service's data).") var out = "r3-study"
     @Flag(help: "Small: 60 SFT steps, 4 prompts × 4 samples, 4 RL steps (tests).") var quick = false
+    @Option(help: "Runs of the grid, comma-separated (default all: none,R3,TIS,GSPO,R3+TIS).") var runs: String?
+    @Option(name: .customLong("batch-size"), help: "Prompts per RL step (default 8, --quick 4).") var batchSize: Int?
+    @Option(help: "Samples per prompt (default 8, --quick 4). batch-size × samples is at most 4,096.") var samples: Int?
     @Flag(name: .customLong("native-blas"), help: "Let OpenBLAS pick its kernels (see r3 demo).") var nativeBLAS = false
     @Option(name: .customLong("init-std"), help: "Std of the random weight matrices (HF's initializer_range; default 0.02).") var initStd: Double?
     @Option(name: .customLong("router-std"), help: "Std of the routers' initial weights (default: --init-std).") var routerStd: Double?
@@ -48,7 +51,18 @@ struct StudyCommand: ParsableCommand {
     static let grid = [Cell(name: "none", replay: "none", algorithm: "grpo", tis: false), Cell(name: "R3", replay: "R3", algorithm: "grpo", tis: false),
                        Cell(name: "TIS", replay: "none", algorithm: "grpo", tis: true), Cell(name: "GSPO", replay: "none", algorithm: "gspo", tis: false),
                        Cell(name: "R3+TIS", replay: "R3", algorithm: "grpo", tis: true)]
-    static let metrics = ["k3_kl", "extreme_frac_tau2", "reward_mean", "grad_norm", "entropy", "router_disagreement", "token_disagreement"]
+    static let metrics = ["k3_kl", "extreme_frac_tau2", "reward_mean", "grad_norm", "entropy", "router_disagreement", "token_disagreement",
+                          "response_len_mean"]
+
+    /// `--runs` as grid cells, in the grid's order.
+    func selectedRuns() throws -> [Cell] {
+        guard let runs else { return StudyCommand.grid }
+        let names = runs.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        for n in names where !StudyCommand.grid.contains(where: { $0.name == n }) {
+            throw ValidationError("--runs: '\(n)' is not a run; choose from \(StudyCommand.grid.map(\.name).joined(separator: ","))")
+        }
+        return StudyCommand.grid.filter { names.contains($0.name) }
+    }
 
     func run() throws {
         let rlSteps = steps ?? (quick ? 4 : 40)
@@ -61,6 +75,11 @@ struct StudyCommand: ParsableCommand {
             throw ValidationError("need experts >= top-k >= 1, layers >= 1, and hidden a multiple of 4 (>= 16)")
         }
         try DemoCommand.checkInit(initStd: initStd, routerStd: routerStd, sftSteps: sftSteps)
+        let grid = try selectedRuns()
+        let prompts = batchSize ?? (quick ? 4 : 8), perPrompt = samples ?? (quick ? 4 : 8)
+        guard (1...256).contains(prompts), (2...64).contains(perPrompt), prompts * perPrompt <= 4096 else {
+            throw ValidationError("need --batch-size in 1...256, --samples in 2...64, and batch-size × samples at most 4096")
+        }
         try DemoCommand.pinBLASKernels(native: nativeBLAS)
         let outDir = URL(fileURLWithPath: out).standardizedFileURL, cells = outDir.appendingPathComponent("cells")
         try FileManager.default.createDirectory(at: cells, withIntermediateDirectories: true)
@@ -73,6 +92,7 @@ struct StudyCommand: ParsableCommand {
         if let v = initStd { settings["init_std"] = v }
         if let v = routerStd { settings["router_std"] = v }
         if let v = sftSteps { settings["sft_steps"] = v }
+        if batchSize != nil || samples != nil { settings["batch_size"] = prompts; settings["n"] = perPrompt }
         let settingsURL = outDir.appendingPathComponent("settings.json")
         let settingsText = try JSONSerialization.data(withJSONObject: settings, options: [.sortedKeys])
         if let old = try? Data(contentsOf: settingsURL) {
@@ -94,7 +114,7 @@ struct StudyCommand: ParsableCommand {
             }
         }
 
-        let total = seeds * StudyCommand.grid.count
+        let total = seeds * grid.count
         var done = 0, reused = 0
         var results: [[String: Any]] = []
         let task: [String: Any] = ["task": "reverse", "difficulty": quick ? 4 : 6]
@@ -111,7 +131,7 @@ struct StudyCommand: ParsableCommand {
                 sft = ["model": m["id"]!, "policy_version": r["policy_version"] ?? 0, "eval_reward": r["eval_reward_mean"] ?? 0, "steps": n]
                 try JSONSerialization.data(withJSONObject: sft!, options: [.sortedKeys]).write(to: sftURL, options: .atomic)
             }
-            for c in StudyCommand.grid {
+            for c in grid {
                 done += 1
                 let url = cells.appendingPathComponent("\(c.name)-seed\(seed).json")
                 if let cell = (try? JSONSerialization.jsonObject(with: Data(contentsOf: url))) as? [String: Any] {
@@ -121,7 +141,7 @@ struct StudyCommand: ParsableCommand {
                 }
                 log.line("[\(done)/\(total)] \(c.name) seed \(seed)")
                 let body: [String: Any] = ["type": "train", "model": sft!["model"]!, "policy_version": sft!["policy_version"]!, "steps": rlSteps,
-                                           "batch_size": quick ? 4 : 8, "n": quick ? 4 : 8, "learning_rate": learningRate, "mini_steps": miniSteps,
+                                           "batch_size": prompts, "n": perPrompt, "learning_rate": learningRate, "mini_steps": miniSteps,
                                            "replay": c.replay, "algorithm": c.algorithm, "tis": c.tis, "seed": seed, "on_collapse": "continue",
                                            "checkpoint_every": rlSteps, "precision": precision, "aux_loss_coef": auxLossCoef]
                 let job = try api.submitAndWait(body.merging(task) { $1 }, label: "\(c.name) \(seed)", log: log)
@@ -140,12 +160,12 @@ struct StudyCommand: ParsableCommand {
                 results.append(cell)
             }
         }
-        let report = try StudyCommand.report(results, seeds: seeds, settings: settings, reused: reused, outDir: outDir)
+        let report = try StudyCommand.report(results, grid: grid, batch: (prompts, perPrompt), seeds: seeds, settings: settings, reused: reused, outDir: outDir)
         print(report)
     }
 
     /// study.json, study.md and the plots from the cells; returns the Markdown.
-    static func report(_ cells: [[String: Any]], seeds: Int, settings: [String: Any], reused: Int, outDir: URL) throws -> String {
+    static func report(_ cells: [[String: Any]], grid: [Cell], batch: (prompts: Int, samples: Int), seeds: Int, settings: [String: Any], reused: Int, outDir: URL) throws -> String {
         func values(_ cell: [String: Any], _ k: String) -> [Double] {
             (cell["series"] as? [[String: Any]] ?? []).compactMap { $0[k] as? Double }.filter(\.isFinite)
         }
@@ -159,7 +179,7 @@ struct StudyCommand: ParsableCommand {
         let seedCols = (1...seeds).map { "seed \($0)" }
         var md = "`r3 study`: \(settings["steps"]!) RL steps per cell, lr \(settings["learning_rate"]!), mini_steps \(settings["mini_steps"]!), "
         md += "\(settings["layers"]!) layers × \(settings["experts"]!) experts top-\(settings["top_k"]!), rollouts \(settings["precision"]!), "
-        md += "aux \(settings["aux_loss_coef"]!), "
+        md += "aux \(settings["aux_loss_coef"]!), \(batch.prompts) prompts × \(batch.samples) samples per step, "
         if let v = settings["init_std"] { md += "init std \(v), " }
         if let v = settings["router_std"] { md += "router std \(v), " }
         if let v = settings["sft_steps"] { md += "\(v) SFT steps, " }
@@ -187,8 +207,9 @@ struct StudyCommand: ParsableCommand {
         // replay per seed: the paired step-0 measurement (the same SFT policy and samples under none and R3)
         // and the run means, none against R3 on the same seed
         md += "\n**Replay per seed** (none against R3; step 0 is the same SFT policy and samples in both)\n\n"
-        md += "| seed | router dis. step 0 | tokens with ≥ 1 | k3 step 0 none / R3 | cut | k3 mean none / R3 | cut | F(2) mean none / R3 | cut |\n"
-        md += "|---|---|---|---|---|---|---|---|---|\n"
+        md += "| seed | router dis. step 0 | tokens with ≥ 1 | k3 step 0 none / R3 | cut | F(2) step 0 none / R3 (response tokens) | cut "
+        md += "| k3 mean none / R3 | cut | F(2) mean none / R3 | cut |\n"
+        md += "|---|---|---|---|---|---|---|---|---|---|---|\n"
         var perSeed: [[String: Any]] = []
         for seed in 1...seeds {
             guard let n = cell("none", seed), let r = cell("R3", seed) else { continue }
@@ -197,12 +218,19 @@ struct StudyCommand: ParsableCommand {
             let k0 = (values(n, "k3_kl").first, values(r, "k3_kl").first)
             let km = (mean(values(n, "k3_kl")), mean(values(r, "k3_kl")))
             let fm = (mean(values(n, "extreme_frac_tau2")), mean(values(r, "extreme_frac_tau2")))
+            let f0 = (values(n, "extreme_frac_tau2").first, values(r, "extreme_frac_tau2").first)
+            // the step's response tokens (both runs sample the same ones at step 0): F(2)'s resolution
+            let tokens0 = values(n, "response_len_mean").first.map { Int(($0 * Double(batch.prompts * batch.samples)).rounded()) }
             let pct = { (v: Double?) in v.map { String(format: "%.1f%%", 100 * $0) } ?? "—" }
             let x = { (v: Double?) in v.map { String(format: "%.2f×", $0) } ?? "—" }
-            md += "| \(seed) | \(pct(rd)) | \(pct(td)) | \(fmt(k0.0)) / \(fmt(k0.1)) | \(x(ratio(k0.0, k0.1))) | \(fmt(km.0)) / \(fmt(km.1)) | "
+            // a cut with R3 at 0 has no finite ratio: say how many tokens none had beyond [½, 2] instead
+            let f0cut = f0.1 == 0 && (f0.0 ?? 0) > 0 ? "R3 0, none \(tokens0.map { String(Int((f0.0! * Double($0)).rounded())) } ?? "?") tokens" : x(ratio(f0.0, f0.1))
+            md += "| \(seed) | \(pct(rd)) | \(pct(td)) | \(fmt(k0.0)) / \(fmt(k0.1)) | \(x(ratio(k0.0, k0.1))) | "
+            md += "\(fmt(f0.0)) / \(fmt(f0.1)) (\(tokens0.map(String.init) ?? "?")) | \(f0cut) | \(fmt(km.0)) / \(fmt(km.1)) | "
             md += "\(x(ratio(km.0, km.1))) | \(fmt(fm.0)) / \(fmt(fm.1)) | \(x(ratio(fm.0, fm.1))) |\n"
             func pair(_ p: (Double?, Double?)) -> [Any] { [p.0 ?? NSNull(), p.1 ?? NSNull()] }
-            var row: [String: Any] = ["seed": seed, "k3_kl_step0": pair(k0), "k3_kl_mean": pair(km), "extreme_frac_tau2_mean": pair(fm)]
+            var row: [String: Any] = ["seed": seed, "k3_kl_step0": pair(k0), "k3_kl_mean": pair(km), "extreme_frac_tau2_mean": pair(fm),
+                                      "extreme_frac_tau2_step0": pair(f0), "response_tokens_step0": tokens0 ?? NSNull()]
             row["router_disagreement_step0"] = rd ?? NSNull()
             row["token_disagreement_step0"] = td ?? NSNull()
             perSeed.append(row)

@@ -300,6 +300,37 @@ def test_study_writes_the_matrix_and_resumes_only_missing_cells(tmp_path):
     assert p.returncode != 0 and "other settings" in p.stderr
 
 
+def test_study_runs_a_chosen_subset_at_a_chosen_batch(tmp_path):
+    """`r3 study --runs none,R3 --batch-size B --samples N`: only those cells, at B × N samples per step, and the
+    paired step-0 F(2) beside the step's response-token count (its resolution). Adding a run later reuses the
+    cells already made with the same settings."""
+    out = tmp_path / "study"
+    args = [R3, "study", "--quick", "--seeds", "1", "--steps", "2", "--batch-size", "6", "--samples", "2", "--out", str(out)]
+    p = subprocess.run(args + ["--runs", "none,R3"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads((out / "study.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["none", "R3"] and sorted(c["name"] for c in report["cells"]) == ["R3", "none"]
+    assert report["settings"]["batch_size"] == 6 and report["settings"]["n"] == 2
+    md = (out / "study.md").read_text()
+    assert "6 prompts × 2 samples per step" in md and "| TIS |" not in md and "F(2) step 0 none / R3 (response tokens)" in md
+    none0, r30 = (next(c for c in report["cells"] if c["name"] == n)["series"][0] for n in ("none", "R3"))
+    row = report["replay_per_seed"][0]
+    assert row["extreme_frac_tau2_step0"] == [none0["extreme_frac_tau2"], r30["extreme_frac_tau2"]]
+    # step 0 samples 6 × 2 = 12 responses: the mean length times 12 is their token count, a whole number
+    tokens = none0["response_len_mean"] * 12
+    assert abs(tokens - round(tokens)) < 1e-6 and row["response_tokens_step0"] == round(tokens) > 0
+    # step 0 is the same policy on the same samples under both runs
+    assert r30["response_len_mean"] == none0["response_len_mean"]
+    p = subprocess.run(args + ["--runs", "none,R3,TIS"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    again = json.loads((out / "study.json").read_text())
+    assert again["cells_reused"] == 2 and [r["name"] for r in again["runs"]] == ["none", "R3", "TIS"]
+    for bad, word in ((["--runs", "none,R4"], "'R4'"), (["--batch-size", "300"], "--batch-size"), (["--samples", "1"], "--samples")):
+        p = subprocess.run(args[:2] + bad + ["--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and word in p.stderr and p.stderr.startswith("Error: "), p.stderr
+        assert not (tmp_path / "bad").exists(), "the options are checked before anything is made"
+
+
 def test_a_failed_start_stops_the_embedded_cluster_it_started(tmp_path):
     """A binary that cannot find its migrations fails after starting the embedded PostgreSQL: the cluster it
     started must stop with it, or the next run on the same directory finds a server it does not own."""
