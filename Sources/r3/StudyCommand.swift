@@ -224,7 +224,9 @@ struct StudyCommand: ParsableCommand {
             let pct = { (v: Double?) in v.map { String(format: "%.1f%%", 100 * $0) } ?? "—" }
             let x = { (v: Double?) in v.map { String(format: "%.2f×", $0) } ?? "—" }
             // a cut with R3 at 0 has no finite ratio: say how many tokens none had beyond [½, 2] instead
-            let f0cut = f0.1 == 0 && (f0.0 ?? 0) > 0 ? "R3 0, none \(tokens0.map { String(Int((f0.0! * Double($0)).rounded())) } ?? "?") tokens" : x(ratio(f0.0, f0.1))
+            let noneCount = tokens0.map { Int(((f0.0 ?? 0) * Double($0)).rounded()) }
+            let f0cut = f0.1 == 0 && (f0.0 ?? 0) > 0
+                ? "R3 0, none \(noneCount.map { "\($0) token\($0 == 1 ? "" : "s")" } ?? "> 0")" : x(ratio(f0.0, f0.1))
             md += "| \(seed) | \(pct(rd)) | \(pct(td)) | \(fmt(k0.0)) / \(fmt(k0.1)) | \(x(ratio(k0.0, k0.1))) | "
             md += "\(fmt(f0.0)) / \(fmt(f0.1)) (\(tokens0.map(String.init) ?? "?")) | \(f0cut) | \(fmt(km.0)) / \(fmt(km.1)) | "
             md += "\(x(ratio(km.0, km.1))) | \(fmt(fm.0)) / \(fmt(fm.1)) | \(x(ratio(fm.0, fm.1))) |\n"
