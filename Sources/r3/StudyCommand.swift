@@ -92,7 +92,9 @@ struct StudyCommand: ParsableCommand {
         if let v = initStd { settings["init_std"] = v }
         if let v = routerStd { settings["router_std"] = v }
         if let v = sftSteps { settings["sft_steps"] = v }
-        if batchSize != nil || samples != nil { settings["batch_size"] = prompts; settings["n"] = perPrompt }
+        // only when not the default, so that studies made before these options (or with the defaults given
+        // explicitly) resume into the same settings
+        if prompts != (quick ? 4 : 8) || perPrompt != (quick ? 4 : 8) { settings["batch_size"] = prompts; settings["n"] = perPrompt }
         let settingsURL = outDir.appendingPathComponent("settings.json")
         let settingsText = try JSONSerialization.data(withJSONObject: settings, options: [.sortedKeys])
         if let old = try? Data(contentsOf: settingsURL) {
@@ -154,8 +156,11 @@ struct StudyCommand: ParsableCommand {
                     for k in StudyCommand.metrics { o[k] = (r[k] as? NSNumber)?.doubleValue ?? NSNull() }
                     return o
                 }
+                // the batch as the server took it (the job's normalised params), not as this command meant it
+                let params = job["params"] as? [String: Any] ?? [:]
                 let cell: [String: Any] = ["name": c.name, "seed": seed, "job_id": id, "collapse_step": collapse ?? NSNull(), "series": series,
-                                           "sft_reward": sft!["eval_reward"]!]
+                                           "sft_reward": sft!["eval_reward"]!,
+                                           "job_batch": ["batch_size": params["batch_size"] ?? NSNull(), "n": params["n"] ?? NSNull()]]
                 try JSONSerialization.data(withJSONObject: cell, options: [.sortedKeys]).write(to: url, options: .atomic)
                 results.append(cell)
             }

@@ -311,6 +311,8 @@ def test_study_runs_a_chosen_subset_at_a_chosen_batch(tmp_path):
     report = json.loads((out / "study.json").read_text())
     assert [r["name"] for r in report["runs"]] == ["none", "R3"] and sorted(c["name"] for c in report["cells"]) == ["R3", "none"]
     assert report["settings"]["batch_size"] == 6 and report["settings"]["n"] == 2
+    # the batch as the server took it: each job's normalised params
+    assert all(c["job_batch"] == {"batch_size": 6, "n": 2} for c in report["cells"]), [c["job_batch"] for c in report["cells"]]
     md = (out / "study.md").read_text()
     assert "6 prompts × 2 samples per step" in md and "| TIS |" not in md and "F(2) step 0 none / R3 (response tokens)" in md
     none0, r30 = (next(c for c in report["cells"] if c["name"] == n)["series"][0] for n in ("none", "R3"))
@@ -325,7 +327,8 @@ def test_study_runs_a_chosen_subset_at_a_chosen_batch(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     again = json.loads((out / "study.json").read_text())
     assert again["cells_reused"] == 2 and [r["name"] for r in again["runs"]] == ["none", "R3", "TIS"]
-    for bad, word in ((["--runs", "none,R4"], "'R4'"), (["--batch-size", "300"], "--batch-size"), (["--samples", "1"], "--samples")):
+    for bad, word in ((["--runs", "none,R4"], "'R4'"), (["--batch-size", "300"], "--batch-size"), (["--samples", "1"], "--samples"),
+                      (["--batch-size", "256", "--samples", "32"], "at most 4096")):
         p = subprocess.run(args[:2] + bad + ["--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
         assert p.returncode != 0 and word in p.stderr and p.stderr.startswith("Error: "), p.stderr
         assert not (tmp_path / "bad").exists(), "the options are checked before anything is made"
