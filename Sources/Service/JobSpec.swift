@@ -23,6 +23,14 @@ enum CollapseAction: String, CaseIterable, Sendable {
     case `continue`, pause, stop
 }
 
+/// A train job's batch limits (prompts per step, samples per prompt, samples per step): the job spec
+/// enforces them, and clients that check before submitting (`r3 study`) read them from here.
+public enum TrainBatchLimits {
+    public static let batchSize = 1...256
+    public static let n = 2...64
+    public static let samples = 4096
+}
+
 struct JobSpec {
     enum Kind: String, CaseIterable { case rollout, sft, train }
     var type: Kind
@@ -175,9 +183,11 @@ struct JobSpec {
             }
         }
         guard (task == nil) != (rolloutIDs == nil) else { throw ServiceError.unprocessable("a train job needs exactly one of task or rollout_ids") }
-        batchSize = try f.int("batch_size", range: 1...256) ?? batchSize
-        n = try f.int("n", range: 2...64) ?? 8
-        guard batchSize * n <= 4096 else { throw ServiceError.unprocessable("batch_size × n must be at most 4096 samples") }
+        batchSize = try f.int("batch_size", range: TrainBatchLimits.batchSize) ?? batchSize
+        n = try f.int("n", range: TrainBatchLimits.n) ?? 8
+        guard batchSize * n <= TrainBatchLimits.samples else {
+            throw ServiceError.unprocessable("batch_size × n must be at most \(TrainBatchLimits.samples) samples")
+        }
         learningRate = try f.number("learning_rate") ?? learningRate
         algorithm = try JobSpec.choice(f, "algorithm", Algorithm.self) ?? algorithm
         replay = try JobSpec.choice(f, "replay", ReplayMode.self) ?? replay

@@ -76,9 +76,11 @@ struct StudyCommand: ParsableCommand {
         }
         try DemoCommand.checkInit(initStd: initStd, routerStd: routerStd, sftSteps: sftSteps)
         let grid = try selectedRuns()
-        let prompts = batchSize ?? (quick ? 4 : 8), perPrompt = samples ?? (quick ? 4 : 8)
-        guard (1...256).contains(prompts), (2...64).contains(perPrompt), prompts * perPrompt <= 4096 else {
-            throw ValidationError("need --batch-size in 1...256, --samples in 2...64, and batch-size × samples at most 4096")
+        let defaultBatch = quick ? 4 : 8
+        let prompts = batchSize ?? defaultBatch, perPrompt = samples ?? defaultBatch
+        let limits = (TrainBatchLimits.batchSize, TrainBatchLimits.n, TrainBatchLimits.samples)
+        guard limits.0.contains(prompts), limits.1.contains(perPrompt), prompts * perPrompt <= limits.2 else {
+            throw ValidationError("need --batch-size in \(limits.0), --samples in \(limits.1), and batch-size × samples at most \(limits.2)")
         }
         try DemoCommand.pinBLASKernels(native: nativeBLAS)
         let outDir = URL(fileURLWithPath: out).standardizedFileURL, cells = outDir.appendingPathComponent("cells")
@@ -94,7 +96,7 @@ struct StudyCommand: ParsableCommand {
         if let v = sftSteps { settings["sft_steps"] = v }
         // only when not the default, so that studies made before these options (or with the defaults given
         // explicitly) resume into the same settings
-        if prompts != (quick ? 4 : 8) || perPrompt != (quick ? 4 : 8) { settings["batch_size"] = prompts; settings["n"] = perPrompt }
+        if prompts != defaultBatch || perPrompt != defaultBatch { settings["batch_size"] = prompts; settings["n"] = perPrompt }
         let settingsURL = outDir.appendingPathComponent("settings.json")
         let settingsText = try JSONSerialization.data(withJSONObject: settings, options: [.sortedKeys])
         if let old = try? Data(contentsOf: settingsURL) {
