@@ -35,6 +35,31 @@ public struct HTTPParser {
     /// True while a message's head has been parsed and its body is not finished.
     public var inBody: Bool { if case .head = state { return false }; if case .failed = state { return false }; return true }
 
+    /// Body bytes that come next in the stream with no framing among them (the rest of a Content-Length
+    /// body, or of the current chunk): a caller may read that many straight into a body buffer and count
+    /// them with `consumeDirectBody` instead of passing them through `next`. 0 when framing comes next.
+    public var directBodyBytes: Int {
+        switch state {
+        case let .fixed(remaining), let .chunkData(remaining): return remaining
+        default: return 0
+        }
+    }
+
+    /// Counts `n` (≤ `directBodyBytes`) body bytes the caller read itself, as `next` would have.
+    public mutating func consumeDirectBody(_ n: Int) {
+        switch state {
+        case let .fixed(remaining):
+            precondition(n <= remaining, "more body bytes than the framing allows")
+            state = .fixed(remaining: remaining - n)
+        case let .chunkData(remaining):
+            precondition(n <= remaining, "more body bytes than the framing allows")
+            state = n < remaining ? .chunkData(remaining: remaining - n) : .chunkDataEnd
+        default:
+            precondition(n == 0, "no body bytes are due")
+        }
+        bodyBytes += n
+    }
+
     /// Parses from the front of `buf`; returns the bytes consumed and the event. Call again while the
     /// event is not `.needMore` (a pipelined request may follow). At most `bodyAllowance` body bytes are
     /// handed out per call; with 0 nothing of a body is consumed.

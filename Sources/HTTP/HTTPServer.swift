@@ -294,7 +294,27 @@ final class EventLoop: @unchecked Sendable {
 
     /// Reads what the connection may take now, then moves its request along.
     private func readable(_ c: Connection, _ chunk: inout [UInt8]) {
-        while c.buffered < config.inputBufferBytes && wantsInput(c) {
+        // a streamed body with nothing of it in the connection buffer: the bytes the framing says are body
+        // go straight from the socket into the handler's queue
+        var drained = false   // the socket had no more to give
+        if case let .streaming(_, body, false) = c.phase, c.buffered == 0 {
+            while wantsInput(c) {
+                let due = c.parser.directBodyBytes
+                if due == 0 { break }
+                let (n, asked) = body.receive(from: c.fd, max: min(due, body.room))
+                if n > 0 {
+                    c.parser.consumeDirectBody(n)
+                    c.lastInput = .now
+                    if n < asked { drained = true; break }
+                    continue
+                }
+                if n == 0 { c.peerClosed = true; break }
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { drained = true; break }
+                close(c); return
+            }
+        }
+        while !drained && c.buffered < config.inputBufferBytes && wantsInput(c) {
             let room = min(chunk.count, config.inputBufferBytes - c.buffered)
             let n = chunk.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, room, 0) }
             if n > 0 {
@@ -415,7 +435,7 @@ final class EventLoop: @unchecked Sendable {
                 var failure: HTTPParseError?
                 let room = body.room
                 if room == 0 { body.pause(); c.deadline = nil; return }
-                let (used, _) = c.withUnread { buf -> (Int, Void) in
+                let (used, usedRoom) = c.withUnread { buf -> (Int, Bool) in
                     var used = 0, left = room
                     while !ended && failure == nil && left > 0 {
                         let (u, ev) = c.parser.next(UnsafeRawBufferPointer(rebasing: buf[used...]), bodyAllowance: left)
@@ -425,12 +445,12 @@ final class EventLoop: @unchecked Sendable {
                             left -= r.count
                         case .end: ended = true
                         case let .error(e): failure = e
-                        case .needMore: return (used + u, ())
+                        case .needMore: return (used + u, false)
                         case .head: break
                         }
                         used += u
                     }
-                    return (used, ())
+                    return (used, left == 0)
                 }
                 c.consume(used)
                 if let e = failure {
@@ -446,7 +466,11 @@ final class EventLoop: @unchecked Sendable {
                     c.closeAfterWrite = true
                     return
                 }
-                if body.room == 0 { body.pause(); c.deadline = nil } else { setBodyDeadline(c) }
+                if body.room == 0 { body.pause(); c.deadline = nil; return }
+                // the room seen above is used up but the handler has made more meanwhile: offer the rest of the
+                // buffer now (no pause was taken, so no drain would call back, and the client may send nothing more)
+                if usedRoom && c.buffered > 0 { continue }
+                setBodyDeadline(c)
                 return
             case .deciding, .handling:
                 return

@@ -9,6 +9,14 @@ import CPosix
 /// end of the input.
 public protocol JSONSource: AnyObject {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Hands the next bytes (at most `upTo`, in one piece) to `body` where they lie, and counts them read:
+    /// returns how many, 0 at the end of the input, or nil when the source cannot lend (the reader then
+    /// copies with `read`). The bytes are valid only inside `body`. A long string is read this way.
+    func lend(upTo: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int?
+}
+
+extension JSONSource {
+    public func lend(upTo: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int? { nil }
 }
 
 /// An in-memory document.
@@ -332,7 +340,24 @@ public final class JSONReader {
         guard try peekByte() == UInt8(ascii: "\"") else { throw content("must be a string") }
         pos += 1
         var scratch = [UInt8](); scratch.reserveCapacity(8)
+        var lends = true
         while true {
+            if pos == end && !eof && lends {
+                // the window is empty: scan the source's next piece where it lies, and keep in the window
+                // only what follows the run of plain bytes (an escape, the closing quote and what is after it)
+                base += pos; pos = 0; end = 0
+                let window = buf, room = cap
+                var plain = 0
+                let got = try source.lend(upTo: room) { piece in
+                    plain = Int(r3_json_plain_run(piece.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(piece.count)))
+                    if plain > 0 { try sink(UnsafeRawBufferPointer(rebasing: piece[..<plain])) }
+                    window.copyMemory(from: piece.baseAddress! + plain, byteCount: piece.count - plain)
+                }
+                guard let got else { lends = false; continue }
+                if got == 0 { eof = true; throw syntax("unterminated string") }
+                base += plain; end = got - plain
+                continue
+            }
             if pos == end { guard try fill(1) > 0 else { throw syntax("unterminated string") } }
             // a run of plain bytes (AVX2: 32 a step)
             let i = pos + Int(r3_json_plain_run(buf.assumingMemoryBound(to: UInt8.self) + pos, UInt64(end - pos)))

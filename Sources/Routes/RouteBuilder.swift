@@ -21,6 +21,13 @@ public struct RouteBuilder: Sendable {
 
     public var storedBytes: Int { bytes.count }
 
+    /// Room for `values` more ids one byte each (a declared shape, before its data), at most `maxValues`:
+    /// the bytes then grow in place instead of being copied at every doubling.
+    public mutating func reserve(values: Int) {
+        let want = bytes.count + min(max(0, values), maxValues - count) * width
+        if want > bytes.capacity { bytes.reserveCapacity(min(want, 1 << 31)) }
+    }
+
     private mutating func widen() {
         var w = [UInt8](repeating: 0, count: count * 2)
         for i in 0..<count {

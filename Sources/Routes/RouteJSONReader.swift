@@ -106,6 +106,7 @@ public enum RouteJSONReader {
                 sawData = true
                 guard try r.peek() == .string else { throw RoutesError.malformed("routed_experts.data must be a base64 string") }
                 var dec = Base64Decoder()
+                if let s = shape { b.reserve(values: s[0] * s[1] * s[2]) }   // shape first, as json.dumps of {dtype, shape, data} sends it
                 if let d = dtype {
                     var sink = ElementSink(dtype: d)
                     try r.readStringChunks { text in try dec.feed(text) { try sink.feed($0, into: &b) } }

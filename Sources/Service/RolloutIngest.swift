@@ -8,7 +8,9 @@ import JSON
 import Routes
 import Store
 
-extension HTTPBodyStream: JSONSource {}
+extension HTTPBodyStream: JSONSource {
+    public func lend(upTo: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int? { try lend(max: upTo, body) }
+}
 
 /// A body source that refuses to deliver more than `limit` bytes (413), for bodies without a length.
 final class LimitedSource: JSONSource {
@@ -21,6 +23,14 @@ final class LimitedSource: JSONSource {
         let n = try inner.read(into: buffer)
         total += n
         if total > limit { throw ServiceError(413, "the body exceeds the limit of \(limit) bytes (\(name))") }
+        return n
+    }
+    func lend(upTo: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int? {
+        let n = try inner.lend(upTo: upTo) { piece in
+            if total + piece.count > limit { throw ServiceError(413, "the body exceeds the limit of \(limit) bytes (\(name))") }
+            try body(piece)
+        }
+        total += n ?? 0
         return n
     }
 }

@@ -259,13 +259,15 @@ extension App {
             declaredShape = dims
         }
         do {
-            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            if let dims = declaredShape { b.reserve(values: dims[0] * dims[1] * dims[2]) }
+            var reserved = declaredShape != nil
             while true {
-                let n = try buffer.withUnsafeMutableBytes { try body.read(into: $0) }
+                // the body's bytes where the server received them, without a copy
+                let n = try body.lend(max: 1 << 20) { try reader.feed($0, into: &b) }
                 if n == 0 { break }
-                try buffer.withUnsafeBytes { try reader.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n]), into: &b) }
-                if let s = reader.shape, RouteShape.count(s) > config.maxRouteValues {   // the .npy header's claim, before its data
-                    throw ServiceError(413, "routes have more than \(config.maxRouteValues) values")
+                if let s = reader.shape, !reserved {   // the .npy header's claim, before its data
+                    guard RouteShape.count(s) <= config.maxRouteValues else { throw ServiceError(413, "routes have more than \(config.maxRouteValues) values") }
+                    b.reserve(values: RouteShape.count(s)); reserved = true
                 }
             }
             try reader.finish(into: &b, what: isNPY ? "the .npy data" : "the body")

@@ -101,6 +101,43 @@ struct HTTPParserTests {
         #expect(buf.dropFirst(u3).withUnsafeBytes { p.next($0) } == (0, .end))
     }
 
+    /// The bytes a caller may read straight into a body buffer: the rest of a Content-Length body, the rest
+    /// of the current chunk, and none while framing (a chunk-size line, a CRLF, the trailers) comes next.
+    @Test func directBodyBytesStopAtTheFraming() {
+        var p = HTTPParser()
+        #expect(p.directBodyBytes == 0, "no body before a head")
+        var wire = Array("PUT /r HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc".utf8)[...]
+        var (u, e) = wire.withUnsafeBytes { p.next($0) }
+        wire = wire.dropFirst(u)
+        #expect(p.directBodyBytes == 10)
+        (u, e) = wire.withUnsafeBytes { p.next($0) }
+        #expect(e == .body(0..<3) && p.directBodyBytes == 7)
+        p.consumeDirectBody(7)   // read from the socket by the caller
+        #expect(p.directBodyBytes == 0 && p.bodyBytes == 10)
+        #expect([UInt8]().withUnsafeBytes { p.next($0) } == (0, .end))
+        // chunked: 5 bytes of a 0x10-byte chunk in the buffer, the other 11 read directly, then framing
+        var q = HTTPParser()
+        wire = Array("POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabcde".utf8)[...]
+        (u, e) = wire.withUnsafeBytes { q.next($0) }
+        wire = wire.dropFirst(u)
+        #expect(q.directBodyBytes == 0, "the chunk-size line comes first")
+        (u, e) = wire.withUnsafeBytes { q.next($0) }
+        #expect(e == .body(4..<9) && q.directBodyBytes == 11)
+        q.consumeDirectBody(11)
+        #expect(q.directBodyBytes == 0, "the chunk's CRLF is framing")
+        let rest = Array("\r\n2\r\nxy\r\n0\r\n\r\n".utf8)
+        var events: [HTTPParser.Event] = []
+        var at = 0
+        while true {
+            let (used, ev) = rest[at...].withUnsafeBytes { q.next($0) }
+            at += used
+            if ev == .needMore { break }
+            events.append(ev)
+            if ev == .end { break }
+        }
+        #expect(events == [.body(5..<7), .end] && q.bodyBytes == 18 && at == rest.count)
+    }
+
     @Test func expectContinueIsInTheHead() {
         let head = "PUT /r HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
         guard case let .head(h) = parse(head).first else { Issue.record("no head"); return }

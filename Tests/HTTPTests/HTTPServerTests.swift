@@ -171,6 +171,101 @@ func loopCPUSeconds() -> Double {
         #expect(r?.status == 200 && r?.body == "\(n)", "\(String(describing: r))")
     }
 
+    /// A streamed body reaches the handler byte for byte whichever way it is framed and read: with a
+    /// Content-Length (the loop receives it straight into the queue's buffers) or chunked (framing parsed
+    /// out of the connection buffer, large chunks received straight again), read by copy (`read(into:)`)
+    /// or borrowed (`lend`), by a slow reader behind a full queue or a fast one racing the loop, and sent
+    /// whole or in thousands of tiny writes (each appended to the tail of the buffer the handler may be
+    /// reading). A request pipelined right behind the body is parsed as the next request: the direct reads
+    /// stop where the framing says the body ends.
+    @Test func aStreamedBodyArrivesByteForByteHoweverItIsFramedAndRead() throws {
+        @Sendable func fnv(_ h: inout UInt64, _ p: UnsafeRawBufferPointer) { for b in p { h = (h ^ UInt64(b)) &* 0x100000001b3 } }
+        var c = HTTPServerConfig(); c.port = 0; c.streamQueueBytes = 64 * 1024
+        let s = HTTPServer(config: c) { req in
+            guard req.path.hasPrefix("/upload") else { return .respond(.text(200, "next \(req.path)")) }
+            let lending = req.path.contains("lend"), slow = req.path.contains("slow")
+            return .stream { body in
+                var h: UInt64 = 0xcbf29ce484222325, total = 0, calls = 0
+                var buf = [UInt8](repeating: 0, count: 7919)
+                do {
+                    while true {
+                        calls += 1
+                        if slow && calls % 8 == 0 { usleep(300) }
+                        let n: Int
+                        if lending {
+                            n = try body.lend(max: 1 + (calls * 7_777) % 300_000) { fnv(&h, $0) }
+                        } else {
+                            n = try buf.withUnsafeMutableBytes { b in try body.read(into: UnsafeMutableRawBufferPointer(rebasing: b[0..<(1 + calls % b.count)])) }
+                            buf.withUnsafeBytes { fnv(&h, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                        }
+                        if n == 0 { break }
+                        total += n
+                    }
+                } catch { return .text(400, "\(error)") }
+                return .text(200, "\(total) \(h)")
+            }
+        }
+        try s.start(); defer { s.shutdown(); s.waitUntilStopped() }
+        var rng = SystemRandomNumberGenerator()
+        func sendAll(_ fd: Int32, _ bytes: [UInt8]) {
+            var off = 0
+            while off < bytes.count { let w = bytes[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }; if w <= 0 { break }; off += w }
+        }
+        for chunked in [false, true] {
+            for mode in ["copy", "lend", "copy-slow", "lend-slow", "lend-drip", "copy-drip"] {
+                let drip = mode.hasSuffix("drip")
+                let n = drip ? 60_000 : 3 * 1024 * 1024 + 17
+                let payload = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                var want: UInt64 = 0xcbf29ce484222325
+                payload.withUnsafeBytes { fnv(&want, $0) }
+                let client = try RawClient(port: s.boundPort)
+                var flag: Int32 = 1
+                setsockopt(client.fd, Int32(IPPROTO_TCP), TCP_NODELAY, &flag, socklen_t(MemoryLayout<Int32>.size))
+                client.send("POST /upload-\(mode) HTTP/1.1\r\nHost: x\r\n" + (chunked ? "Transfer-Encoding: chunked\r\n\r\n" : "Content-Length: \(n)\r\n\r\n"))
+                var wire: [[UInt8]] = []   // the body as the client writes it, framing included
+                var off = 0
+                while off < n {
+                    let piece = drip ? Int.random(in: 1...7, using: &rng) : (chunked ? [300_000, 5, 70_000, 1][wire.count % 4] : 256 * 1024 + 3)
+                    let part = Array(payload[off..<min(n, off + piece)])
+                    wire.append(chunked ? Array("\(String(part.count, radix: 16))\r\n".utf8) + part + Array("\r\n".utf8) : part)
+                    off += part.count
+                }
+                if chunked { wire.append(Array("0\r\n\r\n".utf8)) }
+                wire[wire.count - 1] += Array("GET /after HTTP/1.1\r\nHost: x\r\n\r\n".utf8)   // pipelined behind the body's last bytes
+                if drip { for w in wire { sendAll(client.fd, w) } } else { sendAll(client.fd, wire.flatMap { $0 }) }
+                let rs = client.responses(2)
+                #expect(rs.count == 2 && rs[0].status == 200 && rs[0].body == "\(n) \(want)", "\(chunked ? "chunked" : "length") \(mode): \(rs.map { $0.body.prefix(200) })")
+                #expect(rs.count == 2 && rs[1].body == "next /after", "\(chunked ? "chunked" : "length") \(mode)")
+            }
+        }
+    }
+
+    /// A client that goes away in the middle of its body: the handler's read (by copy or borrowed) throws,
+    /// and the stream is left usable by the loop, which goes on serving everyone else.
+    @Test func aBodyCutOffMidwayFailsTheReadAndTheServerGoesOn() throws {
+        let s = HTTPServer(config: { var c = HTTPServerConfig(); c.port = 0; return c }()) { req in
+            guard req.path.hasPrefix("/upload") else { return .respond(.text(200, "ok")) }
+            let lending = req.path.hasSuffix("lend")
+            return .stream { body in
+                do {
+                    var buf = [UInt8](repeating: 0, count: 4096)
+                    while try (lending ? body.lend(max: 4096) { _ in } : buf.withUnsafeMutableBytes { try body.read(into: $0) }) > 0 {}
+                    return .text(200, "whole")
+                } catch { return .text(400, "\(error)") }
+            }
+        }
+        try s.start(); defer { s.shutdown(); s.waitUntilStopped() }
+        for mode in ["copy", "lend", "copy", "lend"] {
+            let client = try RawClient(port: s.boundPort)
+            client.send("POST /upload-\(mode) HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + String(repeating: "x", count: 70_000))
+            usleep(50_000)
+            Glibc.shutdown(client.fd, Int32(SHUT_RDWR))   // gone: the server reads the end of the stream
+            let other = try RawClient(port: s.boundPort)
+            other.send("GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(other.responses(1).first?.body == "ok", "the server answers after a \(mode) upload was cut off")
+        }
+    }
+
     /// A client that half-closes while the server is not reading it (a handler runs, a pipelined request
     /// waits) must not make the event loop spin: EPOLLRDHUP is level-triggered.
     @Test func aHalfClosedClientDoesNotMakeTheLoopSpin() throws {

@@ -17,6 +17,25 @@ final class Trickle: JSONSource {
     }
 }
 
+/// A source that lends its bytes where they lie, at most `piece` per call, and counts how many it lent
+/// and how many it copied (a request body in the server's queue buffers).
+final class Lender: JSONSource {
+    let bytes: [UInt8]; let piece: Int; var offset = 0, lent = 0, copied = 0
+    init(_ s: String, piece: Int) { bytes = Array(s.utf8); self.piece = piece }
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = min(piece, buffer.count, bytes.count - offset)
+        for i in 0..<n { buffer[i] = bytes[offset + i] }
+        offset += n; copied += n
+        return n
+    }
+    func lend(upTo: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int? {
+        let n = min(piece, upTo, bytes.count - offset)
+        if n > 0 { try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + n)])) } }
+        offset += n; lent += n
+        return n
+    }
+}
+
 func parse(_ s: String) throws -> JSONValue { try JSONReader.parse(Array(s.utf8)) }
 
 func error(_ s: String) -> JSONError? {
@@ -106,6 +125,41 @@ struct JSONReaderTests {
         try r.finish()
         #expect(total == body.utf8.count)
         #expect(pieces > 1)
+    }
+
+    /// A long string read from a lending source gives the same bytes as from a copying one, in pieces of any
+    /// size, with escapes, the closing quote and the rest of the document falling anywhere in a lent piece;
+    /// the plain runs are scanned where they lie (most of the bytes are lent, not copied), and error offsets
+    /// still count every byte.
+    @Test(arguments: [1, 2, 5, 31, 4096, 65_536])
+    func longStringsAreReadFromLentPiecesWhereTheyLie(piece: Int) throws {
+        var state = UInt64(piece) &* 0x9E3779B97F4A7C15 | 1
+        func next() -> UInt64 { state ^= state << 13; state ^= state >> 7; state ^= state << 17; return state }
+        var text = ""
+        for i in 0..<20_000 {
+            text += String(repeating: "QUJD", count: Int(next() % 40))
+            if i % 97 == 0 { text += ["\\n", "\\\"", "\\u00e9", "\\ud83d\\ude00", "\\/"][i % 5] }
+        }
+        let doc = "{\"data\": \"\(text)\", \"after\": [1, 2, {\"k\": \"v\"}]}"
+        func read(_ src: JSONSource) throws -> ([UInt8], JSONValue, Int) {
+            let r = JSONReader(src, window: 4096)
+            var got: [UInt8] = [], after: JSONValue = .null
+            try r.readObject { key in
+                if key == "data" { try r.readStringChunks { got += $0 } } else { after = try r.readValue() }
+            }
+            try r.finish()
+            return (got, after, r.offset)
+        }
+        let lender = Lender(doc, piece: piece)
+        let (lentText, lentAfter, lentOffset) = try read(lender)
+        let (copiedText, copiedAfter, copiedOffset) = try read(Trickle(doc, piece: piece))
+        #expect(lentText == copiedText && lentAfter == copiedAfter && lentOffset == copiedOffset && lentOffset == doc.utf8.count)
+        #expect(lentText.count > 1_000_000 && lentText.contains(0xC3))   // é decoded
+        if piece >= 4096 { #expect(lender.lent > 9 * lender.copied, "lent \(lender.lent), copied \(lender.copied)") }
+        // an error after a lent run names the right byte
+        let bad = "{\"data\": \"\(String(repeating: "A", count: 100_000))\u{01}\"}"
+        #expect(throws: JSONError.self) { try read(Lender(bad, piece: piece)) }
+        do { _ = try read(Lender(bad, piece: piece)) } catch let e as JSONError { #expect(e.message.hasSuffix("(at byte \(10 + 100_000))"), "\(e)") }
     }
 
     /// The AVX2 scan for the end of a plain run against the byte loop it replaces, at every position.
