@@ -62,11 +62,56 @@ static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, uint64_t n) {
 }
 #endif
 
+// The CRC of A‖B from crc(A), crc(B) and B's length (the CRCs finished, with their pre- and post-inversion):
+// crc(A) carried through len(B) zero bytes, XOR crc(B). Carrying a register through zero bits is linear
+// over GF(2): a 32 × 32 bit matrix (column i: where register bit i goes), squared to get 2, 4, 8 … bits.
+static uint32_t gf2_apply(const uint32_t *m, uint32_t v) {
+    uint32_t s = 0;
+    for (int i = 0; v; i++, v >>= 1) if (v & 1) s ^= m[i];
+    return s;
+}
+static void gf2_square(uint32_t *out, const uint32_t *m) { for (int i = 0; i < 32; i++) out[i] = gf2_apply(m, m[i]); }
+
+static uint32_t crc32c_combine(uint32_t crcA, uint32_t crcB, uint64_t lenB) {
+    uint32_t op[32], sq[32];
+    op[0] = 0x82F63B78u;   // one zero bit: the reflected register shifts right; bit 0 falls out as the polynomial
+    for (int i = 1; i < 32; i++) op[i] = 1u << (i - 1);
+    gf2_square(sq, op); gf2_square(op, sq); gf2_square(sq, op);   // 2, 4, 8 bits: one zero byte, in sq
+    uint32_t v = crcA;
+    for (;;) {   // sq is the operator for 2^k zero bytes at step k
+        if (lenB & 1) v = gf2_apply(sq, v);
+        lenB >>= 1;
+        if (!lenB) break;
+        gf2_square(op, sq);
+        for (int i = 0; i < 32; i++) sq[i] = op[i];
+    }
+    return v ^ crcB;
+}
+
+#if defined(__x86_64__)
+// Three independent CRCs over thirds of the buffer in one loop: the crc32 instruction has a latency of three
+// cycles and a throughput of one, so one chain runs at a third of the speed the unit can. The thirds are
+// joined with crc32c_combine (a few microseconds, once per call).
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_sse42_3way(uint32_t crc, const unsigned char *p, uint64_t n) {
+    const uint64_t part = (n / 3) & ~(uint64_t)7;
+    const unsigned char *pb = p + part, *pc = p + 2 * part;
+    uint64_t a = (uint32_t)~crc, b = 0xFFFFFFFFu, c = 0xFFFFFFFFu;
+    for (uint64_t i = 0; i < part; i += 8) {
+        uint64_t va, vb, vc;
+        __builtin_memcpy(&va, p + i, 8); __builtin_memcpy(&vb, pb + i, 8); __builtin_memcpy(&vc, pc + i, 8);
+        a = __builtin_ia32_crc32di(a, va); b = __builtin_ia32_crc32di(b, vb); c = __builtin_ia32_crc32di(c, vc);
+    }
+    const uint32_t crcC = crc32c_sse42(~(uint32_t)c, pc + part, n - 3 * part);   // the third runs on over the tail
+    return crc32c_combine(crc32c_combine(~(uint32_t)a, ~(uint32_t)b, part), crcC, n - 2 * part);
+}
+#endif
+
 uint32_t r3_crc32c(uint32_t crc, const void *data, uint64_t n) {
 #if defined(__x86_64__)
     static int sse42 = -1;
     if (sse42 < 0) { __builtin_cpu_init(); sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0; }
-    if (sse42) return crc32c_sse42(crc, data, n);
+    if (sse42) return n >= 3 * 4096 ? crc32c_sse42_3way(crc, data, n) : crc32c_sse42(crc, data, n);
 #endif
     return crc32c_portable(crc, data, n);
 }

@@ -150,6 +150,12 @@ extension PackedRoutes {
         let r = o.rows ?? 0..<rows
         guard r.lowerBound >= 0, r.upperBound <= rows else { throw RoutesError.invalid("rows [\(r.lowerBound), \(r.upperBound)) are outside [0, \(rows))") }
         let outLayers = o.layers == .allLayers ? hiddenLayers : layers
+        // one byte per id asked of one-byte ids below 255, every output layer a stored one in order: the stored
+        // bytes are the output (0xFF is -1 in int8 and 255 in uint8), handed out as a slice that shares them
+        if width == 1 && o.dtype.size == 1 && numExperts <= 255 && !o.finalRow && (o.layers != .allLayers || moeLayers.elementsEqual(0..<hiddenLayers)) {
+            let start = bytes.startIndex + r.lowerBound * layers * topK
+            return bytes[start..<(start + r.count * layers * topK)]
+        }
         let n = (r.count + (o.finalRow ? 1 : 0)) * outLayers * topK
         var out = Data(count: n * o.dtype.size)
         // stored layer of each output layer (-1: dense)

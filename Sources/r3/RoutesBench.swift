@@ -15,6 +15,10 @@ import Store
 
 struct RoutesBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "routes", abstract: "Routes service benchmark; one JSON object per case.")
+    /// Each ingest case is the median of this many requests (all are printed): on a fresh cluster the first one
+    /// or two are the slowest (the routes table and its TOAST table grow page by page), and with five the
+    /// median was at the mercy of one more slow request.
+    static let ingestRuns = 11
 
     @Option var tokens = 32_768
     @Option var layers = 48
@@ -46,13 +50,16 @@ struct RoutesBenchCommand: ParsableCommand {
             }
         }
         let raw = ids.withUnsafeBufferPointer { Data(buffer: $0) }
-        let body = Data([UInt8](try JSONSerialization.data(withJSONObject: [
-            "model": "bench", "token_ids": Array(repeating: 1, count: T), "prompt_length": 0, "num_experts": experts,
-            "routed_experts": ["dtype": "int32", "shape": [T, layers, topK], "data": raw.base64EncodedString()]],
-            options: [.withoutEscapingSlashes])))   // as Python's json.dumps sends it (base64 has '/': escaped, each is a "\\/"); contiguous
+        // the text Python's json.dumps makes of the documented literal {"model": …, "routed_experts": {"dtype",
+        // "shape", "data"}}: keys in that order in every run (JSONSerialization would order a dictionary's keys
+        // differently in each process, and data before shape or dtype takes another path in the server), '/'
+        // not escaped, ", " and ": " separators
+        let body = Data(("{\"model\": \"bench\", \"token_ids\": [" + Array(repeating: "1", count: T).joined(separator: ", ")
+            + "], \"prompt_length\": 0, \"num_experts\": \(experts), \"routed_experts\": {\"dtype\": \"int32\", \"shape\": [\(T), \(layers), \(topK)], "
+            + "\"data\": \"" + raw.base64EncodedString() + "\"}}").utf8)
         var ingest: [Double] = []
         var rid = ""
-        for _ in 0..<(quick ? 2 : 5) {
+        for _ in 0..<(quick ? 2 : Self.ingestRuns) {
             let t0 = Date()
             let r = try client.request("POST", "/v1/rollouts", headers: [auth, "Content-Type: application/json"], body: body)
             ingest.append(Date().timeIntervalSince(t0))
@@ -64,7 +71,8 @@ struct RoutesBenchCommand: ParsableCommand {
         let ti = median(ingest)
         try printJSON(["case": "ingest", "config": base.merging(["encoding": "base64 int32 JSON"]) { $1 },
                        "payload_mb": Double(body.count) / 1e6, "int32_mb": Double(raw.count) / 1e6,
-                       "mb_per_s": Double(body.count) / ti / 1e6, "route_input_mb_per_s": Double(raw.count) / ti / 1e6, "seconds_p50": ti])
+                       "mb_per_s": Double(body.count) / ti / 1e6, "route_input_mb_per_s": Double(raw.count) / ti / 1e6, "seconds_p50": ti,
+                       "seconds_all": ingest])
         if batch > 0 { try sglangBatch(client: client, auth: auth, ids: ids, T: T, base: base) }
 
         for (name, query) in [("fetch_npy_int32", "format=npy"), ("fetch_npy_uint8", "format=npy&dtype=uint8"), ("fetch_raw_int32", "format=raw")] {
@@ -177,7 +185,7 @@ struct RoutesBenchCommand: ParsableCommand {
         let jsonFile = dir.appendingPathComponent("rollout.json")
         try body.write(to: jsonFile)
         var times: [Double] = []
-        for _ in 0..<(quick ? 2 : 5) {
+        for _ in 0..<(quick ? 2 : Self.ingestRuns) {
             times.append(try run(["-H", "Content-Type: application/json", "--data-binary", "@\(jsonFile.path)", "\(url)/v1/rollouts"]).seconds)
         }
         try printJSON(["case": "ingest_curl", "config": base.merging(["encoding": "base64 int32 JSON", "client": "curl, body from a file"]) { $1 },
@@ -189,7 +197,7 @@ struct RoutesBenchCommand: ParsableCommand {
         let tokensFile = dir.appendingPathComponent("tokens.json")
         try Data(#"{"model": "bench", "prompt_length": 0, "token_ids": ["#.utf8 + Data(Array(repeating: "1", count: T).joined(separator: ",").utf8) + Data("]}".utf8)).write(to: tokensFile)
         times = []
-        for _ in 0..<(quick ? 2 : 5) {
+        for _ in 0..<(quick ? 2 : Self.ingestRuns) {
             let created = try run(["-H", "Content-Type: application/json", "--data-binary", "@\(tokensFile.path)", "\(url)/v1/rollouts"])
             guard let o = try JSONSerialization.jsonObject(with: Data(created.output.utf8)) as? [String: Any], let id = o["id"] as? String else {
                 throw ValidationError("rollout creation failed: \(created.output.prefix(200))")
