@@ -1,6 +1,7 @@
 // HTTPBodyStream: a request body flowing from the event loop to a handler thread through a bounded
 // queue. The loop stops reading the socket while the queue is full and starts again when the handler
-// has drained half of it, so a body of any size costs at most `highWater` bytes here (plus one buffer).
+// has drained half of it, so a body of any size costs at most `highWater` bytes here, plus under 2 MiB of
+// buffer slack: the read part of the first buffer, the free tail of the last, and the spares kept.
 //
 // The queue is a list of fixed-size buffers that the loop fills in order and the handler empties in order.
 // While the framing allows it, the loop `recv`s the socket straight into the free tail of the last buffer

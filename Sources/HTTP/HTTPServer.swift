@@ -305,6 +305,8 @@ final class EventLoop: @unchecked Sendable {
                 if n > 0 {
                     c.parser.consumeDirectBody(n)
                     c.lastInput = .now
+                    // one wake-up reads at most the queue's room (4 MiB by default, about a millisecond of
+                    // copying) before the loop's other connections get their turn
                     if n < asked { drained = true; break }
                     continue
                 }
@@ -467,9 +469,10 @@ final class EventLoop: @unchecked Sendable {
                     return
                 }
                 if body.room == 0 { body.pause(); c.deadline = nil; return }
-                // the room seen above is used up but the handler has made more meanwhile: offer the rest of the
-                // buffer now (no pause was taken, so no drain would call back, and the client may send nothing more)
-                if usedRoom && c.buffered > 0 { continue }
+                // the room seen above is used up but the handler has made more meanwhile: go on now (no pause was
+                // taken, so no drain would call back, and the client may send nothing more). Also with nothing
+                // buffered: the body's last bytes may have filled the room exactly, and its end is still to be seen.
+                if usedRoom { continue }
                 setBodyDeadline(c)
                 return
             case .deciding, .handling:

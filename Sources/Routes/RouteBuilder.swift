@@ -21,10 +21,11 @@ public struct RouteBuilder: Sendable {
 
     public var storedBytes: Int { bytes.count }
 
-    /// Room for `values` more ids one byte each (a declared shape, before its data), at most `maxValues`:
-    /// the bytes then grow in place instead of being copied at every doubling.
+    /// Room for `values` more ids one byte each (a declared shape, before its data), at most `maxValues`
+    /// and 16M (a 32K-token × 48 × 8 rollout is 12.6M): the bytes then grow in place instead of being copied
+    /// at every doubling. A claim is not trusted further than that before its data arrives.
     public mutating func reserve(values: Int) {
-        let want = bytes.count + min(max(0, values), maxValues - count) * width
+        let want = bytes.count + min(max(0, values), maxValues - count, 1 << 24) * width
         if want > bytes.capacity { bytes.reserveCapacity(min(want, 1 << 31)) }
     }
 
