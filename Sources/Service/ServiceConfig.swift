@@ -125,7 +125,7 @@ public struct ServiceConfig: Sendable {
             c.host = String(l[..<colon]); c.port = p
             if c.host == "localhost" { c.host = "127.0.0.1" }
         }
-        if let d = env["R3_DATA_DIR"] { c.dataDir = URL(fileURLWithPath: d) }
+        if let d = env["R3_DATA_DIR"], !d.isEmpty { c.dataDir = URL(fileURLWithPath: d) }   // empty is unset, as for DATABASE_URL (not the working directory)
         c.checkpointCacheBytes = try int("R3_CHECKPOINT_CACHE_BYTES", 0...(1 << 50)) ?? c.checkpointCacheBytes
         c.routeCacheBytes = (try int("R3_ROUTE_CACHE_MB", 0...(1 << 30))).map { $0 << 20 } ?? c.routeCacheBytes
         c.retentionSeconds = try seconds("R3_RETENTION_SECONDS") ?? c.retentionSeconds

@@ -69,6 +69,14 @@ struct LogTests {
         #expect(!ServiceConfig.redacted(given).contains("hunter2") && !ServiceConfig.redacted(given).contains("hun ter"))
     }
 
+    /// An empty R3_DATA_DIR (`R3_DATA_DIR= r3 …`) is the default ./.r3, as an empty DATABASE_URL is the
+    /// embedded default: not the working directory, where a cluster would land beside the user's files.
+    @Test func anEmptyDataDirIsTheDefault() throws {
+        #expect(try ServiceConfig.fromEnvironment(["R3_DATA_DIR": ""]).dataDir.lastPathComponent == ".r3")
+        #expect(try ServiceConfig.fromEnvironment(["R3_DATA_DIR": "", "DATABASE_URL": ""]).databaseURL == nil)
+        #expect(try ServiceConfig.fromEnvironment(["R3_DATA_DIR": "/tmp/x"]).dataDir.path == "/tmp/x")
+    }
+
     @Test func aBadLogLevelNamesTheVariable() {
         #expect(throws: LogLevelError.self) { try R3Log.level(["R3_LOG_LEVEL": "loud"]) }
         #expect((try? R3Log.level(["R3_LOG_LEVEL": "WARNING"])) == .warning)
