@@ -39,17 +39,22 @@ public struct BinaryCopy {
     /// integer[] (one dimension, lower bound 1, no nulls; an empty array has no dimensions).
     public mutating func int4Array<S: Collection>(_ xs: S?) where S.Element: BinaryInteger {
         guard let xs else { return null() }
-        if xs.isEmpty { append(Int32(12)); append(Int32(0)); append(Int32(0)); append(Int32(23)); return }
-        append(Int32(20 + 8 * xs.count))
-        append(Int32(1)); append(Int32(0)); append(Int32(23))   // ndim, has nulls, int4's oid
-        append(Int32(xs.count)); append(Int32(1))
-        var body = [UInt8](repeating: 0, count: 8 * xs.count)
-        body.withUnsafeMutableBytes { raw in
-            for (i, x) in xs.enumerated() {
-                raw.storeBytes(of: Int32(4).bigEndian, toByteOffset: 8 * i, as: Int32.self)
-                raw.storeBytes(of: Int32(truncatingIfNeeded: x).bigEndian, toByteOffset: 8 * i + 4, as: Int32.self)
-            }
+        let v = BinaryCopy.int4ArrayValue(xs)
+        append(Int32(v.count)); data.append(v)
+    }
+
+    /// integer[]'s binary send form (what array_recv reads), without the length: also a binary bind
+    /// parameter (`SQL`'s `int4Array:`), so that 32K token ids are neither formatted nor parsed as text.
+    public static func int4ArrayValue<S: Collection>(_ xs: S) -> Data where S.Element: BinaryInteger {
+        let n = xs.count
+        var d = Data(count: n == 0 ? 12 : 20 + 8 * n)
+        d.withUnsafeMutableBytes { raw in
+            func put(_ v: Int32, _ at: Int) { raw.storeBytes(of: v.bigEndian, toByteOffset: at, as: Int32.self) }
+            put(n == 0 ? 0 : 1, 0); put(0, 4); put(23, 8)   // ndim, has nulls, int4's oid
+            guard n > 0 else { return }
+            put(Int32(n), 12); put(1, 16)                    // length, lower bound
+            for (i, x) in xs.enumerated() { put(4, 20 + 8 * i); put(Int32(truncatingIfNeeded: x), 24 + 8 * i) }
         }
-        data.append(contentsOf: body)
+        return d
     }
 }

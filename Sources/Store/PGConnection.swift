@@ -34,29 +34,56 @@ public final class PGConnection {
     public func query(_ sql: SQL, binary: Bool = false) throws -> PGResult {
         guard let c = conn else { throw StoreError.unavailable("not connected") }
         let n = sql.binds.count
-        var values: [UnsafeMutablePointer<CChar>?] = []
         var lengths: [Int32] = [], formats: [Int32] = []
-        defer { for v in values { free(v) } }
         for b in sql.binds {
             switch b {
-            case .null: values.append(nil); lengths.append(0); formats.append(0)
-            case let .text(s): values.append(strdup(s)); lengths.append(0); formats.append(0)
-            case let .bytes(d):
-                let p = malloc(max(1, d.count))!.assumingMemoryBound(to: CChar.self)
-                d.withUnsafeBytes { if d.count > 0 { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: d.count) } }
-                values.append(p); lengths.append(Int32(d.count)); formats.append(1)
+            case .null, .text: lengths.append(0); formats.append(0)
+            case let .bytes(d): lengths.append(Int32(d.count)); formats.append(1)
             }
         }
-        let res: OpaquePointer? = values.withUnsafeBufferPointer { vp in
+        // the values are lent where they lie (a 12.6 MB routes blob is not copied again before libpq's own copy)
+        var values: [UnsafePointer<CChar>?] = []
+        values.reserveCapacity(n)
+        let res: OpaquePointer? = PGConnection.lending(sql.binds[...], &values) { v in
             lengths.withUnsafeBufferPointer { lp in
                 formats.withUnsafeBufferPointer { fp in
-                    vp.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: max(1, n)) { v in
-                        PQexecParams(c, sql.text, Int32(n), nil, n > 0 ? v : nil, lp.baseAddress, fp.baseAddress, binary ? 1 : 0)
+                    v.withUnsafeBufferPointer { vp in
+                        PQexecParams(c, sql.text, Int32(n), nil, n > 0 ? vp.baseAddress : nil, lp.baseAddress, fp.baseAddress, binary ? 1 : 0)
                     }
                 }
             }
         }
         return try check(res)
+    }
+
+
+    /// Calls `body` with a pointer to each bind value, valid during the call: text as a C string, bytes
+    /// where they lie, nil for NULL.
+    private static func lending<R>(_ binds: ArraySlice<SQLValue>, _ out: inout [UnsafePointer<CChar>?],
+                                   _ body: ([UnsafePointer<CChar>?]) -> R) -> R {
+        guard let first = binds.first else { return body(out) }
+        let rest = binds.dropFirst()
+        switch first {
+        case .null:
+            out.append(nil)
+            return lending(rest, &out, body)
+        case let .text(s):
+            return s.withCString { p in
+                out.append(p)
+                return lending(rest, &out, body)
+            }
+        case let .bytes(d):
+            if d.isEmpty {   // a non-NULL pointer for an empty value (NULL would mean SQL NULL)
+                return "".withCString { p in
+                    out.append(p)
+                    return lending(rest, &out, body)
+                }
+            }
+            return d.withUnsafeBytes { raw in
+                out.append(raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+                return lending(rest, &out, body)
+            }
+        }
     }
 
     /// Runs a script of several statements (migrations); no parameters.

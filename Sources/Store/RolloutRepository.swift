@@ -83,7 +83,7 @@ public struct RolloutRepository: Sendable {
         let res = try c.query("""
             INSERT INTO rollouts (project_id, model, policy_version, token_ids, prompt_length, logprobs, reward, group_id, metadata,
                                   job_id, job_step, sample_index, loss_mask, turns, routes_stored, route_shape, route_moe_layers)
-            VALUES (\(project), \(r.model), \(r.policyVersion), \(pgArray(r.tokenIDs))::integer[], \(r.promptLength),
+            VALUES (\(project), \(r.model), \(r.policyVersion), \(int4Array: r.tokenIDs)::integer[], \(r.promptLength),
                     \(floatBytes(r.logprobs)), \(r.reward), \(r.groupID), \(r.metadataJSON)::jsonb, \(job?.id)::uuid, \(job?.step),
                     \(job?.index), \(r.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), \(r.turns), \(r.routes != nil),
                     \(summary(r.routes).shape)::integer[], \(summary(r.routes).moe)::integer[])
@@ -133,7 +133,7 @@ public struct RolloutRepository: Sendable {
             INSERT INTO routes (project_id, created_at, rollout_id, rows, layers, top_k, num_experts, width, checksum, data, hidden_layers,
                                 moe_layers, expert_counts, missing_rows)
             VALUES (\(project), \(key.at)::timestamptz, \(id)::uuid, \(p.rows), \(p.layers), \(p.topK), \(p.numExperts), \(p.width),
-                    \(Int64(p.checksum)), \(p.bytes), \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[], \(load.map { SQLValue.bytes($0.bytes) } ?? .null), \(missing.map(pgArray))::integer[])
+                    \(Int64(p.checksum)), \(p.bytes), \(allMoE ? nil : p.hiddenLayers), \(moe)::integer[], \(load.map { SQLValue.bytes($0.bytes) } ?? .null), \(int4Array: missing.map { $0.map { Int32($0) } })::integer[])
             ON CONFLICT (rollout_id, project_id, created_at) DO UPDATE SET rows = EXCLUDED.rows, layers = EXCLUDED.layers, top_k = EXCLUDED.top_k,
                 num_experts = EXCLUDED.num_experts, width = EXCLUDED.width, checksum = EXCLUDED.checksum, data = EXCLUDED.data,
                 hidden_layers = EXCLUDED.hidden_layers, moe_layers = EXCLUDED.moe_layers, expert_counts = EXCLUDED.expert_counts,
@@ -142,7 +142,7 @@ public struct RolloutRepository: Sendable {
         if let counting {
             let (load, missing) = try counting.get()
             try c.query("""
-                UPDATE routes SET expert_counts = \(load.bytes), missing_rows = \(pgArray(missing))::integer[]
+                UPDATE routes SET expert_counts = \(load.bytes), missing_rows = \(int4Array: missing.map { Int32($0) })::integer[]
                 WHERE rollout_id = \(id)::uuid AND project_id = \(project) AND created_at = \(key.at)::timestamptz
                 """)
         }
@@ -439,7 +439,7 @@ extension RolloutRepository {
             let n = try extend(record, packed)
             try RolloutRepository.reserveRouteBytes(c, project: project, adding: (n.routes?.bytes.count ?? 0) - (packed?.bytes.count ?? 0))
             try c.query("""
-                UPDATE rollouts SET token_ids = \(RolloutRepository.pgArray(n.tokenIDs))::integer[], prompt_length = \(n.promptLength),
+                UPDATE rollouts SET token_ids = \(int4Array: n.tokenIDs)::integer[], prompt_length = \(n.promptLength),
                     logprobs = \(RolloutRepository.floatBytes(n.logprobs)), reward = \(n.reward), metadata = \(n.metadataJSON)::jsonb,
                     loss_mask = \(n.lossMask.map { SQLValue.bytes(Data($0)) } ?? .null), turns = \(n.turns),
                     policy_version = \(n.policyVersion), routes_stored = routes_stored OR \(n.routes != nil),

@@ -32,6 +32,8 @@ public struct SQL: ExpressibleByStringInterpolation, Sendable {
         public mutating func appendInterpolation(_ v: Bool?) { if let v { appendInterpolation(v) } else { bind(.null) } }
         public mutating func appendInterpolation(_ v: Data) { bind(.bytes(v)) }
         public mutating func appendInterpolation(_ v: SQLValue) { bind(v) }
+        /// An integer[] in binary (cast it: `\(int4Array: xs)::integer[]`); nil is NULL.
+        public mutating func appendInterpolation(int4Array xs: [Int32]?) { bind(xs.map { .bytes(BinaryCopy.int4ArrayValue($0)) } ?? .null) }
         /// JSON text for a jsonb column.
         public mutating func appendInterpolation(json v: Any) {
             let d = (try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .fragmentsAllowed])) ?? Data("null".utf8)
