@@ -376,6 +376,7 @@ final class EventLoop: @unchecked Sendable {
                 case .needMore: setReadDeadline(c); return
                 case let .head(head):
                     c.keepAlive = head.keepAlive
+                    c.chunkable = head.version == "HTTP/1.1" && head.method != "HEAD"
                     c.deadline = nil
                     let req = HTTPRequest(head: head)
                     c.phase = .deciding(head)
@@ -664,8 +665,17 @@ final class EventLoop: @unchecked Sendable {
         // the connection stays open while bytes of a further request are buffered.
         let keep = c.keepAlive && !r.close && (!c.peerClosed || c.buffered > 0) && !stopping && !c.closeAfterWrite
         if !keep { c.closeAfterWrite = true }
-        c.out.append(r.head(keepAlive: keep, date: httpDate()))
-        if let src = r.source { c.out.source = src } else if !r.body.isEmpty { c.out.append(r.body) }
+        let length = r.source?.length ?? r.body.count
+        let chunked = r.oneChunk && c.chunkable && length > 0 && r.headLength == nil
+        c.out.append(r.head(keepAlive: keep, date: httpDate(), chunked: chunked))
+        if chunked { c.out.append(Data((String(length, radix: 16) + "\r\n").utf8)) }
+        if let src = r.source {
+            c.out.source = src
+            if chunked { c.out.trailer = Connection.lastChunk }
+        } else if !r.body.isEmpty {
+            c.out.append(r.body)
+            if chunked { c.out.append(Connection.lastChunk) }
+        }
         c.lastOutput = .now
         flush(c)
     }
@@ -785,6 +795,10 @@ final class Connection: @unchecked Sendable {
     /// The client shut down its sending side (EPOLLRDHUP seen); recv will return 0 once the bytes before it are read.
     var rdhup = false
     var keepAlive = true
+    /// The request may be answered with a chunked body (an HTTP/1.1 request, not HEAD).
+    var chunkable = false
+    /// The end of a one-chunk body: the chunk's CRLF and the last chunk.
+    static let lastChunk = Data("\r\n0\r\n\r\n".utf8)
     var requestStart = ContinuousClock.now
     var lastInput = ContinuousClock.now
     var lastOutput = ContinuousClock.now
@@ -818,6 +832,8 @@ struct OutputQueue {
     private var pieces: [Data] = []
     private var sent = 0
     var source: HTTPBodySource?
+    /// Queued when the source ends (a chunked body's last chunk).
+    var trailer: Data?
     static let lowWater = 256 * 1024
     var isEmpty: Bool { pieces.isEmpty && source == nil }
     /// Pulls from the source until `lowWater` bytes are queued or it ends.
@@ -825,7 +841,11 @@ struct OutputQueue {
         guard let src = source else { return }
         var queued = count
         while queued < OutputQueue.lowWater {
-            guard let d = src.next(maxBytes: OutputQueue.lowWater) else { source = nil; return }
+            guard let d = src.next(maxBytes: OutputQueue.lowWater) else {
+                source = nil
+                if let t = trailer { pieces.append(t); trailer = nil }
+                return
+            }
             if !d.isEmpty { pieces.append(d); queued += d.count }
         }
     }

@@ -109,6 +109,12 @@ public struct HTTPResponse: Sendable {
     public var headLength: Int?
     /// Close the connection after sending.
     public var close: Bool
+    /// Frame the body (`body`, or a `source` of known length) as one chunk of `Transfer-Encoding: chunked`
+    /// instead of declaring its Content-Length, when the request is an HTTP/1.1 GET (else the server
+    /// declares the length). Python requests reads a large chunked body through urllib3's chunked path,
+    /// which costs about a quarter less than its Content-Length path for the same bytes (README,
+    /// *Fetching with Python requests*); curl, `raw.read()` and browsers read both alike.
+    public var oneChunk = false
     /// A streamed body (e.g. Server-Sent Events): after the head, the server hands the connection to a
     /// thread of its own that runs this; the body ends, and the connection closes, when it returns.
     public var stream: (@Sendable (HTTPStreamWriter) -> Void)?
@@ -135,22 +141,24 @@ public struct HTTPResponse: Sendable {
         return HTTPResponse(status: status, headers: HTTPHeaders([("Content-Type", "application/problem+json")]), body: data, close: close)
     }
 
-    /// Status line and header block, CRLF-terminated (Content-Length and Connection added here).
-    public func head(keepAlive: Bool, date: String) -> Data {
+    /// Status line and header block, CRLF-terminated (Content-Length or `chunked`, and Connection, added here).
+    public func head(keepAlive: Bool, date: String, chunked: Bool = false) -> Data {
         var b = [UInt8]()
         b.reserveCapacity(160 + headers.fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 })
         func put(_ s: String) { var s = s; s.withUTF8 { b.append(contentsOf: $0) } }
         func put(_ s: StaticString) { s.withUTF8Buffer { b.append(contentsOf: $0) } }
         func number(_ n: Int) { put(String(n)) }
         put("HTTP/1.1 "); number(status); put(" " as StaticString); put(HTTPResponse.reason(status)); put("\r\n" as StaticString)
-        for (n, v) in headers.fields where !HTTPHeaders.same(n, "Content-Length") && !HTTPHeaders.same(n, "Connection") {
+        for (n, v) in headers.fields where !HTTPHeaders.same(n, "Content-Length") && !HTTPHeaders.same(n, "Connection")
+                                           && !HTTPHeaders.same(n, "Transfer-Encoding") {
             put(n); put(": " as StaticString); put(v); put("\r\n" as StaticString)
         }
         var length: Int?
         if let n = headLength { length = n }
         else if let src = source { length = src.length }
         else if stream == nil && (status >= 200 && status != 204 && status != 304 || !body.isEmpty) { length = body.count }
-        if let n = length { put("Content-Length: " as StaticString); number(n); put("\r\n" as StaticString) }
+        if chunked { put("Transfer-Encoding: chunked\r\n" as StaticString) }
+        else if let n = length { put("Content-Length: " as StaticString); number(n); put("\r\n" as StaticString) }
         put("Date: " as StaticString); put(date); put("\r\n" as StaticString)
         if !keepAlive { put("Connection: close\r\n" as StaticString) }
         put("\r\n" as StaticString)

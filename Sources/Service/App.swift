@@ -288,7 +288,7 @@ public final class App: @unchecked Sendable {
         var resp = try route.handler!(self, req, vars, project)
         if req.method == "HEAD" {
             if resp.stream != nil && resp.headLength != nil { resp.stream = nil; return resp }   // a stream of known length
-            resp.headLength = resp.source?.length ?? resp.body.count; resp.source = nil; resp.body = Data()
+            resp.headLength = resp.source?.length ?? resp.body.count; resp.source = nil; resp.body = Data(); resp.oneChunk = false
         }
         return resp
     }

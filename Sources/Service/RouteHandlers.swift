@@ -110,6 +110,7 @@ extension App {
         for (n, v) in extra { h.set(n, v) }
         var r = HTTPResponse(status: 200, headers: h)
         r.source = source
+        r.oneChunk = source.length >= 1 << 20   // Python requests reads a large body faster chunked (HTTPResponse.oneChunk)
         return r
     }
 

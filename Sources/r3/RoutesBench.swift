@@ -316,7 +316,7 @@ struct CurlClient {
     }
 }
 
-/// A keep-alive HTTP/1.1 client over one loopback socket (Content-Length responses only).
+/// A keep-alive HTTP/1.1 client over one loopback socket (Content-Length and chunked responses).
 final class LoopbackClient {
     let fd: Int32
     init(port: UInt16) throws { fd = try connectLoopback(port: port) }
@@ -345,7 +345,8 @@ final class LoopbackClient {
     }
 
     /// Reads one response: the head through a small buffer, then the body received straight into a buffer
-    /// of its Content-Length (as a client that keeps the body in memory does, with no copies after recv).
+    /// of its Content-Length, or of each chunk's size for a chunked body (as a client that keeps the body in
+    /// memory does, with no copies after recv).
     private func request(readOnly: Void) throws -> (status: Int, body: Data) {
         var head = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
@@ -357,22 +358,56 @@ final class LoopbackClient {
             guard let end = head[from...].firstRange(of: [13, 10, 13, 10]) else { continue }
             let headText = String(decoding: head[..<end.lowerBound], as: UTF8.self)
             let status = Int(headText.split(separator: " ")[1]) ?? 0
-            var len = 0
-            for l in headText.split(separator: "\r\n") where l.lowercased().hasPrefix("content-length:") {
-                len = Int(l.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0
+            var len = 0, chunked = false
+            for l in headText.split(separator: "\r\n") {
+                let lower = l.lowercased()
+                if lower.hasPrefix("content-length:") { len = Int(l.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) ?? 0 }
+                if lower.hasPrefix("transfer-encoding:") && lower.hasSuffix("chunked") { chunked = true }
             }
-            var body = Data(count: len)
-            let have = min(len, head.count - end.upperBound)
-            try body.withUnsafeMutableBytes { dst in
-                head.withUnsafeBytes { src in dst.baseAddress!.copyMemory(from: src.baseAddress! + end.upperBound, byteCount: have) }
-                var got = have
-                while got < len {
-                    let n = recv(fd, dst.baseAddress! + got, len - got, 0)
-                    guard n > 0 else { throw ValidationError("connection closed mid-response") }
-                    got += n
-                }
+            var pending = Array(head[end.upperBound...])
+            if !chunked { return (status, try receive(len, after: &pending)) }
+            var body = Data()
+            while true {
+                let line = try readLine(&pending)
+                guard let size = Int(line.split(separator: ";")[0], radix: 16), size >= 0 else { throw ValidationError("bad chunk size \(line)") }
+                if size == 0 { guard try readLine(&pending).isEmpty else { throw ValidationError("trailers are not read here") }; return (status, body) }
+                let piece = try receive(size, after: &pending)
+                if body.isEmpty { body = piece } else { body.append(piece) }   // one chunk: no copy
+                guard try readLine(&pending).isEmpty else { throw ValidationError("a chunk did not end with CRLF") }
             }
-            return (status, body)
+        }
+    }
+
+    /// `count` bytes: first what `pending` holds, then received straight into the result.
+    private func receive(_ count: Int, after pending: inout [UInt8]) throws -> Data {
+        var body = Data(count: count)
+        let have = min(count, pending.count)
+        try body.withUnsafeMutableBytes { dst in
+            pending.withUnsafeBytes { src in dst.baseAddress!.copyMemory(from: src.baseAddress!, byteCount: have) }
+            var got = have
+            while got < count {
+                let n = recv(fd, dst.baseAddress! + got, count - got, 0)
+                guard n > 0 else { throw ValidationError("connection closed mid-response") }
+                got += n
+            }
+        }
+        pending.removeFirst(have)
+        return body
+    }
+
+    /// One CRLF-terminated line of a chunked body (without the CRLF).
+    private func readLine(_ pending: inout [UInt8]) throws -> String {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            if let r = pending.firstRange(of: [13, 10]) {
+                let line = String(decoding: pending[..<r.lowerBound], as: UTF8.self)
+                pending.removeFirst(r.upperBound)
+                return line
+            }
+            guard pending.count < 4096 else { throw ValidationError("a chunk line is too long") }
+            let n = recv(fd, &buf, buf.count, 0)
+            guard n > 0 else { throw ValidationError("connection closed mid-response") }
+            pending += buf[0..<n]
         }
     }
 

@@ -23,6 +23,15 @@ final class RawClient {
         }
         return out
     }
+    /// The next response's head alone (a HEAD request's answer), up to its blank line.
+    func head() -> String {
+        var data = [UInt8](), b = [UInt8](repeating: 0, count: 1)
+        while !data.suffix(4).elementsEqual([13, 10, 13, 10]) {
+            guard recv(fd, &b, 1, 0) == 1 else { break }
+            data.append(b[0])
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
     /// True when the server has closed the connection (EOF within the timeout).
     func closedByServer() -> Bool {
         var b = [UInt8](repeating: 0, count: 1024)
@@ -38,6 +47,23 @@ final class RawClient {
         let status = Int(head[0].split(separator: " ")[1])!
         var h: [String: String] = [:]
         for l in head.dropFirst() { let p = l.split(separator: ":", maxSplits: 1); h[p[0].lowercased()] = p[1].trimmingCharacters(in: .whitespaces) }
+        if h["transfer-encoding"] == "chunked" {
+            // chunks of hex-size CRLF bytes CRLF, then 0 CRLF CRLF (no trailers); "x-chunks" counts the data chunks
+            var at = end + 4, body = [UInt8](), chunks = 0
+            while true {
+                guard let eol = (at..<max(at, data.count - 1)).first(where: { data[$0] == 13 && data[$0 + 1] == 10 }) else { return nil }
+                let size = Int(String(decoding: data[at..<eol], as: UTF8.self), radix: 16)!
+                guard data.count >= eol + 2 + size + 2 else { return nil }
+                precondition(data[eol + 2 + size] == 13 && data[eol + 3 + size] == 10, "a chunk must end with CRLF")
+                body += data[(eol + 2)..<(eol + 2 + size)]
+                at = eol + 4 + size
+                if size == 0 { break }
+                chunks += 1
+            }
+            h["x-chunks"] = String(chunks)
+            data.removeFirst(at)
+            return (status, h, String(decoding: body, as: UTF8.self))
+        }
         let len = Int(h["content-length"] ?? "0")!
         guard data.count >= end + 4 + len else { return nil }
         let body = String(decoding: data[(end + 4)..<(end + 4 + len)], as: UTF8.self)
@@ -84,6 +110,48 @@ func loopCPUSeconds() -> Double {
         #expect(rs.map(\.body) == ["GET /b 0", "POST /c 3", "GET /d 0"])
         #expect(rs.last?.headers["connection"] == "close")
         #expect(c.closedByServer())
+    }
+
+    /// A body marked `oneChunk` goes to an HTTP/1.1 GET as one chunk of a chunked body (Python requests reads
+    /// that faster), a source's as a `Data` body's, with the connection kept for the next request; an
+    /// HTTP/1.0 request and HEAD get Content-Length instead.
+    @Test func aOneChunkBodyIsOneChunkForHTTP11AndContentLengthElse() throws {
+        final class Pieces: HTTPBodySource, @unchecked Sendable {
+            let data: Data
+            var at = 0
+            init(_ d: Data) { data = d }
+            var length: Int { data.count }
+            func next(maxBytes: Int) -> Data? {
+                guard at < data.count else { return nil }
+                let n = min(maxBytes, 100_003, data.count - at)
+                defer { at += n }
+                return data.subdata(in: at..<(at + n))
+            }
+        }
+        let text = (0..<40_000).map { "\($0 % 997)," }.joined()   // ~160 KB, more than one refill of the queue
+        let s = try makeServer(handler: { req in
+            var r = HTTPResponse(status: 200)
+            if req.path == "/source" { r.source = Pieces(Data(text.utf8)) } else { r.body = Data(text.utf8) }
+            if req.method == "HEAD" { r.headLength = text.utf8.count; r.source = nil; r.body = Data() }
+            r.oneChunk = true
+            return r
+        })
+        defer { s.shutdown(); s.waitUntilStopped() }
+        let c = try RawClient(port: s.boundPort)
+        c.send("GET /source HTTP/1.1\r\nHost: x\r\n\r\nGET /body HTTP/1.1\r\nHost: x\r\n\r\n")
+        let rs = c.responses(2)
+        #expect(rs.count == 2)
+        for r in rs {
+            #expect(r.headers["transfer-encoding"] == "chunked" && r.headers["content-length"] == nil && r.headers["x-chunks"] == "1")
+            #expect(r.body == text)
+        }
+        c.send("HEAD /source HTTP/1.1\r\nHost: x\r\n\r\n")
+        let head = c.head()
+        #expect(head.contains("\r\nContent-Length: \(text.utf8.count)\r\n") && !head.contains("Transfer-Encoding"), "\(head)")
+        let old = try RawClient(port: s.boundPort)
+        old.send("GET /source HTTP/1.0\r\n\r\n")
+        let r0 = old.responses(1).first
+        #expect(r0?.headers["content-length"] == String(text.utf8.count) && r0?.headers["transfer-encoding"] == nil && r0?.body == text)
     }
 
     @Test func chunkedBodyAndContinue() throws {
