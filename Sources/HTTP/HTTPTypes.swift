@@ -113,7 +113,7 @@ public struct HTTPResponse: Sendable {
     /// instead of declaring its Content-Length, when the request is an HTTP/1.1 GET (else the server
     /// declares the length). Python requests reads a large chunked body through urllib3's chunked path,
     /// which costs about a quarter less than its Content-Length path for the same bytes (README,
-    /// *Fetching with Python requests*); curl, `raw.read()` and browsers read both alike.
+    /// *Ingest and fetch: PostgreSQL no longer waits on us*); curl, `raw.read()` and browsers read both alike.
     public var oneChunk = false
     /// A streamed body (e.g. Server-Sent Events): after the head, the server hands the connection to a
     /// thread of its own that runs this; the body ends, and the connection closes, when it returns.

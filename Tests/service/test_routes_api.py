@@ -205,7 +205,7 @@ def test_metrics_and_health(server):
 def test_a_large_fetch_is_one_chunk_and_reads_the_same_everywhere(api, server):
     """Routes of 1 MiB or more go to an HTTP/1.1 GET as one chunk of a chunked body, because Python
     requests reads that through urllib3's chunked path, a quarter faster than its Content-Length path for
-    the same bytes (README, "Fetching with Python requests"). requests' .content and raw.read(), curl and
+    the same bytes (README, "Ingest and fetch: PostgreSQL no longer waits on us"). requests' .content and raw.read(), curl and
     an HTTP/1.0 client read the same ids; HEAD and HTTP/1.0 declare the length."""
     import socket
     import subprocess
