@@ -670,8 +670,7 @@ final class EventLoop: @unchecked Sendable {
         c.out.append(r.head(keepAlive: keep, date: httpDate(), chunked: chunked))
         if chunked { c.out.append(Data((String(length, radix: 16) + "\r\n").utf8)) }
         if let src = r.source {
-            c.out.source = src
-            if chunked { c.out.trailer = Connection.lastChunk }
+            c.out.stream(src, trailer: chunked ? Connection.lastChunk : nil)
         } else if !r.body.isEmpty {
             c.out.append(r.body)
             if chunked { c.out.append(Connection.lastChunk) }
@@ -692,6 +691,12 @@ final class EventLoop: @unchecked Sendable {
             close(c); return
         }
         if c.closed { return }
+        if let b = c.out.broken, c.out.isEmpty {
+            logger.error("response body ended wrong: connection closed", metadata: [
+                "declared_bytes": .stringConvertible(b.declared),
+                "detail": .string(b.short >= 0 ? "the body's source ended \(b.short) bytes short" : "the body's source made more than its length")])
+            close(c); return
+        }
         if c.closeAfterWrite && c.phase.isIdle { close(c); return }
         settle(c)
         if c.out.isEmpty && c.phase.isIdle && c.buffered > 0 { process(c); if !c.closed { settle(c) } }   // a pipelined request waiting here
@@ -831,22 +836,35 @@ final class Connection: @unchecked Sendable {
 struct OutputQueue {
     private var pieces: [Data] = []
     private var sent = 0
-    var source: HTTPBodySource?
+    private(set) var source: HTTPBodySource?
     /// Queued when the source ends (a chunked body's last chunk).
-    var trailer: Data?
+    private var trailer: Data?
+    /// What the source still owes of its declared length.
+    private var owed = 0
+    /// The source made fewer or more bytes than its length: what it made up to the length is sent, then the
+    /// connection must close (the client sees a short body, never one framed wrong; no last chunk).
+    private(set) var broken: (declared: Int, short: Int)?
     static let lowWater = 256 * 1024
     var isEmpty: Bool { pieces.isEmpty && source == nil }
+    mutating func stream(_ src: HTTPBodySource, trailer: Data?) { source = src; owed = src.length; self.trailer = trailer }
     /// Pulls from the source until `lowWater` bytes are queued or it ends.
     mutating func refill() {
         guard let src = source else { return }
         var queued = count
         while queued < OutputQueue.lowWater {
-            guard let d = src.next(maxBytes: OutputQueue.lowWater) else {
+            guard var d = src.next(maxBytes: OutputQueue.lowWater) else {
                 source = nil
+                if owed != 0 { broken = (src.length, owed); trailer = nil; return }
                 if let t = trailer { pieces.append(t); trailer = nil }
                 return
             }
+            if d.count > owed {   // more than declared: cut at the length, then close
+                d = d.prefix(owed)
+                source = nil; trailer = nil; broken = (src.length, -1)
+            }
+            owed -= d.count
             if !d.isEmpty { pieces.append(d); queued += d.count }
+            if source == nil { return }
         }
     }
     var count: Int { pieces.reduce(0) { $0 + $1.count } - sent }   // excluding what the source has not made yet

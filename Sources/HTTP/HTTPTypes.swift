@@ -110,7 +110,7 @@ public struct HTTPResponse: Sendable {
     /// Close the connection after sending.
     public var close: Bool
     /// Frame the body (`body`, or a `source` of known length) as one chunk of `Transfer-Encoding: chunked`
-    /// instead of declaring its Content-Length, when the request is an HTTP/1.1 GET (else the server
+    /// instead of declaring its Content-Length, when the request is HTTP/1.1 and not HEAD (else the server
     /// declares the length). Python requests reads a large chunked body through urllib3's chunked path,
     /// which costs about a quarter less than its Content-Length path for the same bytes (README,
     /// *Ingest and fetch: PostgreSQL no longer waits on us*); curl, `raw.read()` and browsers read both alike.
@@ -150,7 +150,7 @@ public struct HTTPResponse: Sendable {
         func number(_ n: Int) { put(String(n)) }
         put("HTTP/1.1 "); number(status); put(" " as StaticString); put(HTTPResponse.reason(status)); put("\r\n" as StaticString)
         for (n, v) in headers.fields where !HTTPHeaders.same(n, "Content-Length") && !HTTPHeaders.same(n, "Connection")
-                                           && !HTTPHeaders.same(n, "Transfer-Encoding") {
+                                           && !(HTTPHeaders.same(n, "Transfer-Encoding") && stream == nil) {   // a `stream` frames its own body
             put(n); put(": " as StaticString); put(v); put("\r\n" as StaticString)
         }
         var length: Int?

@@ -103,7 +103,9 @@ extension App {
         if format == .megatron {
             let (body, ct, _) = try encodeRoutes(p, format, o, container: container, id: id)
             h.set("Content-Type", ct)
-            return HTTPResponse(status: 200, headers: h, body: body)
+            var r = HTTPResponse(status: 200, headers: h, body: body)
+            r.oneChunk = body.count >= 1 << 20
+            return r
         }
         let (source, ct, extra) = try streamRoutes(p, format, o, id: id)
         h.set("Content-Type", ct)
@@ -295,6 +297,7 @@ extension App {
         }
         var resp = try result.get()
         resp.headers.set("R3-Read-From", from)
+        resp.oneChunk = resp.body.count >= 1 << 20   // as a single rollout's routes (HTTPResponse.oneChunk)
         return resp
     }
 

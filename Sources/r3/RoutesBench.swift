@@ -369,7 +369,7 @@ final class LoopbackClient {
             var body = Data()
             while true {
                 let line = try readLine(&pending)
-                guard let size = Int(line.split(separator: ";")[0], radix: 16), size >= 0 else { throw ValidationError("bad chunk size \(line)") }
+                guard let size = line.split(separator: ";").first.flatMap({ Int($0, radix: 16) }), size >= 0 else { throw ValidationError("bad chunk size \(line)") }
                 if size == 0 { guard try readLine(&pending).isEmpty else { throw ValidationError("trailers are not read here") }; return (status, body) }
                 let piece = try receive(size, after: &pending)
                 if body.isEmpty { body = piece } else { body.append(piece) }   // one chunk: no copy

@@ -128,10 +128,18 @@ func loopCPUSeconds() -> Double {
                 return data.subdata(in: at..<(at + n))
             }
         }
+        /// A source whose bytes are not its declared length (a bug the server must not frame as a whole body).
+        final class Liar: HTTPBodySource, @unchecked Sendable {
+            let inner: Pieces, length: Int
+            init(_ d: Data, claims: Int) { inner = Pieces(d); length = claims }
+            func next(maxBytes: Int) -> Data? { inner.next(maxBytes: maxBytes) }
+        }
         let text = (0..<40_000).map { "\($0 % 997)," }.joined()   // ~160 KB, more than one refill of the queue
         let s = try makeServer(handler: { req in
             var r = HTTPResponse(status: 200)
-            if req.path == "/source" { r.source = Pieces(Data(text.utf8)) } else { r.body = Data(text.utf8) }
+            if req.path == "/short" { r.source = Liar(Data(text.utf8), claims: text.utf8.count + 10) }
+            else if req.path == "/long" { r.source = Liar(Data(text.utf8), claims: text.utf8.count - 10) }
+            else if req.path == "/source" { r.source = Pieces(Data(text.utf8)) } else { r.body = Data(text.utf8) }
             if req.method == "HEAD" { r.headLength = text.utf8.count; r.source = nil; r.body = Data() }
             r.oneChunk = true
             return r
@@ -152,6 +160,23 @@ func loopCPUSeconds() -> Double {
         old.send("GET /source HTTP/1.0\r\n\r\n")
         let r0 = old.responses(1).first
         #expect(r0?.headers["content-length"] == String(text.utf8.count) && r0?.headers["transfer-encoding"] == nil && r0?.body == text)
+        // a source short of its length, or past it: the bytes up to the length, no last chunk, then the close
+        for (path, version, sent) in [("/short", "1.1", text.utf8.count), ("/long", "1.1", text.utf8.count - 10),
+                                      ("/short", "1.0", text.utf8.count), ("/long", "1.0", text.utf8.count - 10)] {
+            let c = try RawClient(port: s.boundPort)
+            c.send("GET \(path) HTTP/\(version)\r\nHost: x\r\n\r\n")
+            var all = [UInt8](), buf = [UInt8](repeating: 0, count: 65536), closed = false
+            while true { let n = recv(c.fd, &buf, buf.count, 0); if n <= 0 { closed = n == 0; break }; all += buf[0..<n] }
+            #expect(closed, "\(path) HTTP/\(version): the server must close (not leave the client waiting for its 5 s timeout)")
+            let cut = all.firstRange(of: Array("\r\n\r\n".utf8))!.upperBound
+            var body = Array(all[cut...])
+            if version == "1.1" {
+                let line = body.firstRange(of: [13, 10])!
+                #expect(Int(String(decoding: body[..<line.lowerBound], as: UTF8.self), radix: 16) == (path == "/short" ? text.utf8.count + 10 : text.utf8.count - 10))
+                body = Array(body[line.upperBound...])
+            }
+            #expect(body == Array(text.utf8.prefix(sent)), "\(path) HTTP/\(version): \(body.count) body bytes")
+        }
     }
 
     @Test func chunkedBodyAndContinue() throws {

@@ -237,6 +237,15 @@ def test_a_large_fetch_is_one_chunk_and_reads_the_same_everywhere(api, server):
     head10, _, body10 = data.partition(b"\r\n\r\n")
     assert b"\r\nContent-Length: %d\r\n" % len(got.content) in head10 and b"Transfer-Encoding" not in head10
     assert body10 == got.content
+    # a batch of 1 MiB or more, and Megatron's archive, alike
+    batch = api.post(api.base + "/v1/routes:batchGet", json={"ids": [rid], "dtype": "uint8"})
+    assert batch.status_code == 200 and batch.headers.get("Transfer-Encoding") == "chunked", batch.headers
+    with zipfile.ZipFile(io.BytesIO(batch.content)) as z:
+        np.testing.assert_array_equal(np.load(io.BytesIO(z.read(f"{rid}.npy"))), routes)
+    mega = api.get(url, params={"format": "megatron"})
+    assert mega.status_code == 200 and mega.headers.get("Transfer-Encoding") == "chunked"
+    with zipfile.ZipFile(io.BytesIO(mega.content)) as z:
+        assert len(z.namelist()) == L
     # small routes keep Content-Length
     small = api.get(api.base + f"/v1/rollouts/{post_rollout(api, routes=sglang_routes(20)).json()['id']}/routes", params=q)
     assert int(small.headers["Content-Length"]) == len(small.content)
