@@ -691,10 +691,8 @@ final class EventLoop: @unchecked Sendable {
             close(c); return
         }
         if c.closed { return }
-        if let b = c.out.broken, c.out.isEmpty {
-            logger.error("response body ended wrong: connection closed", metadata: [
-                "declared_bytes": .stringConvertible(b.declared),
-                "detail": .string(b.short >= 0 ? "the body's source ended \(b.short) bytes short" : "the body's source made more than its length")])
+        if let detail = c.out.broken, c.out.isEmpty {
+            logger.error("response body ended wrong: connection closed", metadata: ["detail": .string(detail)])
             close(c); return
         }
         if c.closeAfterWrite && c.phase.isIdle { close(c); return }
@@ -841,9 +839,10 @@ struct OutputQueue {
     private var trailer: Data?
     /// What the source still owes of its declared length.
     private var owed = 0
-    /// The source made fewer or more bytes than its length: what it made up to the length is sent, then the
-    /// connection must close (the client sees a short body, never one framed wrong; no last chunk).
-    private(set) var broken: (declared: Int, short: Int)?
+    /// Set when the source made fewer or more bytes than its length (what went wrong): what it made up to the
+    /// length is sent, then the connection must close (the client sees a short body, never one framed wrong;
+    /// no last chunk).
+    private(set) var broken: String?
     static let lowWater = 256 * 1024
     var isEmpty: Bool { pieces.isEmpty && source == nil }
     mutating func stream(_ src: HTTPBodySource, trailer: Data?) { source = src; owed = src.length; self.trailer = trailer }
@@ -854,13 +853,13 @@ struct OutputQueue {
         while queued < OutputQueue.lowWater {
             guard var d = src.next(maxBytes: OutputQueue.lowWater) else {
                 source = nil
-                if owed != 0 { broken = (src.length, owed); trailer = nil; return }
+                if owed != 0 { broken = "the body's source ended \(owed) of its \(src.length) bytes short"; trailer = nil; return }
                 if let t = trailer { pieces.append(t); trailer = nil }
                 return
             }
             if d.count > owed {   // more than declared: cut at the length, then close
                 d = d.prefix(owed)
-                source = nil; trailer = nil; broken = (src.length, -1)
+                source = nil; trailer = nil; broken = "the body's source made more than its \(src.length) bytes"
             }
             owed -= d.count
             if !d.isEmpty { pieces.append(d); queued += d.count }

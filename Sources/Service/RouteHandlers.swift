@@ -15,6 +15,10 @@ import Routes
 import Store
 
 extension App {
+    /// Route bodies of this many bytes or more go as one chunk: Python requests reads them faster so
+    /// (`HTTPResponse.oneChunk`).
+    static let oneChunkFrom = 1 << 20
+
     enum RouteFormat: String, CaseIterable { case json, npy, raw, base64, nemo, slime, megatron }
 
     /// The format: ?format=, else negotiated from Accept (q=0 refuses a type).
@@ -104,7 +108,7 @@ extension App {
             let (body, ct, _) = try encodeRoutes(p, format, o, container: container, id: id)
             h.set("Content-Type", ct)
             var r = HTTPResponse(status: 200, headers: h, body: body)
-            r.oneChunk = body.count >= 1 << 20
+            r.oneChunk = body.count >= App.oneChunkFrom
             return r
         }
         let (source, ct, extra) = try streamRoutes(p, format, o, id: id)
@@ -112,7 +116,7 @@ extension App {
         for (n, v) in extra { h.set(n, v) }
         var r = HTTPResponse(status: 200, headers: h)
         r.source = source
-        r.oneChunk = source.length >= 1 << 20   // Python requests reads a large body faster chunked (HTTPResponse.oneChunk)
+        r.oneChunk = source.length >= App.oneChunkFrom
         return r
     }
 
@@ -297,7 +301,7 @@ extension App {
         }
         var resp = try result.get()
         resp.headers.set("R3-Read-From", from)
-        resp.oneChunk = resp.body.count >= 1 << 20   // as a single rollout's routes (HTTPResponse.oneChunk)
+        resp.oneChunk = resp.body.count >= App.oneChunkFrom
         return resp
     }
 

@@ -56,7 +56,6 @@ public final class PGConnection {
         return try check(res)
     }
 
-
     /// Calls `body` with a pointer to each bind value, valid during the call: text as a C string, bytes
     /// where they lie, nil for NULL.
     private static func lending<R>(_ binds: ArraySlice<SQLValue>, _ out: inout [UnsafePointer<CChar>?],
