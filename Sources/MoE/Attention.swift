@@ -203,7 +203,7 @@ func attentionBackward(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float
                 let nb = min(Bq, span.count - i0), nk = i0 + nb
                 let r0 = span.row + i0
                 attentionBackwardTile(s, h: h, rows: nb, firstRow: r0, diagonal: i0, keys: nk, q: q, ldq: ldq, dout: dout, lse: lse, di: di,
-                                      dq: dq, dqBeta: 0, k: kg, v: vg, dk: dkg, dv: dvg, span: span, P: P, dP: dP, fma: false)
+                                      dq: dq, dqBeta: 0, k: kg, v: vg, dk: dkg, dv: dvg, span: span, P: P, dP: dP, tiled: false)
                 i0 += nb
             }
         }
@@ -238,13 +238,16 @@ struct AttnTiles: Sendable {
 
 /// fp32 training forward, the same function as `attentionForward` with bf16 off, over key blocks with an
 /// online softmax (running max and sum per row; the output rows rescaled as the max grows), so no score
-/// block is wider than `TiledAttention.keyRows`. Spans start at position 0 (packed training sequences).
-/// Writes out [T, H·Dv] and lse [T, H] as `attentionForward` does.
+/// block is wider than `AttnTiles.keyRows`. Spans start at position 0 (packed training sequences).
+/// Scores are kept in log2 units (scale·log2(e) folded into the score product) for `exp2FMA`; rows that
+/// see none of a key block (below the diagonal's first key) are left out of its products.
+/// Writes out [T, H·Dv] and lse [T, H] (natural log) as `attentionForward` does.
 func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<Float>, ldq: Int,
                            out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, tiles: AttnTiles,
                            scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int) {
     let Bq = tiles.queryRows, Bk = tiles.keyRows
     precondition(scratchStride >= tiles.scratchFloats)
+    let log2Scale = Float(Double(s.scale) * log2e)   // scores in log2 units, for exp2
     // tasks: (span, head, query block), the largest (last) query blocks first
     var tasks: [(span: Int, h: Int, i0: Int)] = []
     for (si, span) in spans.enumerated() {
@@ -263,16 +266,16 @@ func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<F
         for r in 0..<nb { m[r] = -.infinity; l[r] = 0; (ob + r * s.HDv).update(repeating: 0, count: s.Dv) }
         var j0 = 0
         while j0 < nk {
-            let bk = min(Bk, nk - j0)
-            sgemm(false, true, nb, bk, s.D, s.scale, qb, ldq, span.k + g * s.D + j0 * span.ldk, span.ldk, 0, S, bk)
-            for r in 0..<nb {
-                let row = S + r * bk, valid = min(bk, i0 + r + 1 - j0)
-                if valid <= 0 { row.update(repeating: 0, count: bk); continue }
+            // rows above the block's first key see none of it: the products start at row r0
+            let bk = min(Bk, nk - j0), r0 = max(0, j0 - i0), rows = nb - r0
+            sgemm(false, true, rows, bk, s.D, log2Scale, qb + r0 * ldq, ldq, span.k + g * s.D + j0 * span.ldk, span.ldk, 0, S, bk)
+            for r in r0..<nb {
+                let row = S + (r - r0) * bk, valid = min(bk, i0 + r + 1 - j0)
                 let mNew = max(m[r], rowMax(row, valid))
-                let sum = expInPlaceFMA(row, valid, shift: mNew)
+                let sum = exp2InPlace(row, valid, shift: mNew)
                 if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
                 if m[r] != -.infinity && m[r] != mNew {
-                    let alpha = expScalar(m[r] - mNew)
+                    let alpha = exp2Scalar(m[r] - mNew)
                     l[r] *= alpha
                     let o = ob + r * s.HDv
                     for c in 0..<s.Dv { o[c] *= alpha }
@@ -280,13 +283,14 @@ func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<F
                 l[r] += sum
                 m[r] = mNew
             }
-            sgemm(false, false, nb, s.Dv, bk, 1, S, bk, span.v + g * s.Dv + j0 * span.ldv, span.ldv, 1, ob, s.HDv)
+            sgemm(false, false, rows, s.Dv, bk, 1, S, bk, span.v + g * s.Dv + j0 * span.ldv, span.ldv, 1, ob + r0 * s.HDv, s.HDv)
             j0 += bk
         }
         for r in 0..<nb {
             let inv = 1 / l[r], o = ob + r * s.HDv
             for c in 0..<s.Dv { o[c] *= inv }
-            lse[(span.row + i0 + r) * s.H + h] = m[r] + Float(_log(Double(l[r])))
+            // m is in log2 units; lse is stored in natural ones, as the one-pass forward stores it
+            lse[(span.row + i0 + r) * s.H + h] = Float(Double(m[r]) * ln2 + _log(Double(l[r])))
         }
     }
 }
@@ -332,9 +336,10 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
             for h in (g * s.group)..<((g + 1) * s.group) {
                 var i0 = j0
                 while i0 < span.count {
-                    let nb = min(Bq, span.count - i0)
-                    attentionBackwardTile(s, h: h, rows: nb, firstRow: span.row + i0, diagonal: i0 - j0, keys: bk, q: q, ldq: ldq, dout: dout,
-                                          lse: lse, di: di, dq: dq, dqBeta: 1, k: kb, v: vb, dk: dkb, dv: dvb, span: span, P: P, dP: dP, fma: true)
+                    // a query block near the diagonal sees only the block's first i0 - j0 + nb keys
+                    let nb = min(Bq, span.count - i0), seen = min(bk, i0 - j0 + nb)
+                    attentionBackwardTile(s, h: h, rows: nb, firstRow: span.row + i0, diagonal: i0 - j0, keys: seen, q: q, ldq: ldq, dout: dout,
+                                          lse: lse, di: di, dq: dq, dqBeta: 1, k: kb, v: vb, dk: dkb, dv: dvb, span: span, P: P, dP: dP, tiled: true)
                     i0 += nb
                 }
             }
@@ -346,19 +351,20 @@ func attentionBackwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<
 /// One (query block, key block) pair of attention's backward for head h: P = exp(scale·q·kᵀ − lse) with
 /// query row r seeing keys 0...diagonal + r of the block, dV += Pᵀ·dO, dS = P ∘ (dO·Vᵀ − D),
 /// dQ = dqBeta·dQ + scale·dS·K, dK += scale·dSᵀ·q. `k`, `v`, `dk`, `dv` point at the block's first key row
-/// (kv head applied, strides the span's); P and dP are [rows, keys] scratch. `fma`: the exp of the tiled
-/// path (`expFMA`); the one-pass path keeps `expApprox`'s bits.
+/// (kv head applied, strides the span's); P and dP are [rows, keys] scratch. `tiled`: the tiled path's
+/// exp, scores in log2 units through `exp2FMA` (lse converted per row); the one-pass path keeps
+/// `expApprox`'s bits.
 @inline(__always)
 func attentionBackwardTile(_ s: AttnShape, h: Int, rows nb: Int, firstRow r0: Int, diagonal: Int, keys bk: Int,
                            q: UnsafePointer<Float>, ldq: Int, dout: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                            di: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dqBeta: Float,
                            k: UnsafePointer<Float>, v: UnsafePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                           span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>, fma: Bool) {
+                           span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>, tiled: Bool) {
     let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
-    sgemm(false, true, nb, bk, s.D, s.scale, qb, ldq, k, span.ldk, 0, P, bk)
+    sgemm(false, true, nb, bk, s.D, tiled ? Float(Double(s.scale) * log2e) : s.scale, qb, ldq, k, span.ldk, 0, P, bk)
     for r in 0..<nb {
-        let row = P + r * bk, valid = min(bk, diagonal + r + 1)
-        if fma { expInPlaceFMA(row, valid, shift: lse[(r0 + r) * s.H + h]) } else { expInPlace(row, valid, shift: lse[(r0 + r) * s.H + h]) }
+        let row = P + r * bk, valid = min(bk, diagonal + r + 1), l = lse[(r0 + r) * s.H + h]
+        if tiled { exp2InPlace(row, valid, shift: Float(Double(l) * log2e)) } else { expInPlace(row, valid, shift: l) }
         if valid < bk { (row + valid).update(repeating: 0, count: bk - valid) }
     }
     sgemm(true, false, bk, s.Dv, nb, 1, P, bk, dob, s.HDv, 1, dv, span.ldv)
