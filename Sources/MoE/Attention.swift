@@ -28,6 +28,8 @@ struct AttnShape {
     var QK: Int { (H + Hkv) * D }        // normed + rotated q,k row
     var HD: Int { H * D }                // q width
     var HDv: Int { H * Dv }              // attention output width
+    /// scale·log2(e): the tiled path's score product in log2 units, for `exp2FMA`
+    var log2Scale: Float { Float(Double(scale) * log2e) }
 }
 
 // MARK: q/k norm + RoPE
@@ -247,7 +249,6 @@ func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<F
                            scratch: UnsafeMutablePointer<Float>, scratchStride: Int, workers: Int) {
     let Bq = tiles.queryRows, Bk = tiles.keyRows
     precondition(scratchStride >= tiles.scratchFloats)
-    let log2Scale = Float(Double(s.scale) * log2e)   // scores in log2 units, for exp2
     // tasks: (span, head, query block), the largest (last) query blocks first
     var tasks: [(span: Int, h: Int, i0: Int)] = []
     for (si, span) in spans.enumerated() {
@@ -268,7 +269,7 @@ func attentionForwardTiled(_ s: AttnShape, spans: [AttnSpan], q: UnsafePointer<F
         while j0 < nk {
             // rows above the block's first key see none of it: the products start at row r0
             let bk = min(Bk, nk - j0), r0 = max(0, j0 - i0), rows = nb - r0
-            sgemm(false, true, rows, bk, s.D, log2Scale, qb + r0 * ldq, ldq, span.k + g * s.D + j0 * span.ldk, span.ldk, 0, S, bk)
+            sgemm(false, true, rows, bk, s.D, s.log2Scale, qb + r0 * ldq, ldq, span.k + g * s.D + j0 * span.ldk, span.ldk, 0, S, bk)
             for r in r0..<nb {
                 let row = S + (r - r0) * bk, valid = min(bk, i0 + r + 1 - j0)
                 let mNew = max(m[r], rowMax(row, valid))
@@ -361,7 +362,7 @@ func attentionBackwardTile(_ s: AttnShape, h: Int, rows nb: Int, firstRow r0: In
                            k: UnsafePointer<Float>, v: UnsafePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                            span: AttnSpan, P: UnsafeMutablePointer<Float>, dP: UnsafeMutablePointer<Float>, tiled: Bool) {
     let qb = q + r0 * ldq + h * s.D, dob = dout + r0 * s.HDv + h * s.Dv
-    sgemm(false, true, nb, bk, s.D, tiled ? Float(Double(s.scale) * log2e) : s.scale, qb, ldq, k, span.ldk, 0, P, bk)
+    sgemm(false, true, nb, bk, s.D, tiled ? s.log2Scale : s.scale, qb, ldq, k, span.ldk, 0, P, bk)
     for r in 0..<nb {
         let row = P + r * bk, valid = min(bk, diagonal + r + 1), l = lse[(r0 + r) * s.H + h]
         if tiled { exp2InPlace(row, valid, shift: Float(Double(l) * log2e)) } else { expInPlace(row, valid, shift: l) }
